@@ -1,0 +1,153 @@
+//! The packet backstop. Whatever the socket hooks miss, these drop: an
+//! egress packet is let through only when it goes to loopback on one of the
+//! enforcer's ports or a port the policy lists, and an ingress packet only
+//! when it comes from loopback.
+
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use enforcer_common::{AF_INET, AF_INET6, Reason, v4_mapped};
+
+use crate::{
+    config::is_enforcer_port,
+    events::{Refusal, report_packet},
+    maps::loopback_port_listed,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// What the backstop needs to know about a packet.
+struct Packet {
+    family: u16,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// (source, destination) ports when the packet is TCP or UDP and not a later fragment.
+    ports: Option<(u16, u16)>,
+}
+
+#[inline(always)]
+fn load<T>(ctx: &SkBuffContext, off: usize) -> Option<T> {
+    ctx.load::<T>(off).ok()
+}
+
+/// Parses the network header (cgroup_skb data starts at it).
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Option<Packet> {
+    let proto = u16::from_be(ctx.skb.protocol() as u16);
+    if proto == ETH_P_IP {
+        let vihl: u8 = load(ctx, 0)?;
+        if vihl >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        let frag = u16::from_be(load::<u16>(ctx, 6)?);
+        let l4: u8 = load(ctx, 9)?;
+        let src: [u8; 4] = load(ctx, 12)?;
+        let dst: [u8; 4] = load(ctx, 16)?;
+        let first_fragment = frag & 0x1fff == 0;
+        let ports = if first_fragment && (l4 == PROTO_TCP || l4 == PROTO_UDP) {
+            let off = ihl & 0x3c;
+            let sp = u16::from_be(load::<u16>(ctx, off)?);
+            let dp = u16::from_be(load::<u16>(ctx, off + 2)?);
+            Some((sp, dp))
+        } else {
+            None
+        };
+        return Some(Packet {
+            family: AF_INET,
+            proto: l4,
+            src: v4_mapped(src),
+            dst: v4_mapped(dst),
+            ports,
+        });
+    }
+    if proto == ETH_P_IPV6 {
+        let l4: u8 = load(ctx, 6)?;
+        let src = load::<[u8; 16]>(ctx, 8)?;
+        let dst = load::<[u8; 16]>(ctx, 24)?;
+        // Extension headers are not walked: such packets get no ports and are dropped.
+        let ports = if l4 == PROTO_TCP || l4 == PROTO_UDP {
+            let sp = u16::from_be(load::<u16>(ctx, 40)?);
+            let dp = u16::from_be(load::<u16>(ctx, 42)?);
+            Some((sp, dp))
+        } else {
+            None
+        };
+        return Some(Packet {
+            family: AF_INET6,
+            proto: l4,
+            src,
+            dst,
+            ports,
+        });
+    }
+    None
+}
+
+/// 127.0.0.0/8 (as IPv4-mapped) or ::1.
+#[inline(always)]
+fn is_loopback(family: u16, a: &[u8; 16]) -> bool {
+    if family == AF_INET {
+        return a[12] == 127;
+    }
+    let mut i = 0;
+    while i < 15 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    a[15] == 1
+}
+
+#[inline(always)]
+fn port_open(port: u16) -> bool {
+    is_enforcer_port(port) || loopback_port_listed(port)
+}
+
+#[inline(always)]
+fn drop_packet(ctx: &SkBuffContext, reason: Reason, p: Option<&Packet>, addr_is_src: bool) -> i32 {
+    let mut r = Refusal::new(reason);
+    if let Some(p) = p {
+        r.family = p.family;
+        r.protocol = p.proto as u32;
+        r.addr = if addr_is_src { p.src } else { p.dst };
+        if let Some((sp, dp)) = p.ports {
+            r.port = if addr_is_src { sp } else { dp };
+        }
+    }
+    report_packet(&r, ctx.get_socket_uid());
+    DROP
+}
+
+#[cgroup_skb(egress)]
+pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
+    let Some(p) = parse(&ctx) else {
+        return drop_packet(&ctx, Reason::EgressDropped, None, false);
+    };
+    if is_loopback(p.family, &p.dst)
+        && let Some((sp, dp)) = p.ports
+        && (port_open(dp) || port_open(sp))
+    {
+        return PASS;
+    }
+    drop_packet(&ctx, Reason::EgressDropped, Some(&p), false)
+}
+
+#[cgroup_skb(ingress)]
+pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
+    let Some(p) = parse(&ctx) else {
+        return drop_packet(&ctx, Reason::IngressDropped, None, true);
+    };
+    if is_loopback(p.family, &p.src) {
+        return PASS;
+    }
+    drop_packet(&ctx, Reason::IngressDropped, Some(&p), true)
+}
