@@ -1,16 +1,47 @@
 //! The policy file: parsing (TOML with spans), validation, and the decisions
 //! the rest of enforcer asks of it. Anything not named is denied.
 //!
-//! CONTRACT (used by launch, proxy and dns; keep these names and shapes):
-//! - `Policy::load(path)` / `Policy::parse(text, path)` -> `Result<Policy, PolicyError>`
-//! - `PolicyError` renders every problem as `file:line:col: message`, the
-//!   offending source line with a caret, and what was expected.
-//! - `Policy.run`, `Policy.local`, `Policy.tcp`, `Policy.hosts`, `Policy.secrets`
-//! - `Policy::connection(name, port)`, `HostPolicy::decide(method, path)`,
-//!   `Policy::tcp_rule(name_or_ip, port)`, `Policy::summary()`, `Policy::explain(method, url)`
+//! The language is documented in `docs/policy.md`. Layout: `schema` (TOML
+//! structs) -> `compile` (validation, messages from `diagnostics`) using
+//! `hosts`, `paths`, `methods`, `duration`, `rate`, `values`, `cost`,
+//! `secrets` and `rules` (which builds the `host` types); then what is
+//! asked at run time: `decide` (connections and requests), `summary` and
+//! `explain` (`enforcer policy check|explain`).
+//!
+//! Everything is compiled once at load time; deciding a request does not
+//! parse anything.
+
+mod compile;
+mod cost;
+mod decide;
+mod diagnostics;
+mod duration;
+mod explain;
+mod host;
+mod hosts;
+mod methods;
+mod paths;
+mod rate;
+mod rules;
+mod schema;
+mod secrets;
+mod summary;
+mod values;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use cost::{CostCurrency, CostRule, CostSource};
+pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
+pub use diagnostics::{PolicyError, Problem};
+pub use duration::{format_duration, parse_duration};
+pub use explain::Explanation;
+pub use host::{Action, HostMode, HostPolicy, Rule};
+pub use hosts::{HostPattern, normalize_name, parse_ip};
+pub use methods::MethodSet;
+pub use paths::{PathGlob, UnmatchablePath};
+pub use rate::Rate;
+pub use secrets::{BasicPart, Injection, SecretSource, SecretSpec};
 
 /// A parsed and validated policy.
 #[derive(Debug, Clone)]
@@ -25,16 +56,19 @@ pub struct Policy {
 }
 
 /// `[run]`
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSettings {
-    /// Defaults to the file stem.
+    /// Defaults to the file stem (characters other than letters, digits,
+    /// `.`, `_`, `-` replaced by `-`).
     pub name: String,
+    /// Placeholders stop working after this.
     pub ttl: Option<Duration>,
+    /// Whole-run spend cap in USD (> 0).
     pub spend_cap_usd: Option<f64>,
 }
 
 /// `[local]`: what the run may reach on this host without the proxy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalSettings {
     /// Loopback TCP ports the agent may connect to directly.
     pub loopback_ports: Vec<u16>,
@@ -47,52 +81,103 @@ pub struct LocalSettings {
 /// `[[tcp]]`: a raw TCP destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRule {
-    /// A DNS name or an IP literal.
+    /// A DNS name (lowercase, no trailing dot) or an IP literal (canonical
+    /// text; IPv4-mapped IPv6 written as IPv4).
     pub host: String,
     pub port: u16,
 }
 
-/// `[[host]]`
-#[derive(Debug, Clone)]
-pub struct HostPolicy {
-    pub name: String,
+/// A DNS name or pattern the policy allows, for the resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedName {
+    pub pattern: HostPattern,
+    /// Ports allowed for it.
+    pub ports: Vec<u16>,
+    pub source: NameSource,
 }
 
-/// `[[secret]]`
-#[derive(Debug, Clone)]
-pub struct SecretSpec {
-    pub name: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{rendered}")]
-pub struct PolicyError {
-    pub rendered: String,
+/// Where an [`AllowedName`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// Index into [`Policy::hosts`].
+    Host(usize),
+    /// Index into [`Policy::tcp`].
+    Tcp(usize),
 }
 
 impl Policy {
+    /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            rendered: format!("{}: cannot read policy file: {e}", path.display()),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::whole_file(path, format!("cannot read policy file: {e}")))?;
         Self::parse(&text, path)
     }
 
-    pub fn parse(_text: &str, path: &Path) -> Result<Self, PolicyError> {
-        Ok(Self {
-            source: path.to_path_buf(),
-            run: RunSettings::default(),
-            local: LocalSettings::default(),
-            tcp: Vec::new(),
-            hosts: Vec::new(),
-            secrets: Vec::new(),
-        })
+    /// Parses policy text; `path` is used in messages and for the default
+    /// run name. Reports every validation problem at once (TOML syntax and
+    /// type errors stop at the first).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        compile::compile(text, path)
     }
 
-    /// The `[[tcp]]` rule that allows `host` (a name or IP literal) on `port`.
+    /// The `[[tcp]]` rule that allows `host` (a name or IP literal; names
+    /// case-insensitive with an optional trailing dot) on `port`.
     pub fn tcp_rule(&self, host: &str, port: u16) -> Option<&TcpRule> {
+        if let Some(ip) = parse_ip(host) {
+            return self
+                .tcp
+                .iter()
+                .find(|r| r.port == port && parse_ip(&r.host) == Some(ip));
+        }
+        let name = host.strip_suffix('.').unwrap_or(host);
         self.tcp
             .iter()
-            .find(|r| r.port == port && r.host.eq_ignore_ascii_case(host))
+            .find(|r| r.port == port && r.host.eq_ignore_ascii_case(name))
+    }
+
+    /// Every DNS name or pattern the policy allows: `[[host]]` entries that
+    /// are not denied, and `[[tcp]]` entries that are names (not IPs).
+    ///
+    /// A denied exact entry under an allowed wildcard (`bad.x.com` under
+    /// `*.x.com`) is not visible in these patterns: to decide one name, use
+    /// [`Policy::allows_name`].
+    pub fn names(&self) -> Vec<AllowedName> {
+        let hosts = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.mode() != HostMode::Deny)
+            .map(|(i, h)| AllowedName {
+                pattern: h.pattern.clone(),
+                ports: h.ports.clone(),
+                source: NameSource::Host(i),
+            });
+        let tcp = self.tcp.iter().enumerate().filter_map(|(i, t)| {
+            if parse_ip(&t.host).is_some() {
+                return None;
+            }
+            HostPattern::parse(&t.host).ok().map(|pattern| AllowedName {
+                pattern,
+                ports: vec![t.port],
+                source: NameSource::Tcp(i),
+            })
+        });
+        hosts.chain(tcp).collect()
+    }
+
+    /// Whether the resolver may answer for `name`: some allowed `[[host]]`
+    /// governs it, or a `[[tcp]]` entry names it. A name governed by a
+    /// denied `[[host]]` is not allowed, even if a wildcard also matches.
+    pub fn allows_name(&self, name: &str) -> bool {
+        let by_host = self.host(name).is_some_and(|h| h.mode() != HostMode::Deny);
+        by_host
+            || self.tcp.iter().any(|t| {
+                parse_ip(&t.host).is_none()
+                    && t.host
+                        .eq_ignore_ascii_case(name.strip_suffix('.').unwrap_or(name))
+            })
     }
 }
+
+#[cfg(test)]
+mod tests;

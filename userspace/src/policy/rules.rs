@@ -1,0 +1,275 @@
+//! Validation of `[[host]]` entries and their `[[host.rule]]`s: names,
+//! ports, whole-host actions, caps, rules, and unreachable rules.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::cost::compile_cost;
+use super::diagnostics::Diagnostics;
+use super::host::{Action, HostPolicy, Rule};
+use super::hosts::HostPattern;
+use super::methods::MethodSet;
+use super::paths::PathGlob;
+use super::schema::{MethodSpec, RawAction, RawHost, RawRule};
+use super::values::{check_usd, compile_count, compile_ports, compile_rate};
+
+/// Ports of a `[[host]]` without `ports`.
+const DEFAULT_PORTS: [u16; 2] = [443, 80];
+
+/// Validates every `[[host]]`. Returns the hosts that compiled, and whether
+/// all of them did (later checks skip follow-on errors otherwise).
+pub(crate) fn compile_hosts(
+    raw: &[Spanned<RawHost>],
+    file: &str,
+    d: &mut Diagnostics,
+) -> (Vec<HostPolicy>, bool) {
+    let mut hosts = Vec::new();
+    let mut all_ok = true;
+    let mut seen: HashMap<String, (usize, String)> = HashMap::new();
+    for h in raw {
+        let before = d.len();
+        let host = compile_host(h, file, d);
+        // Duplicates are checked even when an entry has other problems.
+        let name = h.get_ref().name.get_ref();
+        if let Ok(pattern) = HostPattern::parse(name) {
+            match seen.get(pattern.as_str()) {
+                Some((line, first)) => {
+                    let same = if first == name {
+                        String::new()
+                    } else {
+                        format!(" (`{name}` is the same host as `{first}`)")
+                    };
+                    d.error(
+                        h.get_ref().name.span(),
+                        format!(
+                            "duplicate host `{pattern}`: already defined at line {line}{same}; merge the two entries"
+                        ),
+                    );
+                }
+                None => {
+                    let line = d.line(h.span().start);
+                    seen.insert(pattern.as_str().to_string(), (line, name.clone()));
+                }
+            }
+        }
+        match host {
+            Some(host) if d.len() == before => hosts.push(host),
+            _ => all_ok = false,
+        }
+    }
+    (hosts, all_ok)
+}
+
+fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Option<HostPolicy> {
+    let h = raw.get_ref();
+    let line = d.line(raw.span().start);
+    let before = d.len();
+    let name = h.name.get_ref().clone();
+    let pattern = match HostPattern::parse(&name) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            d.error(h.name.span(), e);
+            None
+        }
+    };
+
+    let ports = match &h.ports {
+        None => DEFAULT_PORTS.to_vec(),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                d.error(
+                    list.span(),
+                    "`ports` is empty; remove it to use the default [443, 80]",
+                );
+            }
+            compile_ports(list.get_ref(), d)
+        }
+    };
+
+    let action = h.action.as_ref().map(|a| Action::from(*a.get_ref()));
+    if let Some(a) = &h.action {
+        let n = h.rule.len();
+        let rules = if n == 1 { "rule" } else { "rules" };
+        match *a.get_ref() {
+            RawAction::Ask => d.error(
+                a.span(),
+                "`ask` is only for rules: a whole host can be \"allow\" or \"deny\"; to ask before every call, \
+                 add a rule with method = \"*\", path = \"/**\", action = \"ask\"",
+            ),
+            RawAction::Allow if n > 0 => d.error(
+                a.span(),
+                format!(
+                    "rules on a passed-through host: `action = \"allow\"` lets the whole host through without \
+                     TLS interception, so its {n} {rules} could never apply; remove `action` to enforce the \
+                     rules, or remove the rules"
+                ),
+            ),
+            RawAction::Deny if n > 0 => d.error(
+                a.span(),
+                format!(
+                    "rules on a denied host: `action = \"deny\"` refuses every connection, so its {n} {rules} \
+                     could never apply; remove `action` or the rules"
+                ),
+            ),
+            _ => {}
+        }
+    } else if h.rule.is_empty() {
+        d.error(
+            raw.span(),
+            format!(
+                "host `{name}` allows nothing: add [[host.rule]] entries, or `action = \"allow\"` (whole host, \
+                 passed through) or `action = \"deny\"`"
+            ),
+        );
+    }
+
+    let denied = action == Some(Action::Deny);
+    let no_effect = |key: &str| format!("`{key}` has no effect on a denied host; remove it");
+    let spend_cap_usd = h.spend_cap_usd.as_ref().and_then(|v| {
+        if denied {
+            d.error(v.span(), no_effect("spend_cap_usd"));
+        }
+        check_usd(v, "spend_cap_usd", d)
+    });
+    let rate = h.rate.as_ref().and_then(|v| {
+        if denied {
+            d.error(v.span(), no_effect("rate"));
+        }
+        compile_rate(v, d)
+    });
+    let max_calls = h.max_calls.as_ref().and_then(|v| {
+        if denied {
+            d.error(v.span(), no_effect("max_calls"));
+        }
+        compile_count(v, "max_calls", d)
+    });
+
+    let host_label = pattern.as_ref().map_or(name.as_str(), |p| p.as_str());
+    let mut rules: Vec<Option<(Rule, std::ops::Range<usize>)>> = Vec::new();
+    for (i, r) in h.rule.iter().enumerate() {
+        rules.push(compile_rule(r, i + 1, host_label, file, d).map(|rule| (rule, r.span())));
+    }
+    check_unreachable(&rules, d);
+
+    if d.len() != before {
+        return None;
+    }
+    Some(HostPolicy {
+        name,
+        pattern: pattern?,
+        ports,
+        action,
+        rules: rules.into_iter().flatten().map(|(r, _)| r).collect(),
+        spend_cap_usd,
+        rate,
+        max_calls,
+        secrets: Vec::new(),
+        line,
+    })
+}
+
+fn compile_rule(
+    raw: &Spanned<RawRule>,
+    number: usize,
+    host: &str,
+    file: &str,
+    d: &mut Diagnostics,
+) -> Option<Rule> {
+    let r = raw.get_ref();
+    let before = d.len();
+    let line = d.line(raw.span().start);
+
+    let methods = match r.method.get_ref() {
+        MethodSpec::One(m) => MethodSet::parse(std::slice::from_ref(m)).map_err(|errs| {
+            for (_, e) in errs {
+                d.error(r.method.span(), e);
+            }
+        }),
+        MethodSpec::List(list) => {
+            let names: Vec<&str> = list.iter().map(|m| m.get_ref().as_str()).collect();
+            MethodSet::parse(&names).map_err(|errs| {
+                for (i, e) in errs {
+                    let span = list.get(i).map_or(r.method.span(), |m| m.span());
+                    d.error(span, e);
+                }
+            })
+        }
+    };
+    let path = PathGlob::parse(r.path.get_ref()).map_err(|e| d.error(r.path.span(), e));
+    let action = Action::from(*r.action.get_ref());
+
+    let deny_effect = |key: &str| {
+        format!("`{key}` has no effect on a rule that denies; remove it or change the action")
+    };
+    let cost = r.cost.as_ref().and_then(|c| {
+        if action == Action::Deny {
+            d.error(
+                c.span(),
+                "a denied call costs nothing: remove `cost`, or change the action to \"allow\" or \"ask\"",
+            );
+            None
+        } else {
+            compile_cost(c, d)
+        }
+    });
+    let rate = r.rate.as_ref().and_then(|v| {
+        if action == Action::Deny {
+            d.error(v.span(), deny_effect("rate"));
+        }
+        compile_rate(v, d)
+    });
+    let max_calls = r.max_calls.as_ref().and_then(|v| {
+        if action == Action::Deny {
+            d.error(v.span(), deny_effect("max_calls"));
+        }
+        compile_count(v, "max_calls", d)
+    });
+
+    if d.len() != before {
+        return None;
+    }
+    let (Ok(methods), Ok(path)) = (methods, path) else {
+        return None;
+    };
+    let description =
+        format!("{methods} {path} -> {action} (rule {number} of {host}, {file}:{line})");
+    Some(Rule {
+        methods,
+        path,
+        action,
+        cost,
+        rate,
+        max_calls,
+        line,
+        description,
+    })
+}
+
+/// A rule is unreachable when an earlier rule matches every request it does.
+fn check_unreachable(rules: &[Option<(Rule, std::ops::Range<usize>)>], d: &mut Diagnostics) {
+    for (j, later) in rules.iter().enumerate() {
+        let Some((later, span)) = later else { continue };
+        let shadow = rules[..j].iter().enumerate().find_map(|(i, r)| {
+            r.as_ref()
+                .filter(|(earlier, _)| {
+                    earlier.methods.covers(&later.methods) && earlier.path.covers(&later.path)
+                })
+                .map(|(earlier, _)| (i, earlier))
+        });
+        if let Some((i, earlier)) = shadow {
+            d.error(
+                span.clone(),
+                format!(
+                    "unreachable rule (shadowed by rule {} at line {}): `{}` matches every request `{}` does, \
+                     and the first matching rule wins; remove this rule or move it above rule {}",
+                    i + 1,
+                    earlier.line,
+                    earlier.label(),
+                    later.label(),
+                    i + 1
+                ),
+            );
+        }
+    }
+}
