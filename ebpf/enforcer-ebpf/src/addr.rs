@@ -66,7 +66,7 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) -> bo
         client: TupleKey::default(),
         has_client: 0,
     };
-    if ORIG_BY_COOKIE.insert(&cookie(ctx), &record, 0).is_err() {
+    if ORIG_BY_COOKIE.insert(cookie(ctx), record, 0).is_err() {
         bump(counters::TABLE_FULL);
         return false;
     }
@@ -166,7 +166,7 @@ pub fn enforcer_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn recorded(ctx: &SockAddrContext) -> Option<OrigDst> {
     // SAFETY: plain read of a map value.
-    unsafe { ORIG_BY_COOKIE.get(&cookie(ctx)) }.map(|r| r.dst)
+    unsafe { ORIG_BY_COOKIE.get(cookie(ctx)) }.map(|r| r.dst)
 }
 
 /// recvmsg4 and getpeername4: show the address the caller asked for, not ours.
@@ -224,8 +224,11 @@ pub fn enforcer_getpeername6(ctx: SockAddrContext) -> i32 {
     restore6(&ctx)
 }
 
-/// bind4: wildcard binds become loopback binds; other non-loopback
-/// addresses and the enforcer's own ports are refused.
+/// bind4: a wildcard bind to a fixed port (a server) becomes a loopback
+/// bind; other non-loopback addresses and the enforcer's own ports are
+/// refused. A wildcard bind to port 0 (a client, or a server the kernel
+/// picks a port for) is left alone: the packet backstop keeps it off the
+/// network, and rewriting it would break dual-stack clients.
 #[cgroup_sock_addr(bind4)]
 pub fn enforcer_bind4(ctx: SockAddrContext) -> i32 {
     let ip = user_ip4(&ctx);
@@ -234,7 +237,9 @@ pub fn enforcer_bind4(ctx: SockAddrContext) -> i32 {
         return refuse(&ctx, Reason::BindRefused, AF_INET, v4_mapped(ip), port);
     }
     if ip == [0, 0, 0, 0] {
-        set_user_ip4(&ctx, loopback4());
+        if port != 0 {
+            set_user_ip4(&ctx, loopback4());
+        }
         return ALLOW;
     }
     if ip[0] == 127 {
@@ -254,7 +259,9 @@ pub fn enforcer_bind6(ctx: SockAddrContext) -> i32 {
     if is_v4_mapped(&ip) {
         let v4 = mapped_v4(&ip);
         if v4 == [0, 0, 0, 0] {
-            set_user_ip6(&ctx, loopback4_mapped());
+            if port != 0 {
+                set_user_ip6(&ctx, loopback4_mapped());
+            }
             return ALLOW;
         }
         if v4[0] == 127 {
@@ -263,7 +270,9 @@ pub fn enforcer_bind6(ctx: SockAddrContext) -> i32 {
         return refuse(&ctx, Reason::BindRefused, AF_INET6, ip, port);
     }
     if ip == [0; 16] {
-        set_user_ip6(&ctx, loopback6());
+        if port != 0 {
+            set_user_ip6(&ctx, loopback6());
+        }
         return ALLOW;
     }
     if ip == loopback6() {

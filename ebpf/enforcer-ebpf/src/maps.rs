@@ -10,16 +10,20 @@ use enforcer_common::{
     counters,
 };
 
+/// Entries are allocated on insert, not preallocated at load: loading stays
+/// fast and small; an allocation failure refuses the socket.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Socket cookie -> destination the socket asked for (TCP and DNS sockets).
 #[map]
 pub static ORIG_BY_COOKIE: HashMap<u64, SockRecord> =
-    HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
+    HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Client (address, port) of a redirected TCP connection -> its destination;
 /// the proxy looks this up for every accepted connection.
 #[map]
 pub static ORIG_BY_TUPLE: HashMap<TupleKey, OrigDst> =
-    HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
+    HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Loopback TCP ports the policy lets the run reach directly (value unused).
 #[map]
@@ -46,5 +50,5 @@ pub fn bump(index: u32) {
 #[inline(always)]
 pub fn loopback_port_listed(port: u16) -> bool {
     // SAFETY: the value is only tested for presence.
-    unsafe { LOOPBACK_PORTS.get(&port).is_some() }
+    unsafe { LOOPBACK_PORTS.get(port).is_some() }
 }

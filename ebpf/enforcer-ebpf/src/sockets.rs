@@ -50,12 +50,12 @@ pub fn enforcer_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: bpf_get_socket_cookie accepts a sock context.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock.cast()) };
     // SAFETY: plain read of a map value.
-    if let Some(record) = unsafe { ORIG_BY_COOKIE.get(&cookie) }
+    if let Some(record) = unsafe { ORIG_BY_COOKIE.get(cookie) }
         && record.has_client != 0
     {
-        let _ = ORIG_BY_TUPLE.remove(&record.client);
+        let _ = ORIG_BY_TUPLE.remove(record.client);
     }
-    let _ = ORIG_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_BY_COOKIE.remove(cookie);
     1
 }
 
@@ -91,7 +91,7 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
     }
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops.cast()) };
-    let Some(record) = ORIG_BY_COOKIE.get_ptr_mut(&cookie) else {
+    let Some(record) = ORIG_BY_COOKIE.get_ptr_mut(cookie) else {
         return 1;
     };
     // Every context field is read with its own 4-byte volatile load: the
@@ -117,7 +117,7 @@ pub fn enforcer_sockops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the pointer is a live map value for this program run.
     let dst = unsafe { (*record).dst };
     // A full table leaves the connection without an entry: the proxy then refuses it.
-    if ORIG_BY_TUPLE.insert(&key, &dst, 0).is_ok() {
+    if ORIG_BY_TUPLE.insert(key, dst, 0).is_ok() {
         // SAFETY: as above.
         unsafe {
             (*record).client = key;

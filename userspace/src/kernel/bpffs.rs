@@ -30,7 +30,7 @@ pub enum BpffsError {
 /// True when `path` is a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
-        Ok(st) => st.filesystem_type().0 as i64 == BPF_FS_MAGIC,
+        Ok(st) => st.filesystem_type().0 == BPF_FS_MAGIC,
         Err(_) => false,
     }
 }

@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -139,16 +139,6 @@ impl RunCgroup {
     /// The directory, for attaching programs.
     pub fn dir(&self) -> &fs::File {
         &self.dir
-    }
-
-    /// Opens `cgroup.procs` for writing, for a child to move itself in before exec.
-    pub fn open_procs(&self) -> Result<fs::File, CgroupError> {
-        let p = self.path.join("cgroup.procs");
-        fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&p)
-            .map_err(|source| CgroupError::Open { path: p, source })
     }
 
     /// Pids currently in the cgroup.

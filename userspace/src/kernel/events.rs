@@ -1,5 +1,5 @@
-//! Refusals reported by the kernel programs through the EVENTS ring buffer,
-//! decoded into something the decision sink can log and audit.
+//! Refusals reported by the kernel programs through the EVENTS ring buffer
+//! (and by the seccomp supervisor), decoded for the decision sink.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -21,6 +21,8 @@ pub struct KernelEvent {
     /// Destination (or bound / packet) address, when there is one.
     pub addr: Option<IpAddr>,
     pub port: u16,
+    /// Unix socket path, for refused unix connects (reported by the seccomp supervisor).
+    pub path: Option<String>,
 }
 
 impl KernelEvent {
@@ -58,11 +60,15 @@ impl KernelEvent {
             protocol: e.protocol,
             addr,
             port: e.port,
+            path: None,
         }
     }
 
     /// A short description of what was refused, for logs and summaries.
     pub fn destination(&self) -> String {
+        if let Some(p) = &self.path {
+            return format!("unix:{p}");
+        }
         match self.addr {
             Some(IpAddr::V6(a)) => format!("[{a}]:{}", self.port),
             Some(a) => format!("{a}:{}", self.port),

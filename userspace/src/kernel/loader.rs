@@ -168,7 +168,9 @@ fn program_error(name: &'static str, e: ProgramError) -> LoadError {
 impl Enforcement {
     /// Loads, configures, attaches and pins everything for one run.
     pub fn attach(cgroup: &RunCgroup, pins: PinDir, cfg: &KernelConfig) -> Result<Self, LoadError> {
+        // No CO-RE relocations are used: skip parsing the kernel's BTF (tens of ms).
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .override_global(globals::PROXY_PORT4, &cfg.proxy_port4, true)
             .override_global(globals::PROXY_PORT6, &cfg.proxy_port6, true)
             .override_global(globals::DNS_PORT4, &cfg.dns_port4, true)
