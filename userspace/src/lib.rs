@@ -4,5 +4,13 @@
 //! attach -> [`proxy`] accept -> [`policy`] decision -> upstream, with every
 //! decision going through [`decision`].
 
+pub mod cleanup;
+pub mod cli;
+pub mod decision;
+pub mod dns;
 pub mod kernel;
+pub mod launch;
 pub mod policy;
+pub mod proxy;
+pub mod runid;
+pub mod runs;

@@ -1,0 +1,71 @@
+//! `enforcer cleanup`: removing what a crashed or pinned run left behind.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    kernel::{bpffs, cgroup},
+    runid,
+    runs::{self, RunRecord},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("enforcer cleanup must run as root")]
+    NotRoot,
+    #[error("{0:?} is not a run id")]
+    BadRunId(String),
+    #[error("run {0} is still supervised by a live enforcer (pid {1}); stop that enforcer instead")]
+    Alive(String, u32),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Bpffs(#[from] bpffs::BpffsError),
+}
+
+/// Removes one run, or every run without a live enforcer. Returns what was removed.
+pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CleanupError::NotRoot);
+    }
+    let runs_dir = PathBuf::from(runs::RUNS_DIR);
+    let cgroup_root = cgroup::cgroup2_mount()?;
+    let cg_parent = cgroup_root.join(cgroup::RUNS_DIR);
+    let pin_parent = Path::new(bpffs::BPFFS_ROOT).join(bpffs::PINS_DIR);
+    let candidates: Vec<String> = match run_id {
+        Some(id) => {
+            if !runid::is_valid(id) {
+                return Err(CleanupError::BadRunId(id.to_string()));
+            }
+            vec![id.to_string()]
+        }
+        None => {
+            let mut ids: Vec<String> = [&cg_parent, &pin_parent]
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flat_map(|rd| rd.flatten())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| runid::is_valid(n))
+                .collect();
+            ids.extend(RunRecord::all(&runs_dir).into_iter().map(|r| r.run_id));
+            ids.sort();
+            ids.dedup();
+            ids
+        }
+    };
+    let mut removed = Vec::new();
+    for id in candidates {
+        if let Some(rec) = RunRecord::load(&runs_dir, &id)
+            && rec.enforcer_alive()
+        {
+            if run_id.is_some() {
+                return Err(CleanupError::Alive(id, rec.enforcer_pid));
+            }
+            continue;
+        }
+        cgroup::remove_run_cgroup(&cg_parent.join(&id))?;
+        bpffs::remove_pins(&pin_parent.join(&id))?;
+        RunRecord::remove(&runs_dir, &id);
+        removed.push(id);
+    }
+    Ok(removed)
+}
