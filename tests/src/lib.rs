@@ -1,1 +1,14 @@
-//! Test harness.
+//! Harness for the privileged end-to-end tests: a fake internet in a network
+//! namespace (with a packet capture that detects any escape), a way to run
+//! `enforcer launch`, and checks that nothing is left behind.
+//!
+//! Tests only ever aim traffic at addresses a [`TestHost`] created.
+
+pub mod files;
+pub mod launch;
+pub mod leftovers;
+pub mod netns;
+pub mod servers;
+
+pub use launch::{Launch, Outcome};
+pub use netns::TestHost;

@@ -1,0 +1,613 @@
+//! A small program the end-to-end tests run inside `enforcer launch` to try
+//! every way out of the sandbox. Each action prints one line, `ok ...` or
+//! `err <errno> <text>`, and exits 0 on success, 1 on failure, 2 on bad usage.
+
+use std::{
+    ffi::CString,
+    io::{Read as _, Write as _},
+    mem::{size_of, zeroed},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, RawFd},
+    time::Duration,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(action) = args.first() else {
+        eprintln!("usage: enforcer-probe ACTION [ARGS...]");
+        std::process::exit(2);
+    };
+    let rest = &args[1..];
+    let result = match action.as_str() {
+        "tcp" => tcp(arg(rest, 0)),
+        "tcp-peer" => tcp_peer(arg(rest, 0)),
+        "tcp-echo" => tcp_echo(arg(rest, 0), arg(rest, 1)),
+        "udp-sendto" => udp_sendto(arg(rest, 0)),
+        "udp-connect" => udp_connect(arg(rest, 0)),
+        "udp-sendmmsg" => udp_sendmmsg(arg(rest, 0)),
+        "dns-udp" => dns_udp(arg(rest, 0), arg(rest, 1)),
+        "dns-tcp" => dns_tcp(arg(rest, 0), arg(rest, 1)),
+        "tfo" => tfo(arg(rest, 0)),
+        "ping" => ping(arg(rest, 0)),
+        "raw" => raw(arg(rest, 0)),
+        "packet" => packet(arg(rest, 0)),
+        "vsock" => family_socket(libc::AF_VSOCK, libc::SOCK_STREAM),
+        "netlink-other" => netlink(libc::NETLINK_SOCK_DIAG),
+        "netlink-route" => netlink(libc::NETLINK_ROUTE),
+        "unix-socket" => family_socket(libc::AF_UNIX, libc::SOCK_STREAM),
+        "unix-connect" => unix_connect(arg(rest, 0)),
+        "userns" => userns(),
+        "ipoptions" => ipoptions(),
+        "bind" => bind(arg(rest, 0)),
+        "listen" => listen(arg(rest, 0), arg(rest, 1)),
+        "listen-autobind" => listen_autobind(arg(rest, 0)),
+        "grandchild" => grandchild(rest),
+        "loop-tcp" => loop_tcp(arg(rest, 0), arg(rest, 1)),
+        "sleep" => sleep(arg(rest, 0)),
+        "connect-bench" => connect_bench(arg(rest, 0), arg(rest, 1)),
+        "now" => Ok(format!(
+            "now {}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )),
+        other => Err(format!("usage unknown action {other}")),
+    };
+    match result {
+        Ok(msg) => {
+            println!("ok {msg}");
+            std::process::exit(0);
+        }
+        Err(msg) => {
+            println!("err {msg}");
+            std::process::exit(if msg.starts_with("usage") { 2 } else { 1 });
+        }
+    }
+}
+
+fn arg(rest: &[String], i: usize) -> &str {
+    rest.get(i).map_or("", String::as_str)
+}
+
+fn errno_text(e: &std::io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::ENOSYS) => "ENOSYS",
+        Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EPIPE) => "EPIPE",
+        Some(libc::EAGAIN) => "EAGAIN",
+        Some(n) => return format!("errno{n} {e}"),
+        None => "other",
+    };
+    format!("{name} {e}")
+}
+
+fn last_err() -> String {
+    errno_text(&std::io::Error::last_os_error())
+}
+
+fn addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("usage bad address {s:?}"))
+}
+
+/// Connects and sends a marker; reports whether a reply came back.
+fn tcp(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let mut s =
+        TcpStream::connect_timeout(&a, Duration::from_secs(3)).map_err(|e| errno_text(&e))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    s.write_all(b"escape-attempt\n")
+        .map_err(|e| errno_text(&e))?;
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Err(String::from("closed connection closed without reply")),
+        Ok(n) => Ok(format!(
+            "reply {}",
+            String::from_utf8_lossy(&buf[..n]).trim()
+        )),
+        Err(e) => Err(errno_text(&e)),
+    }
+}
+
+/// Connects, prints what getpeername() says, then exchanges a line.
+fn tcp_peer(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let s = TcpStream::connect_timeout(&a, Duration::from_secs(3)).map_err(|e| errno_text(&e))?;
+    let peer = s.peer_addr().map_err(|e| errno_text(&e))?;
+    Ok(format!("peer {peer}"))
+}
+
+/// Connects, sends ARG, and prints the reply.
+fn tcp_echo(target: &str, text: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let mut s =
+        TcpStream::connect_timeout(&a, Duration::from_secs(5)).map_err(|e| errno_text(&e))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let peer = s.peer_addr().map_err(|e| errno_text(&e))?;
+    s.write_all(format!("{text}\n").as_bytes())
+        .map_err(|e| errno_text(&e))?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).map_err(|e| errno_text(&e))?;
+    if n == 0 {
+        return Err(String::from("closed connection closed without reply"));
+    }
+    Ok(format!(
+        "peer {peer} reply {}",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    ))
+}
+
+fn udp_bind_for(a: &SocketAddr) -> Result<UdpSocket, String> {
+    let local = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    UdpSocket::bind(local).map_err(|e| errno_text(&e))
+}
+
+/// An unbound UDP socket of the target's family (no bind hook involved).
+fn udp_unbound(a: &SocketAddr) -> Result<RawFd, String> {
+    let family = if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    raw_socket(family, libc::SOCK_DGRAM, 0)
+}
+
+fn udp_sendto(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let fd = udp_unbound(&a)?;
+    let (ss, len) = sockaddr_of(&a);
+    let data = b"escape-attempt";
+    // SAFETY: sendto with a valid buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    Ok(String::from("sent"))
+}
+
+fn udp_connect(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let fd = udp_unbound(&a)?;
+    let (ss, len) = sockaddr_of(&a);
+    // SAFETY: connect and send on our own socket.
+    unsafe {
+        if libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(last_err());
+        }
+        let data = b"escape-attempt";
+        if libc::send(fd, data.as_ptr().cast(), data.len(), 0) < 0 {
+            return Err(last_err());
+        }
+    }
+    Ok(String::from("sent"))
+}
+
+fn sockaddr_of(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the right variant.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let sin = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                (ss, size_of::<libc::sockaddr_in>() as u32)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                (ss, size_of::<libc::sockaddr_in6>() as u32)
+            }
+        }
+    }
+}
+
+fn udp_sendmmsg(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let fd = udp_unbound(&a)?;
+    let (mut ss, len) = sockaddr_of(&a);
+    let mut payload = *b"escape-attempt";
+    // SAFETY: the mmsghdr array and everything it points to live on this stack frame.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        let mut msgs: [libc::mmsghdr; 2] = zeroed();
+        for m in &mut msgs {
+            m.msg_hdr.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen = len;
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), 2, 0);
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(format!("sent {n}"))
+    }
+}
+
+/// A DNS query for NAME (default leak.example.) type A.
+fn dns_query(name: &str) -> Vec<u8> {
+    let name = if name.is_empty() {
+        "leak.example."
+    } else {
+        name
+    };
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn rcode(resp: &[u8]) -> Result<String, String> {
+    if resp.len() < 12 || resp[0..2] != [0x12, 0x34] {
+        return Err(String::from("garbage bad DNS reply"));
+    }
+    let ancount = u16::from_be_bytes([resp[6], resp[7]]);
+    Ok(format!("rcode {} answers {ancount}", resp[3] & 0x0f))
+}
+
+fn dns_udp(server: &str, name: &str) -> Result<String, String> {
+    let a = addr(server)?;
+    let s = udp_bind_for(&a)?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| errno_text(&e))?;
+    s.send_to(&dns_query(name), a).map_err(|e| errno_text(&e))?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = s.recv_from(&mut buf).map_err(|e| errno_text(&e))?;
+    Ok(format!("from {from} {}", rcode(&buf[..n])?))
+}
+
+fn dns_tcp(server: &str, name: &str) -> Result<String, String> {
+    let a = addr(server)?;
+    let mut s =
+        TcpStream::connect_timeout(&a, Duration::from_secs(3)).map_err(|e| errno_text(&e))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| errno_text(&e))?;
+    let q = dns_query(name);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed).map_err(|e| errno_text(&e))?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).map_err(|e| errno_text(&e))?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf).map_err(|e| errno_text(&e))?;
+    rcode(&buf)
+}
+
+fn raw_socket(family: i32, ty: i32, proto: i32) -> Result<RawFd, String> {
+    // SAFETY: socket(2).
+    let fd = unsafe { libc::socket(family, ty, proto) };
+    if fd < 0 { Err(last_err()) } else { Ok(fd) }
+}
+
+fn tfo(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let family = if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = raw_socket(family, libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr_of(&a);
+    let data = b"escape-attempt-in-syn";
+    // SAFETY: sendto with a valid buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    Ok(format!("sent {n}"))
+}
+
+fn ping(target: &str) -> Result<String, String> {
+    let ip: std::net::Ipv4Addr = target.parse().map_err(|_| String::from("usage bad ip"))?;
+    let fd = raw_socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
+    send_icmp(fd, ip)
+}
+
+fn raw(target: &str) -> Result<String, String> {
+    let ip: std::net::Ipv4Addr = target.parse().map_err(|_| String::from("usage bad ip"))?;
+    let fd = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+    send_icmp(fd, ip)
+}
+
+fn send_icmp(fd: RawFd, ip: std::net::Ipv4Addr) -> Result<String, String> {
+    let echo = [8u8, 0, 0xf7, 0xfe, 0, 1, 0, 0];
+    let (ss, len) = sockaddr_of(&SocketAddr::from((ip, 0)));
+    // SAFETY: sendto with a valid buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            echo.as_ptr().cast(),
+            echo.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    Ok(format!("sent {n}"))
+}
+
+/// Sends a broadcast Ethernet frame carrying an IPv4 UDP packet out of IFNAME.
+fn packet(ifname: &str) -> Result<String, String> {
+    let fd = raw_socket(
+        libc::AF_PACKET,
+        libc::SOCK_RAW,
+        i32::from((libc::ETH_P_ALL as u16).to_be()),
+    )?;
+    let c = CString::new(ifname).map_err(|_| String::from("usage bad ifname"))?;
+    // SAFETY: if_nametoindex on a C string; sockaddr_ll filled for sendto.
+    unsafe {
+        let index = libc::if_nametoindex(c.as_ptr());
+        if index == 0 {
+            return Err(last_err());
+        }
+        let mut frame = [0u8; 60];
+        frame[0..6].copy_from_slice(&[0xff; 6]);
+        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        frame[14] = 0x45;
+        let mut sll: libc::sockaddr_ll = zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let n = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        );
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(format!("sent {n}"))
+    }
+}
+
+fn family_socket(family: i32, ty: i32) -> Result<String, String> {
+    let fd = raw_socket(family, ty, 0)?;
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    Ok(String::from("created"))
+}
+
+fn netlink(proto: i32) -> Result<String, String> {
+    let fd = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, proto)?;
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    Ok(String::from("created"))
+}
+
+fn unix_connect(path: &str) -> Result<String, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| errno_text(&e))?;
+    let _ = s.write_all(b"hello\n");
+    Ok(String::from("connected"))
+}
+
+fn userns() -> Result<String, String> {
+    // SAFETY: unshare(2).
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(last_err());
+    }
+    Ok(String::from("unshared"))
+}
+
+fn ipoptions() -> Result<String, String> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| errno_text(&e))?;
+    // A loose-source-route option (type 131), padded.
+    let opt = [131u8, 7, 4, 10, 0, 0, 1, 0];
+    // SAFETY: setsockopt with a valid buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            opt.as_ptr().cast(),
+            opt.len() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(last_err());
+    }
+    Ok(String::from("set"))
+}
+
+fn bind(target: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let l = TcpListener::bind(a).map_err(|e| errno_text(&e))?;
+    Ok(format!(
+        "bound {}",
+        l.local_addr().map_err(|e| errno_text(&e))?
+    ))
+}
+
+/// Listens on ADDR for SECS seconds; reports how many connections arrived.
+fn listen(target: &str, secs: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let secs: u64 = secs.parse().unwrap_or(3);
+    let l = TcpListener::bind(a).map_err(|e| errno_text(&e))?;
+    let local = l.local_addr().map_err(|e| errno_text(&e))?;
+    println!("listening {local}");
+    let _ = std::io::stdout().flush();
+    l.set_nonblocking(true).map_err(|e| errno_text(&e))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut accepted = 0;
+    while std::time::Instant::now() < deadline {
+        if l.accept().is_ok() {
+            accepted += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if accepted > 0 {
+        return Err(format!("accepted {accepted}"));
+    }
+    Ok(format!("accepted 0 on {local}"))
+}
+
+/// listen() on a socket that was never bound: the kernel binds it to the
+/// wildcard address without calling any bind hook. Waits SECS seconds.
+fn listen_autobind(secs: &str) -> Result<String, String> {
+    let secs: u64 = secs.parse().unwrap_or(3);
+    let fd = raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+    // SAFETY: listen/getsockname on our own socket.
+    unsafe {
+        if libc::listen(fd, 16) != 0 {
+            return Err(last_err());
+        }
+        let mut sin: libc::sockaddr_in = zeroed();
+        let mut len = size_of::<libc::sockaddr_in>() as u32;
+        libc::getsockname(fd, (&mut sin as *mut libc::sockaddr_in).cast(), &mut len);
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        println!("listening {ip}:{}", u16::from_be(sin.sin_port));
+        let _ = std::io::stdout().flush();
+        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut accepted = 0;
+        while std::time::Instant::now() < deadline {
+            if libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) >= 0 {
+                accepted += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if accepted > 0 {
+            return Err(format!("accepted {accepted}"));
+        }
+    }
+    Ok(String::from("accepted 0"))
+}
+
+/// Double-forks; the grandchild (reparented away from us) runs `tcp ADDR`
+/// and appends its result to FILE.
+fn grandchild(rest: &[String]) -> Result<String, String> {
+    let target = arg(rest, 0).to_string();
+    let file = arg(rest, 1).to_string();
+    // SAFETY: fork in a single-threaded program.
+    unsafe {
+        match libc::fork() {
+            -1 => return Err(last_err()),
+            0 => {
+                libc::setsid();
+                match libc::fork() {
+                    0 => {
+                        std::thread::sleep(Duration::from_millis(300));
+                        let r = tcp(&target);
+                        let line = match r {
+                            Ok(m) => format!("ok {m}\n"),
+                            Err(m) => format!("err {m}\n"),
+                        };
+                        if let Ok(mut f) = std::fs::OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(&file)
+                        {
+                            let _ = f.write_all(line.as_bytes());
+                        }
+                        // Linger, so the test can check we are killed with the run.
+                        std::thread::sleep(Duration::from_secs(30));
+                        libc::_exit(0);
+                    }
+                    _ => libc::_exit(0),
+                }
+            }
+            pid => {
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, 0);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    Ok(String::from("forked"))
+}
+
+/// Tries to connect to ADDR every 50 ms forever, appending each result to FILE.
+fn loop_tcp(target: &str, file: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    loop {
+        let line = match TcpStream::connect_timeout(&a, Duration::from_millis(500)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"escape-attempt\n");
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let mut buf = [0u8; 32];
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        format!("reply {}\n", String::from_utf8_lossy(&buf[..n]).trim())
+                    }
+                    Ok(_) => String::from("closed\n"),
+                    Err(e) => format!("err {}\n", errno_text(&e)),
+                }
+            }
+            Err(e) => format!("err {}\n", errno_text(&e)),
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sleep(secs: &str) -> Result<String, String> {
+    let secs: u64 = secs
+        .parse()
+        .map_err(|_| String::from("usage bad seconds"))?;
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(String::from("slept"))
+}
+
+/// connect()+close() to ADDR N times (after a warm-up); prints ns per operation.
+fn connect_bench(target: &str, n: &str) -> Result<String, String> {
+    let a = addr(target)?;
+    let n: u32 = n.parse().map_err(|_| String::from("usage bad count"))?;
+    for _ in 0..100 {
+        drop(TcpStream::connect(a).map_err(|e| errno_text(&e))?);
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        drop(TcpStream::connect(a).map_err(|e| errno_text(&e))?);
+    }
+    Ok(format!(
+        "ns_per_op {}",
+        t.elapsed().as_nanos() / u128::from(n.max(1))
+    ))
+}

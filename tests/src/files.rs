@@ -1,0 +1,83 @@
+//! Files the agent (running as `nobody`) must be able to read: policies,
+//! the probe binary, scratch files. They live in a world-readable temp dir.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+/// A per-process scratch directory under /tmp, mode 0777 (sticky), removed at exit by [`Scratch`].
+pub fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("enforcer-e2e-{}", std::process::id()));
+        fs::create_dir_all(&d).expect("create scratch dir");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).expect("chmod scratch dir");
+        d
+    })
+}
+
+/// Writes `content` to a fresh file in the scratch dir and returns its path.
+pub fn write(name: &str, content: &str) -> PathBuf {
+    let p = scratch_dir().join(unique(name));
+    fs::write(&p, content).expect("write scratch file");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+    p
+}
+
+/// A path for the agent to write to (world-writable file, created empty).
+pub fn agent_writable(name: &str) -> PathBuf {
+    let p = scratch_dir().join(unique(name));
+    fs::write(&p, "").expect("create");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).expect("chmod");
+    p
+}
+
+fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{name}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The probe binary, copied where `nobody` can execute it.
+pub fn probe() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            // Integration tests run from target/<profile>/deps; cargo builds the
+            // package's binaries into target/<profile>.
+            let exe = std::env::current_exe().expect("current exe");
+            let src = exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("enforcer-probe"))
+                .filter(|p| p.exists())
+                .expect("enforcer-probe binary next to the test binary");
+            let dst = scratch_dir().join("enforcer-probe");
+            fs::copy(&src, &dst).expect("copy probe");
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod probe");
+            dst
+        })
+        .clone()
+}
+
+/// The enforcer binary under test: $ENFORCER_BIN, or the workspace's target dir.
+pub fn enforcer() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENFORCER_BIN") {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target"));
+    // The most recently built profile.
+    ["debug", "release"]
+        .iter()
+        .map(|profile| target.join(profile).join("enforcer"))
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .expect("enforcer binary not found: build it first or set ENFORCER_BIN")
+}
