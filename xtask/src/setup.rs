@@ -1,0 +1,165 @@
+//! `cargo xtask setup`: everything a fresh machine needs, installed only
+//! when missing: the nightly rust-src component and bpf-linker (built
+//! against the nightly toolchain's own LLVM) for the eBPF programs, and the
+//! Debian packages the tests and the demo use.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, exec, output};
+
+/// Debian packages the tests and demo use (iproute2: test hosts in network
+/// namespaces; curl, python3, dnsutils: real clients inside the sandbox;
+/// util-linux: setpriv).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "curl",
+    "python3",
+    "dnsutils",
+    "util-linux",
+    "ca-certificates",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the nightly toolchain is needed to build the eBPF programs")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// The nightly toolchain's LLVM shared library (the real file, not the linker script).
+fn nightly_libllvm() -> anyhow::Result<PathBuf> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let found = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("nightly"))
+        });
+    found.with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+/// bpf-linker linked against the nightly LLVM, through a durable directory
+/// ($CARGO_HOME/enforcer-llvm/lib) that also serves as its rpath.
+fn bpf_linker() -> anyhow::Result<()> {
+    let llvm = nightly_libllvm()?;
+    let prefix = cargo_home().join("enforcer-llvm");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
+    let soname = llvm.file_name().context("libLLVM name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(soname)] {
+        if std::fs::read_link(&link).ok().as_deref() != Some(llvm.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&llvm, &link)
+                .with_context(|| format!("cannot link {} -> {}", link.display(), llvm.display()))?;
+        }
+    }
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let llvm_major = soname
+        .to_string_lossy()
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or("22")
+        .to_string();
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+            ),
+    )?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but does not run; see the output above");
+    }
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
+    }
+    exec(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
