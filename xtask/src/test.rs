@@ -44,21 +44,15 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // $CARGO is the real cargo, not rustup's proxy: go through rustup for nightly.
     exec(
-        cargo()
+        Command::new("rustup")
             .current_dir(util::root().join("ebpf").join("enforcer-ebpf"))
-            .args([
-                "+nightly",
-                "clippy",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]),
+            .args(["run", "nightly", "cargo", "clippy", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )
 }
 
