@@ -9,6 +9,7 @@ pub mod launch;
 pub mod leftovers;
 pub mod netns;
 pub mod servers;
+pub mod vendor;
 
 pub use launch::{Launch, Outcome};
 pub use netns::TestHost;

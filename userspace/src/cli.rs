@@ -55,6 +55,10 @@ pub struct LaunchArgs {
     /// Resolve NAME to ADDR for the enforcer (tests, air-gapped hosts). Repeatable.
     #[arg(long = "resolve", value_name = "NAME=ADDR")]
     pub resolve: Vec<String>,
+    /// Also trust this CA (PEM) when verifying upstream servers (private
+    /// vendors, tests). Repeatable. The system's roots are always trusted.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
     /// Log every decision as a JSON line on stderr (default: human-readable refusals).
     #[arg(long)]
     pub log_json: bool,

@@ -14,3 +14,4 @@ pub mod policy;
 pub mod proxy;
 pub mod runid;
 pub mod runs;
+pub mod tls;

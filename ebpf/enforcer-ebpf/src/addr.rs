@@ -19,8 +19,11 @@ const REFUSE: i32 = 0;
 
 /// Where a destination goes.
 enum Route {
-    /// Leave the address as it is (a listed loopback port or the explicit proxy).
+    /// Leave the address as it is (a listed loopback port).
     Direct,
+    /// The explicit proxy: left as it is, but remembered, so the proxy can
+    /// tell the run's connections from any other local process's.
+    Explicit,
     /// Rewrite to the enforcer's resolver.
     Dns,
     /// Rewrite to the enforcer's transparent proxy.
@@ -45,7 +48,10 @@ fn route(sock_type: u32, protocol: u32, loopback: bool, port: u16) -> Route {
     }
     if loopback {
         let explicit = explicit_port4();
-        if (explicit != 0 && port == explicit) || loopback_port_listed(port) {
+        if explicit != 0 && port == explicit {
+            return Route::Explicit;
+        }
+        if loopback_port_listed(port) {
             return Route::Direct;
         }
         return Route::Refuse(Reason::LoopbackPortNotListed);
@@ -93,6 +99,12 @@ fn steer4(ctx: &SockAddrContext) -> i32 {
     let mapped = v4_mapped(ip);
     let target = match route(sock_type(ctx), protocol(ctx), is_loopback4(ip), port) {
         Route::Direct => return ALLOW,
+        Route::Explicit => {
+            if !remember(ctx, mapped, port, AF_INET) {
+                return refuse(ctx, Reason::TableFull, AF_INET, mapped, port);
+            }
+            return ALLOW;
+        }
         Route::Refuse(reason) => return refuse(ctx, reason, AF_INET, mapped, port),
         Route::Dns => dns_port4(),
         Route::Proxy => proxy_port4(),
@@ -121,6 +133,12 @@ fn steer6(ctx: &SockAddrContext) -> i32 {
     };
     let target = match route(sock_type(ctx), protocol(ctx), loopback, port) {
         Route::Direct => return ALLOW,
+        Route::Explicit => {
+            if !remember(ctx, ip, port, AF_INET6) {
+                return refuse(ctx, Reason::TableFull, AF_INET6, ip, port);
+            }
+            return ALLOW;
+        }
         Route::Refuse(reason) => return refuse(ctx, reason, AF_INET6, ip, port),
         Route::Dns if mapped => dns_port4(),
         Route::Proxy if mapped => proxy_port4(),

@@ -30,9 +30,10 @@ use crate::{
         loader::LoadError,
     },
     policy::{Policy, PolicyError},
-    proxy::{Listeners, transparent},
+    proxy::{Listeners, ProxyContext, explicit, transparent, upstream::Upstream},
     runid,
     runs::{self, RunRecord},
+    tls,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub enum LaunchError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Child(#[from] child::ChildError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -72,6 +75,7 @@ impl LaunchError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Policy(_) | Self::Resolve(_) => 2,
+            Self::Tls(crate::tls::TlsError::CaFile { .. }) => 2,
             Self::Command(command::CommandError::NotFound(_) | command::CommandError::Empty) => 127,
             Self::Command(command::CommandError::NotExecutable(_)) => 126,
             Self::Child(child::ChildError::Spawn { source, .. }) => match source.kind() {
@@ -96,6 +100,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
     let resolver = Arc::new(Resolver::with_statics(&args.resolve)?);
+    let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
@@ -120,6 +125,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
     let runs_dir = PathBuf::from(runs::RUNS_DIR);
+    let trust_dir = PathBuf::from(tls::trust::TRUST_DIR).join(&run_id);
     // Forked while this process is still single-threaded.
     let watchdog = if args.pin {
         None
@@ -129,6 +135,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
                 cgroup: cgroup.path().to_path_buf(),
                 pins: pins.path().to_path_buf(),
                 record: RunRecord::path(&runs_dir, &run_id),
+                trust: trust_dir.clone(),
             })
             .map_err(io_err("cannot start the watchdog process"))?,
         )
@@ -149,6 +156,13 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         .save(&runs_dir)
         .map_err(io_err("cannot record the run under /run/enforcer"))?;
 
+    // The run's CA: its key lives in this process only; the agent trusts its
+    // certificate through a bundle of the system roots plus it.
+    let ca_lifetime = plan_ca_lifetime(&policy);
+    let ca = Arc::new(tls::RunCa::generate(&run_id, ca_lifetime)?);
+    let base_bundle = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let trust = tls::trust::TrustFiles::write(&run_id, ca.cert_pem(), base_bundle.as_deref())?;
+    let upstream_tls = tls::upstream::client_config(upstream_roots)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -167,6 +181,9 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         run_id: run_id.clone(),
         policy,
         resolver,
+        ca,
+        trust_env: trust.env(),
+        upstream_tls,
         user,
         program,
         argv0: cmd.clone(),
@@ -176,6 +193,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
     runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(trust);
 
     let pinned_alive = matches!(outcome, Ok(Outcome::KeptPinned));
     if !pinned_alive {
@@ -197,6 +215,9 @@ struct Plan {
     run_id: String,
     policy: Arc<Policy>,
     resolver: Arc<Resolver>,
+    ca: Arc<tls::RunCa>,
+    trust_env: Vec<(String, PathBuf)>,
+    upstream_tls: rustls::ClientConfig,
     user: target_user::TargetUser,
     program: PathBuf,
     argv0: OsString,
@@ -226,7 +247,7 @@ async fn supervise(
         proxy_port6: listeners.transparent6.as_ref().map_or(0, Listeners::port),
         dns_port4: Listeners::dns_port(&listeners.dns_udp4),
         dns_port6: listeners.dns_udp6.as_ref().map_or(0, Listeners::dns_port),
-        explicit_port4: 0,
+        explicit_port4: Listeners::port(&listeners.explicit4),
         loopback_ports: plan.policy.local.loopback_ports.clone(),
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "listeners bound");
@@ -241,13 +262,18 @@ async fn supervise(
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events_task(ring, record_kernel.clone()));
-    let ctx = transparent::ProxyContext {
+    let explicit_port = Listeners::port(&listeners.explicit4);
+    let ctx = ProxyContext {
+        run_id: Arc::from(plan.run_id.as_str()),
         policy: Arc::clone(&plan.policy),
         origdst,
         resolver: Arc::clone(&plan.resolver),
         sink: sink.clone(),
+        upstream: Upstream::new(Arc::clone(&plan.resolver), plan.upstream_tls.clone()),
+        tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
     };
     tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
+    tasks.spawn(explicit::serve(listeners.explicit4, ctx.clone()));
     if let Some(l6) = listeners.transparent6 {
         tasks.spawn(transparent::serve(l6, ctx.clone()));
     }
@@ -275,7 +301,7 @@ async fn supervise(
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
         args: plan.args.clone(),
-        env: child_env(&plan),
+        env: child_env(&plan, explicit_port),
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
@@ -377,14 +403,42 @@ fn kernel_decision(e: &KernelEvent) -> Decision {
     d
 }
 
-/// The agent's environment: ours, with the identity of the target user.
-fn child_env(plan: &Plan) -> Vec<(OsString, OsString)> {
+/// Proxy variables, upper and lower case (clients disagree on which they read).
+const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
+const NO_PROXY_VARS: &[&str] = &["NO_PROXY", "no_proxy"];
+
+/// The agent's environment: ours, with the identity of the target user, the
+/// explicit proxy, and the trust bundle that includes the run's CA.
+fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
+    let ours: std::collections::HashSet<String> = plan
+        .trust_env
+        .iter()
+        .map(|(k, _)| k.clone())
+        .chain(
+            PROXY_VARS
+                .iter()
+                .chain(NO_PROXY_VARS)
+                .map(|s| s.to_string()),
+        )
+        .chain(["ALL_PROXY", "all_proxy"].map(String::from))
+        .collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
             !matches!(k.as_ref(), "HOME" | "USER" | "LOGNAME" | "SHELL" | "MAIL")
+                && !ours.contains(k.as_ref())
         })
         .collect();
+    let proxy = format!("http://127.0.0.1:{explicit_port}");
+    for k in PROXY_VARS {
+        env.push((k.into(), proxy.clone().into()));
+    }
+    for k in NO_PROXY_VARS {
+        env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+    }
+    for (k, v) in &plan.trust_env {
+        env.push((k.into(), v.clone().into()));
+    }
     env.push(("HOME".into(), plan.user.home.clone().into()));
     env.push(("USER".into(), plan.user.name.clone().into()));
     env.push(("LOGNAME".into(), plan.user.name.clone().into()));
@@ -425,4 +479,10 @@ fn print_summary(run_id: &str, code: i32, sink: &DecisionSink) {
         let list: Vec<String> = top.iter().map(|(d, n)| format!("{d} ({n}x)")).collect();
         eprintln!("enforcer: top refused: {}", list.join(", "));
     }
+}
+
+/// How long the run's CA (and its leaves) stay valid: the policy's TTL, or a
+/// day, plus an hour of slack.
+fn plan_ca_lifetime(policy: &Policy) -> Duration {
+    policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600)
 }

@@ -48,6 +48,8 @@ pub struct Leftovers {
     pub pins: PathBuf,
     /// The run's record under /run/enforcer/runs.
     pub record: PathBuf,
+    /// The run's trust bundle directory.
+    pub trust: PathBuf,
 }
 
 /// Forks the watchdog. Must be called while the process is single-threaded.
@@ -122,6 +124,7 @@ fn watch(read_end: OwnedFd, leftovers: &Leftovers) {
             let removed = cgroup::remove_run_cgroup(cgroup_path);
             let unpinned = bpffs::remove_pins(&leftovers.pins);
             let _ = std::fs::remove_file(&leftovers.record);
+            crate::tls::trust::remove(&leftovers.trust);
             eprintln!(
                 "enforcer watchdog: the enforcer exited without cleaning up; killed the run's \
                  processes and removed {} ({})",

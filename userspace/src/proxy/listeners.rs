@@ -18,6 +18,8 @@ pub struct Listeners {
     pub dns_tcp4: TcpListener,
     pub dns_udp6: Option<UdpSocket>,
     pub dns_tcp6: Option<TcpListener>,
+    /// The explicit proxy (HTTP_PROXY) on 127.0.0.1.
+    pub explicit4: TcpListener,
 }
 
 impl Listeners {
@@ -31,6 +33,7 @@ impl Listeners {
             Ok((u, t)) => (Some(u), Some(t)),
             Err(_) => (None, None),
         };
+        let explicit4 = TcpListener::bind((lo4, 0)).await?;
         Ok(Self {
             transparent4,
             transparent6,
@@ -38,6 +41,7 @@ impl Listeners {
             dns_tcp4,
             dns_udp6,
             dns_tcp6,
+            explicit4,
         })
     }
 

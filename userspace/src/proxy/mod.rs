@@ -1,8 +1,17 @@
 //! The enforcer's proxy: the listeners the kernel redirects the agent's TCP
-//! to, and the per-connection decision that follows.
+//! to (and the explicit HTTP_PROXY listener), the per-connection decision,
+//! TLS interception and the per-request boundary.
 
+pub mod context;
+pub mod dial;
+pub mod explicit;
+pub mod http;
+pub mod intercept;
 pub mod listeners;
 pub mod relay;
+pub mod sniff;
 pub mod transparent;
+pub mod upstream;
 
+pub use context::ProxyContext;
 pub use listeners::Listeners;

@@ -1,0 +1,63 @@
+//! What every connection handler of a run shares, and what is known about
+//! one connection once its server name has been decided.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::{decision::DecisionSink, dns::Resolver, kernel::origdst::OrigDstTable, policy::Policy};
+
+use super::upstream::Upstream;
+
+/// Shared by every task of a run's proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyContext {
+    pub run_id: Arc<str>,
+    pub policy: Arc<Policy>,
+    pub origdst: Arc<OrigDstTable>,
+    pub resolver: Arc<Resolver>,
+    pub sink: DecisionSink,
+    pub upstream: Upstream,
+    /// Server side of interception (leaves minted by the run CA).
+    pub tls_server: Arc<rustls::ServerConfig>,
+}
+
+/// How the agent reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Redirected by the kernel.
+    Transparent,
+    /// Through HTTP_PROXY / HTTPS_PROXY.
+    Explicit,
+}
+
+/// One intercepted connection: the name decisions are made on (TLS server
+/// name, Host, or CONNECT authority), and the `[[host]]` entry governing it.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub name: String,
+    pub port: u16,
+    pub tls: bool,
+    pub host: usize,
+    pub via: Via,
+    pub peer: SocketAddr,
+}
+
+impl Conn {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// `name` or `name:port` when the port is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.name.contains(':') {
+            format!("[{}]", self.name)
+        } else {
+            self.name.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The pooled HTTP client the proxy forwards allowed requests with:
+//! HTTP/1.1 and HTTP/2 (by ALPN), TLS verified against the system roots
+//! plus `--upstream-ca`, names resolved by the enforcer's resolver.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::dial::{CONNECT_TIMEOUT, HyperResolver};
+use crate::dns::Resolver;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of everything the proxy sends, either way.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long an upstream may take to answer with response headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle pooled connections are closed after this.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector<HyperResolver>>, Body>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream request failed: {0}")]
+    Request(#[from] hyper_util::client::legacy::Error),
+}
+
+impl Upstream {
+    pub fn new(resolver: Arc<Resolver>, tls: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new_with_resolver(HyperResolver(resolver));
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(https);
+        Self { client }
+    }
+
+    /// Sends `req` (whose URI is absolute) and waits for the response headers.
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(req)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(UpstreamError::Timeout(RESPONSE_TIMEOUT)),
+        }
+    }
+}
