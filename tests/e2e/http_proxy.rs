@@ -507,3 +507,38 @@ fn the_explicit_proxy_serves_only_the_runs_own_processes() {
         "the trust bundle is removed with the run"
     );
 }
+
+#[test]
+fn names_resolved_through_the_enforcers_dns_get_the_same_decisions() {
+    let w = World::new();
+    for name in NAMES {
+        w.host.serve_name(name);
+    }
+    // No --resolve for curl: it asks DNS (redirected to the enforcer), gets a
+    // synthetic address, and the proxy maps it back to the name.
+    let script = "curl -sS -m 20 --noproxy '*' -w ' %{http_code} %{remote_ip}\\n' -o /dev/null https://api.vendor.test/v1/dns; \
+                  curl -sS -m 20 --noproxy '*' -w ' %{http_code}\\n' -o /dev/null -X DELETE https://api.vendor.test/v1/dns; \
+                  curl -sS -m 20 --noproxy '*' -w ' %{http_code}\\n' -o /dev/null --resolve other.vendor.test:443:198.18.0.1 https://other.vendor.test/v1/dns; \
+                  echo";
+    let out = w
+        .launch(&["/bin/sh", "-c", script])
+        .resolver(format!("{}:53", w.host.v4))
+        .resolv_conf(&w.host.resolv_conf())
+        .run();
+    out.assert_clean();
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    assert!(
+        lines[0].starts_with("200 198.18.") || lines[0].starts_with("200 fd65:"),
+        "{out:?}"
+    );
+    assert_eq!(lines[1], "403", "{out:?}");
+    // SNI other.vendor.test on the address handed out for api.vendor.test.
+    assert_eq!(lines[2], "000", "{out:?}");
+    assert!(
+        out.stderr.contains("is not the name api.vendor.test"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.vendor.count("GET", "/v1/dns"), 1);
+    assert_eq!(w.vendor.count("DELETE", "/v1/dns"), 0);
+}

@@ -18,7 +18,14 @@ pub struct Launch {
     command: Vec<OsString>,
     user: Option<String>,
     timeout: Duration,
+    resolver: String,
+    resolv_conf: Option<PathBuf>,
 }
+
+/// The upstream resolver launches use unless a test names one: a closed
+/// loopback port, so no test ever sends a query to the machine's real
+/// resolver, even by mistake.
+pub const NO_RESOLVER: &str = "127.0.0.1:1";
 
 /// What a finished launch produced.
 #[derive(Debug)]
@@ -54,7 +61,23 @@ impl Launch {
             command: command.iter().map(OsString::from).collect(),
             user: Some(String::from("nobody")),
             timeout: Duration::from_secs(60),
+            resolver: String::from(NO_RESOLVER),
+            resolv_conf: None,
         }
+    }
+
+    /// The upstream DNS server enforcer asks about allowed names.
+    pub fn resolver(mut self, addr: impl Into<String>) -> Self {
+        self.resolver = addr.into();
+        self
+    }
+
+    /// Runs enforcer (and so the agent) in a private mount namespace where
+    /// /etc/resolv.conf says `content`: agents that read it then aim their
+    /// queries at a test host, never at the machine's real resolver.
+    pub fn resolv_conf(mut self, content: &str) -> Self {
+        self.resolv_conf = Some(files::write("resolv.conf", content));
+        self
     }
 
     /// Runs the probe binary with these arguments.
@@ -81,8 +104,20 @@ impl Launch {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(files::enforcer());
+        ensure_bpffs();
+        let mut c = match &self.resolv_conf {
+            None => Command::new(files::enforcer()),
+            Some(conf) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+                    .arg(conf)
+                    .arg(files::enforcer());
+                c
+            }
+        };
         c.arg("launch").arg("--policy").arg(&self.policy);
+        c.arg("--resolver").arg(&self.resolver);
         if let Some(u) = &self.user {
             c.arg("--user").arg(u);
         }
@@ -106,6 +141,23 @@ impl Launch {
             child: Some(self.command().spawn().expect("spawn enforcer")),
         }
     }
+}
+
+/// Mounts bpffs on the host before any launch, so a launch inside a private
+/// mount namespace pins where the tests (and cleanup) can see it.
+fn ensure_bpffs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+        });
+        if !mounted {
+            let _ = Command::new("mount")
+                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+                .status();
+        }
+    });
 }
 
 /// A launch still running. Dropping it kills the enforcer.

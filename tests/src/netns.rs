@@ -30,6 +30,10 @@ pub struct TestHost {
     /// Port of the UDP recorder, on both addresses.
     pub udp_port: u16,
     pub counters: Arc<Counters>,
+    /// Names the test host's DNS server answers (add to it freely).
+    pub zone: servers::Zone,
+    /// Every query the test host's DNS server received: (name, type).
+    pub dns_log: servers::QueryLog,
     captured: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -142,12 +146,16 @@ impl TestHost {
         let (udp_port, udp_threads) =
             servers::start_udp(&ns, v4, v6, Arc::clone(&stop), Arc::clone(&counters));
         threads.extend(udp_threads);
+        let zone: servers::Zone = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let dns_log: servers::QueryLog = Arc::new(Mutex::new(Vec::new()));
         threads.extend(servers::start_dns(
             &ns,
             v4,
             v6,
             Arc::clone(&stop),
             Arc::clone(&counters),
+            Arc::clone(&zone),
+            Arc::clone(&dns_log),
         ));
 
         Self {
@@ -160,10 +168,41 @@ impl TestHost {
             tcp_port,
             udp_port,
             counters,
+            zone,
+            dns_log,
             captured,
             stop,
             threads,
         }
+    }
+
+    /// Makes the test host's DNS server answer `name` with this host's addresses.
+    pub fn serve_name(&self, name: &str) {
+        if let Ok(mut z) = self.zone.lock() {
+            z.insert(name.to_string(), vec![self.v4.into(), self.v6.into()]);
+        }
+    }
+
+    /// The queries the test host's DNS server saw for `name`.
+    pub fn dns_queries_for(&self, name: &str) -> Vec<String> {
+        self.dns_log
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, t)| t.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A resolv.conf pointing at this host, for agents that read one.
+    pub fn resolv_conf(&self) -> String {
+        format!(
+            "nameserver {}
+",
+            self.v4
+        )
     }
 
     pub fn tcp4(&self) -> SocketAddr {

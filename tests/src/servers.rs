@@ -1,11 +1,13 @@
 //! The test host's servers: a TCP echo (v4 and v6), a UDP recorder and a DNS
-//! recorder on port 53 (UDP and TCP). Each counts what reaches it.
+//! server on port 53 (UDP and TCP) that answers from a zone and logs every
+//! query. Each counts what reaches it.
 
 use std::{
+    collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -121,13 +123,64 @@ fn udp_loop(u: &UdpSocket, stop: &AtomicBool, counter: &AtomicUsize) {
     }
 }
 
-/// DNS on port 53 (UDP and TCP, v4 and v6) that only counts queries.
+/// The zone the test host's DNS server answers: names to addresses.
+pub type Zone = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
+
+/// Every query the test host's DNS server received: (name, type).
+pub type QueryLog = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Answers a DNS query from `zone` (NXDOMAIN for unknown names), logging it.
+fn dns_answer(wire: &[u8], zone: &Zone, log: &QueryLog) -> Option<Vec<u8>> {
+    use hickory_proto::{
+        op::{Message, MessageType, ResponseCode},
+        rr::{RData, Record, RecordType, rdata},
+    };
+    let q = Message::from_vec(wire).ok()?;
+    let question = q.queries().first()?.clone();
+    let name = question
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if let Ok(mut l) = log.lock() {
+        l.push((name.clone(), question.query_type().to_string()));
+    }
+    let addrs = zone.lock().ok()?.get(&name).cloned();
+    let mut resp = Message::new();
+    resp.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(question.clone());
+    match addrs {
+        None => {
+            resp.set_response_code(ResponseCode::NXDomain);
+        }
+        Some(addrs) => {
+            for a in addrs {
+                let rdata = match (a, question.query_type()) {
+                    (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(v4)),
+                    (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(v6)),
+                    _ => continue,
+                };
+                resp.add_answer(Record::from_rdata(question.name().clone(), 300, rdata));
+            }
+        }
+    }
+    resp.to_vec().ok()
+}
+
+/// DNS on port 53 (UDP and TCP, v4 and v6): answers from `zone`, logs every
+/// query in `log` and counts them.
+#[allow(clippy::too_many_arguments)]
 pub fn start_dns(
     ns: &str,
     v4: Ipv4Addr,
     v6: Ipv6Addr,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    zone: Zone,
+    log: QueryLog,
 ) -> Vec<JoinHandle<()>> {
     let (u4, u6, t4, t6) = in_netns(ns, move || {
         (
@@ -141,21 +194,50 @@ pub fn start_dns(
     .expect("bind in netns");
     let mut threads = Vec::new();
     for u in [u4, u6] {
-        let stop = Arc::clone(&stop);
-        let counters = Arc::clone(&counters);
+        let (stop, counters, zone, log) = (
+            Arc::clone(&stop),
+            Arc::clone(&counters),
+            Arc::clone(&zone),
+            Arc::clone(&log),
+        );
         threads.push(std::thread::spawn(move || {
-            udp_loop(&u, &stop, &counters.dns)
+            let _ = u.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, peer)) = u.recv_from(&mut buf) {
+                    counters.dns.fetch_add(1, Ordering::SeqCst);
+                    if let Some(resp) = dns_answer(&buf[..n], &zone, &log) {
+                        let _ = u.send_to(&resp, peer);
+                    }
+                }
+            }
         }));
     }
     for t in [t4, t6] {
-        let stop = Arc::clone(&stop);
-        let counters = Arc::clone(&counters);
+        let (stop, counters, zone, log) = (
+            Arc::clone(&stop),
+            Arc::clone(&counters),
+            Arc::clone(&zone),
+            Arc::clone(&log),
+        );
         threads.push(std::thread::spawn(move || {
             t.set_nonblocking(true).expect("nonblocking");
             while !stop.load(Ordering::SeqCst) {
                 match t.accept() {
-                    Ok(_) => {
+                    Ok((mut s, _)) => {
                         counters.dns.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut len = [0u8; 2];
+                        if s.read_exact(&mut len).is_ok() {
+                            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                            if s.read_exact(&mut q).is_ok()
+                                && let Some(resp) = dns_answer(&q, &zone, &log)
+                            {
+                                let _ = s.write_all(&(resp.len() as u16).to_be_bytes());
+                                let _ = s.write_all(&resp);
+                            }
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }

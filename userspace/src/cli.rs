@@ -55,6 +55,10 @@ pub struct LaunchArgs {
     /// Resolve NAME to ADDR for the enforcer (tests, air-gapped hosts). Repeatable.
     #[arg(long = "resolve", value_name = "NAME=ADDR")]
     pub resolve: Vec<String>,
+    /// Upstream DNS server for allowed names (IP or IP:PORT; repeatable).
+    /// Default: the nameservers in /etc/resolv.conf.
+    #[arg(long = "resolver", value_name = "ADDR")]
+    pub resolver: Vec<String>,
     /// Also trust this CA (PEM) when verifying upstream servers (private
     /// vendors, tests). Repeatable. The system's roots are always trusted.
     #[arg(long = "upstream-ca", value_name = "FILE")]

@@ -99,7 +99,25 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // Everything that can be wrong with the request is checked before the
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
-    let resolver = Arc::new(Resolver::with_statics(&args.resolve)?);
+    let resolver_overrides = args
+        .resolver
+        .iter()
+        .map(|r| dns::config::parse_resolver(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(dns::ResolveError::from)?;
+    let upstream_dns = match dns::config::upstreams(&resolver_overrides) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("enforcer: note: {e}; allowed names resolve only through --resolve entries");
+            Vec::new()
+        }
+    };
+    let resolver = Arc::new(Resolver::new(
+        &args.resolve,
+        upstream_dns,
+        dns::budget::Limits::default(),
+        Arc::clone(&policy),
+    )?);
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
@@ -277,11 +295,17 @@ async fn supervise(
     if let Some(l6) = listeners.transparent6 {
         tasks.spawn(transparent::serve(l6, ctx.clone()));
     }
-    tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, sink.clone()));
-    tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, sink.clone()));
+    let dns_ctx = dns::server::DnsContext {
+        policy: Arc::clone(&plan.policy),
+        resolver: Arc::clone(&plan.resolver),
+        sink: sink.clone(),
+        ipv6: cfg.proxy_port6 != 0,
+    };
+    tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, dns_ctx.clone()));
+    tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, dns_ctx.clone()));
     if let (Some(u), Some(t)) = (listeners.dns_udp6, listeners.dns_tcp6) {
-        tasks.spawn(dns::server::serve_udp(u, sink.clone()));
-        tasks.spawn(dns::server::serve_tcp(t, sink.clone()));
+        tasks.spawn(dns::server::serve_udp(u, dns_ctx.clone()));
+        tasks.spawn(dns::server::serve_tcp(t, dns_ctx));
     }
 
     let cgroup_path = cgroup.path().to_path_buf();

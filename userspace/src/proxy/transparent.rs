@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     decision::{Decision, Layer, Verdict},
+    dns::names,
     policy::ConnectionVerdict,
 };
 
@@ -80,43 +81,62 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
         ));
         return;
     };
-    if let Some((rule, addrs)) = tcp_rule(&ctx, dst).await {
-        return relay_tcp(client, dst, rule, addrs, &ctx).await;
+    // The name the enforcer's resolver handed this address out for, if any.
+    let resolved = ctx.resolver.names.name_for(dst.ip());
+    let shown = resolved.clone().unwrap_or_else(|| dst.ip().to_string());
+    if resolved.is_none() && names::is_synthetic(dst.ip()) {
+        return deny(
+            &ctx,
+            shown,
+            dst.port(),
+            "address in the resolver's range that it never handed out",
+        );
     }
-    match sniff::sniff(&client, SNIFF_DEADLINE).await {
-        FirstBytes::Tls { sni: Some(name) } => {
-            by_name(client, peer, name, dst.port(), true, ctx).await
+    if let Some((rule, upstream)) = tcp_rule(&ctx, dst, resolved.as_deref()).await {
+        return relay_tcp(client, dst.port(), &shown, rule, upstream, &ctx).await;
+    }
+    let (said, tls) = match sniff::sniff(&client, SNIFF_DEADLINE).await {
+        FirstBytes::Tls { sni } => (sni, true),
+        FirstBytes::Http { host } => (host, false),
+        FirstBytes::Other => {
+            let reason = "not TLS or HTTP, and not a [[tcp]] destination (default deny)";
+            return deny(&ctx, shown, dst.port(), reason);
         }
-        FirstBytes::Http { host: Some(name) } => {
-            by_name(client, peer, name, dst.port(), false, ctx).await
+    };
+    // The client's own name (SNI, Host) must agree with the name it resolved.
+    let name = match (said, resolved) {
+        (Some(said), Some(resolved)) if said != resolved => {
+            let reason = format!("{said} is not the name {resolved} this address was resolved for");
+            if tls {
+                return refuse_tls(client, &ctx, shown, dst.port(), &reason).await;
+            }
+            return deny(&ctx, shown, dst.port(), reason);
         }
-        FirstBytes::Tls { sni: None } => {
-            refuse_tls(
-                client,
+        (Some(said), _) => said,
+        (None, Some(resolved)) if !tls => resolved,
+        (None, Some(resolved)) => {
+            // TLS without SNI: only a pass-through can serve it.
+            let verdict = ctx.policy.connection(&resolved, dst.port());
+            if !matches!(verdict, ConnectionVerdict::PassThrough { .. }) {
+                let reason = "TLS without a server name (SNI) cannot be intercepted";
+                return refuse_tls(client, &ctx, resolved, dst.port(), reason).await;
+            }
+            resolved
+        }
+        (None, None) if tls => {
+            let reason = "TLS without a server name (SNI): nothing to decide on";
+            return refuse_tls(client, &ctx, shown, dst.port(), reason).await;
+        }
+        (None, None) => {
+            return deny(
                 &ctx,
-                dst.ip().to_string(),
-                dst.port(),
-                "TLS without a server name (SNI): nothing to decide on",
-            )
-            .await;
-        }
-        FirstBytes::Http { host: None } => {
-            deny(
-                &ctx,
-                dst.ip().to_string(),
+                shown,
                 dst.port(),
                 "HTTP request without a Host header",
             );
         }
-        FirstBytes::Other => {
-            deny(
-                &ctx,
-                dst.ip().to_string(),
-                dst.port(),
-                "not TLS or HTTP, and not a [[tcp]] destination (default deny)",
-            );
-        }
-    }
+    };
+    by_name(client, peer, name, dst.port(), tls, ctx).await
 }
 
 /// Decides a TLS or HTTP connection on its name and hands it on.
@@ -247,16 +267,33 @@ async fn refuse_http(
         .await;
 }
 
-/// The `[[tcp]]` rule whose host resolves to the dialed address on the
-/// dialed port, and the addresses to dial (the rule's name's).
-async fn tcp_rule(ctx: &ProxyContext, dst: SocketAddr) -> Option<(String, Vec<IpAddr>)> {
+/// Where a `[[tcp]]` connection goes: to a name (dialed by it), or to the
+/// very address the agent dialed when that address is one of the name's.
+enum TcpUpstream {
+    Name(String),
+    Address(IpAddr),
+}
+
+/// The `[[tcp]]` rule that allows this connection: by the name the resolver
+/// handed the address out for, or by a rule whose host (IP literal or name
+/// resolved by the enforcer) includes the dialed address.
+async fn tcp_rule(
+    ctx: &ProxyContext,
+    dst: SocketAddr,
+    resolved: Option<&str>,
+) -> Option<(String, TcpUpstream)> {
+    if let Some(name) = resolved {
+        let rule = ctx.policy.tcp_rule(name, dst.port())?;
+        let label = format!("tcp {}:{}", rule.host, rule.port);
+        return Some((label, TcpUpstream::Name(name.to_string())));
+    }
     for rule in ctx.policy.tcp.iter().filter(|r| r.port == dst.port()) {
         let Ok(addrs) = ctx.resolver.lookup(&rule.host).await else {
             continue;
         };
         if addrs.contains(&dst.ip()) {
-            // Dial the address the agent chose, which is one of the name's.
-            return Some((format!("tcp {}:{}", rule.host, rule.port), vec![dst.ip()]));
+            let label = format!("tcp {}:{}", rule.host, rule.port);
+            return Some((label, TcpUpstream::Address(dst.ip())));
         }
     }
     None
@@ -264,12 +301,17 @@ async fn tcp_rule(ctx: &ProxyContext, dst: SocketAddr) -> Option<(String, Vec<Ip
 
 async fn relay_tcp(
     client: TcpStream,
-    dst: SocketAddr,
+    port: u16,
+    shown: &str,
     rule: String,
-    addrs: Vec<IpAddr>,
+    upstream: TcpUpstream,
     ctx: &ProxyContext,
 ) {
-    let upstream = match dial::connect_any(&addrs, dst.port()).await {
+    let dialed = match &upstream {
+        TcpUpstream::Name(name) => dial::dial(&ctx.resolver, name, port).await,
+        TcpUpstream::Address(ip) => dial::connect_any(&[*ip], port).await,
+    };
+    let upstream = match dialed {
         Ok(s) => s,
         Err(e) => {
             ctx.sink.record(
@@ -278,8 +320,8 @@ async fn relay_tcp(
                     Verdict::Deny,
                     format!("upstream unreachable: {e}"),
                 )
-                .host(dst.ip().to_string())
-                .port(dst.port())
+                .host(shown)
+                .port(port)
                 .rule(rule),
             );
             return;
@@ -291,8 +333,8 @@ async fn relay_tcp(
             Verdict::Allow,
             "tcp destination allowed by policy",
         )
-        .host(dst.ip().to_string())
-        .port(dst.port())
+        .host(shown)
+        .port(port)
         .rule(rule),
     );
     let _ = relay::relay(client, upstream).await;
