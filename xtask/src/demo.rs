@@ -1,14 +1,15 @@
-//! `cargo xtask demo`: a fake vendor in a network namespace of its own, and
-//! a real program (curl) launched under enforcement against it, showing one
-//! allowed and several refused connections. Nothing leaves this machine.
+//! `cargo xtask demo`: a fake vendor (HTTPS, its own test CA) in a network
+//! namespace of its own, and real programs (curl, python) launched under
+//! enforcement against it, showing what is allowed and what is refused, and
+//! by which layer. Nothing leaves this machine.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::util::{self, cargo, exec};
 
@@ -17,6 +18,24 @@ const HOST_IF: &str = "enftdemo0";
 const NS_IF: &str = "enftdemo1";
 const HOST_ADDR: &str = "10.231.0.1";
 const VENDOR_ADDR: &str = "10.231.0.2";
+const VENDOR: &str = "api.vendor.test";
+
+/// The agent: four attempts, each labelled with what should happen.
+const AGENT: &str = r#"
+step() { printf '\n\033[1m--- %s\033[0m\n' "$1"; }
+step "allowed: GET https://api.vendor.test/v1/hello.txt (intercepted, rule GET /v1/** -> allow)"
+curl -sS -m 10 https://api.vendor.test/v1/hello.txt
+step "refused: POST https://api.vendor.test/v1/refunds (rule -> ask; no approver in this demo)"
+curl -sS -m 10 -X POST -d amount=5000 https://api.vendor.test/v1/refunds; echo
+step "refused: DELETE https://api.vendor.test/v1/customers/42 (no rule: default deny)"
+curl -sS -m 10 -X DELETE https://api.vendor.test/v1/customers/42; echo
+step "refused: https://exfil.example/ (not in the policy: no DNS answer, no connection)"
+curl -sS -m 10 https://exfil.example/ || true
+step "refused: a process ignoring proxy settings, dialing the vendor's address directly on port 22"
+python3 -c 'import socket; s = socket.create_connection(("10.231.0.2", 22), timeout=5); s.sendall(b"hi"); print(s.recv(10))' 2>&1 | tail -1
+step "refused: UDP to the vendor (QUIC, DNS tunnels...)"
+python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("10.231.0.2", 443))' 2>&1 | tail -1
+"#;
 
 pub fn run() -> anyhow::Result<()> {
     crate::setup::run()?;
@@ -24,40 +43,145 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(code) = util::ensure_root(&["demo"])? {
         std::process::exit(code);
     }
-    let _vendor = FakeVendor::start()?;
+    let vendor = FakeVendor::start()?;
     let enforcer = util::target_dir().join("debug").join("enforcer");
     let policy = util::root().join("policies").join("demo.toml");
-    let script = format!(
-        "echo '--- allowed: the vendor named in the policy (api.vendor.test:8080)';\
-         curl -sS -m 5 http://{VENDOR_ADDR}:8080/hello.txt;\
-         echo '--- refused: another port on the same host';\
-         curl -sS -m 5 http://{VENDOR_ADDR}:9090/ || true;\
-         echo '--- refused: a UDP datagram (QUIC, DNS tunnels...)';\
-         python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"x\", (\"{VENDOR_ADDR}\", 443))' 2>&1 | tail -1 || true"
+    eprintln!(
+        "\nxtask: sudo enforcer launch --policy policies/demo.toml -- sh -c '<curl and python, as below>'"
     );
-    eprintln!("\nxtask: sudo enforcer launch --policy policies/demo.toml -- sh -c '...curl...'\n");
     let mut cmd = Command::new(&enforcer);
     cmd.args(["launch", "--policy"])
         .arg(&policy)
-        .args(["--resolve", &format!("api.vendor.test={VENDOR_ADDR}")]);
+        .args(["--resolve", &format!("{VENDOR}={VENDOR_ADDR}")])
+        .arg("--upstream-ca")
+        .arg(vendor.dir.join("ca.pem"))
+        // Only the vendor's name is allowed, and it is given above: enforcer
+        // never needs this machine's resolver in the demo.
+        .args(["--resolver", "127.0.0.1:1"]);
     if std::env::var_os("SUDO_UID").is_none() {
         cmd.args(["--user", "nobody"]);
     }
-    cmd.args(["--", "/bin/sh", "-c", &script]);
+    cmd.args(["--", "/bin/sh", "-c", AGENT]);
     let status = cmd.status().context("cannot run enforcer")?;
     eprintln!("\nxtask: the demo's agent exited with {status}");
     Ok(())
 }
 
-/// The namespace, its veth and the HTTP server inside; removed on drop.
+/// The namespace, its veth and the HTTPS server inside; removed on drop.
 struct FakeVendor {
-    server: Child,
+    server: Option<Child>,
     dir: PathBuf,
 }
+
+fn openssl(args: &[&str], dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("cannot run openssl")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A test CA and a certificate for the vendor's name, in `dir`.
+fn certificates(dir: &Path) -> anyhow::Result<()> {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=demo vendor test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    )?;
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={VENDOR}"),
+            "-keyout",
+            "vendor.key",
+            "-out",
+            "vendor.csr",
+        ],
+        dir,
+    )?;
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName=DNS:{VENDOR}\n"),
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "vendor.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "vendor.pem",
+        ],
+        dir,
+    )
+}
+
+/// The vendor: serves `dir/www` over HTTPS, answers POST with 200 too.
+const SERVER: &str = r#"
+import http.server, ssl, sys, os
+os.chdir(sys.argv[1] + "/www")
+class H(http.server.SimpleHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"the vendor accepted a POST\n")
+    do_DELETE = do_POST
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer((sys.argv[2], 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + "/vendor.pem", sys.argv[1] + "/vendor.key")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
 
 impl FakeVendor {
     fn start() -> anyhow::Result<Self> {
         Self::remove();
+        let dir = std::env::temp_dir().join(format!("enforcer-demo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www").join("v1"))?;
+        let mut vendor = Self { server: None, dir };
+        certificates(&vendor.dir)?;
+        std::fs::write(
+            vendor.dir.join("www").join("v1").join("hello.txt"),
+            "hello from api.vendor.test, the fake vendor\n",
+        )?;
+        std::fs::write(vendor.dir.join("server.py"), SERVER)?;
         let ip = |args: &[&str]| exec(Command::new("ip").args(args).stdout(Stdio::null()));
         ip(&["netns", "add", NS])?;
         ip(&[
@@ -79,43 +203,25 @@ impl FakeVendor {
         ])?;
         ip(&["netns", "exec", NS, "ip", "link", "set", NS_IF, "up"])?;
         ip(&["netns", "exec", NS, "ip", "link", "set", "lo", "up"])?;
-        let dir = std::env::temp_dir().join(format!("enforcer-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("hello.txt"),
-            "hello from api.vendor.test, the fake vendor\n",
-        )?;
-        let server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                NS,
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                VENDOR_ADDR,
-                "--directory",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the fake vendor")?;
-        // Wait until it listens.
+        vendor.server = Some(
+            Command::new("ip")
+                .args(["netns", "exec", NS, "python3"])
+                .arg(vendor.dir.join("server.py"))
+                .arg(&vendor.dir)
+                .arg(VENDOR_ADDR)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start the fake vendor")?,
+        );
         for _ in 0..100 {
-            if std::net::TcpStream::connect_timeout(
-                &format!("{VENDOR_ADDR}:8080").parse()?,
-                Duration::from_millis(100),
-            )
-            .is_ok()
-            {
+            let addr = format!("{VENDOR_ADDR}:443").parse()?;
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { server, dir })
+        Ok(vendor)
     }
 
     fn remove() {
@@ -132,8 +238,10 @@ impl FakeVendor {
 
 impl Drop for FakeVendor {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         Self::remove();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dnsutils",
     "util-linux",
     "ca-certificates",
+    "openssl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
