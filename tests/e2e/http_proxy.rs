@@ -2,8 +2,9 @@
 //! `enforcer launch`, against a fake vendor with its own CA on a test host.
 
 use enforcer_e2e::{
-    Launch, Outcome, TestHost, files,
-    vendor::{NAMES, Vendor},
+    Launch, Outcome, files,
+    vendor::NAMES,
+    world::{VendorWorld, statuses},
 };
 
 const POLICY: &str = r#"
@@ -37,67 +38,28 @@ name = "open.vendor.test"
 action = "allow"
 "#;
 
-/// A test host with the fake vendor on it.
-struct World {
-    host: TestHost,
-    vendor: Vendor,
+/// The vendor world, launching under POLICY.
+struct World(VendorWorld);
+
+impl std::ops::Deref for World {
+    type Target = VendorWorld;
+    fn deref(&self) -> &VendorWorld {
+        &self.0
+    }
 }
 
 impl World {
     fn new() -> Self {
-        let host = TestHost::new();
-        let vendor = Vendor::start(&host);
-        Self { host, vendor }
+        Self(VendorWorld::new())
     }
 
-    /// A launch under POLICY where enforcer resolves the vendor's names to
-    /// the test host and trusts the vendor's CA upstream.
     fn launch(&self, command: &[&str]) -> Launch {
-        let mut l = Launch::new(POLICY, command)
-            .flag("--upstream-ca")
-            .flag(&self.vendor.ca_file);
-        for name in NAMES {
-            l = l.flag("--resolve").flag(format!("{name}={}", self.host.v4));
-        }
-        l
+        self.0.launch(POLICY, command)
     }
 
-    /// curl with `args`; `transparent` ignores the proxy variables and
-    /// resolves the vendor's names itself (there is no DNS for the agent yet).
     fn curl(&self, transparent: bool, args: &[&str]) -> Outcome {
-        let mut cmd: Vec<String> = vec![
-            "/usr/bin/curl".into(),
-            "-sS".into(),
-            "-m".into(),
-            "20".into(),
-        ];
-        if transparent {
-            cmd.push("--noproxy".into());
-            cmd.push("*".into());
-            for name in NAMES {
-                for port in [443, 80] {
-                    cmd.push("--resolve".into());
-                    cmd.push(format!("{name}:{port}:{}", self.host.v4));
-                }
-            }
-        }
-        cmd.push("-w".into());
-        cmd.push("\n@@ %{http_code} %{http_version} %{num_connects}\n".into());
-        cmd.extend(args.iter().map(|s| s.to_string()));
-        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        let out = self.launch(&cmd).run();
-        out.assert_clean();
-        out
+        self.0.curl(POLICY, transparent, args)
     }
-}
-
-/// The `@@ code version connects` lines curl printed, one per transfer.
-fn statuses(out: &Outcome) -> Vec<String> {
-    out.stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("@@ "))
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-        .collect()
 }
 
 #[test]
@@ -147,9 +109,24 @@ fn allowed_get_passes_and_denied_post_gets_403_json_on_both_paths() {
 }
 
 #[test]
-fn ask_rules_refuse_until_a_human_can_approve() {
+fn ask_rules_are_refused_at_once_without_an_approver() {
     let w = World::new();
-    let out = w.curl(false, &["-X", "POST", "https://api.vendor.test/v1/refunds"]);
+    let out = w
+        .launch(&[
+            "/usr/bin/curl",
+            "-sS",
+            "-m",
+            "20",
+            "-w",
+            "\n@@ %{http_code} %{http_version} %{num_connects}\n",
+            "-X",
+            "POST",
+            "https://api.vendor.test/v1/refunds",
+        ])
+        .flag("--approver")
+        .flag("none")
+        .run();
+    out.assert_clean();
     assert_eq!(statuses(&out), vec!["403"], "{out:?}");
     assert!(out.stdout.contains("approval required"), "{}", out.stdout);
     assert_eq!(w.vendor.count("POST", "/v1/refunds"), 0);

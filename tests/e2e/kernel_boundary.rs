@@ -168,6 +168,21 @@ fn other_socket_families_and_user_namespaces_are_refused() {
 }
 
 #[test]
+fn typing_into_a_terminal_is_refused_and_reported() {
+    // With TIOCSTI an agent could queue commands for the user's shell to run
+    // after the run, outside every confinement.
+    for action in ["tiocsti", "tioclinux"] {
+        let out = Launch::probe(DENY_ALL, &[action]).run();
+        out.assert_clean();
+        assert!(out.stdout.starts_with("err EPERM"), "{action}: {out:?}");
+        assert!(
+            out.stderr.contains("typing into a terminal"),
+            "{action}: refusal not reported: {out:?}"
+        );
+    }
+}
+
+#[test]
 fn source_routing_options_are_refused() {
     let line = probe_denied(&["ipoptions"]);
     assert!(line.starts_with("err EPERM"), "{line}");

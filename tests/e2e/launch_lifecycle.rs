@@ -17,11 +17,7 @@ fn the_agents_exit_code_is_the_enforcers() {
     out.assert_clean();
     let out = Launch::new(DENY_ALL, &["/bin/true"]).run();
     assert_eq!(out.code(), 0, "{out:?}");
-    assert!(
-        out.stderr.contains("finished with exit code 0"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("exited with code 0"), "{}", out.stderr);
 }
 
 #[test]

@@ -41,6 +41,15 @@ fn unique(name: &str) -> String {
     format!("{}-{name}", N.fetch_add(1, Ordering::SeqCst))
 }
 
+/// The audit database launches use unless a test names one (shared by the
+/// tests of one test binary).
+pub fn audit_db() -> PathBuf {
+    let dir = scratch_dir().join("audit-db");
+    fs::create_dir_all(&dir).expect("create the audit db dir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod audit db dir");
+    dir.join("audit.db")
+}
+
 /// The probe binary, copied where `nobody` can execute it.
 pub fn probe() -> PathBuf {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();

@@ -9,10 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{files, leftovers};
+use crate::{files, leftovers, terminal::Terminal};
+use std::os::unix::process::CommandExt as _;
 
 /// A launch to run: policy text, extra enforcer flags, and the command.
 pub struct Launch {
+    env: Vec<(OsString, OsString)>,
     policy: PathBuf,
     flags: Vec<OsString>,
     command: Vec<OsString>,
@@ -56,6 +58,7 @@ impl Launch {
     /// A launch of `command` under a policy with this TOML text, as user `nobody`.
     pub fn new(policy_toml: &str, command: &[&str]) -> Self {
         Self {
+            env: Vec::new(),
             policy: files::write("policy.toml", policy_toml),
             flags: Vec::new(),
             command: command.iter().map(OsString::from).collect(),
@@ -64,6 +67,12 @@ impl Launch {
             resolver: String::from(NO_RESOLVER),
             resolv_conf: None,
         }
+    }
+
+    /// An environment variable for enforcer itself (not the agent's choice).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
     }
 
     /// The upstream DNS server enforcer asks about allowed names.
@@ -121,7 +130,12 @@ impl Launch {
         if let Some(u) = &self.user {
             c.arg("--user").arg(u);
         }
+        if !self.flags.iter().any(|f| f == "--audit-db") {
+            // Never the machine's own audit log.
+            c.arg("--audit-db").arg(files::audit_db());
+        }
         c.args(&self.flags).arg("--").args(&self.command);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -140,6 +154,28 @@ impl Launch {
         Running {
             child: Some(self.command().spawn().expect("spawn enforcer")),
         }
+    }
+
+    /// Starts the launch on a new pseudo-terminal, as from an interactive
+    /// shell: it is enforcer's controlling terminal and its stdin, stdout
+    /// and stderr. The returned [`Terminal`] is the human's side.
+    pub fn spawn_on_terminal(self) -> (Running, Terminal) {
+        let (terminal, slave) = Terminal::open();
+        let mut c = self.command();
+        let io = |f: &std::fs::File| Stdio::from(f.try_clone().expect("dup pty"));
+        c.stdin(io(&slave)).stdout(io(&slave)).stderr(io(&slave));
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("spawn enforcer on a terminal");
+        drop(slave);
+        (Running { child: Some(child) }, terminal)
     }
 }
 
@@ -175,6 +211,32 @@ impl Running {
         if pid > 0 {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// The run's id, from its run record (waits up to 20 s for it).
+    pub fn run_id(&self) -> String {
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = std::fs::read_dir("/run/enforcer/runs")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(".json").map(String::from))
+                .find(|id| {
+                    std::fs::read_to_string(format!("/run/enforcer/runs/{id}.json"))
+                        .is_ok_and(|t| t.contains(&format!("\"enforcer_pid\": {pid}")))
+                });
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no run record for enforcer {pid}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

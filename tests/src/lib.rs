@@ -9,7 +9,9 @@ pub mod launch;
 pub mod leftovers;
 pub mod netns;
 pub mod servers;
+pub mod terminal;
 pub mod vendor;
+pub mod world;
 
 pub use launch::{Launch, Outcome};
 pub use netns::TestHost;

@@ -3,8 +3,10 @@
 //! every request it receives, so tests can prove what did and did not
 //! arrive.
 //!
-//! Endpoints: `.../download?bytes=N` streams N bytes; every request body is counted;
-//! everything else answers a JSON echo of the request.
+//! Endpoints: `.../download?bytes=N` streams N bytes; `POST
+//! /v1/payment_intents` behaves like Stripe's (see [`payment_intent`]);
+//! every request body is counted; everything else answers a JSON echo of
+//! the request.
 
 use std::{
     convert::Infallible,
@@ -36,6 +38,12 @@ pub struct Seen {
     pub connection: u64,
     pub body_bytes: u64,
     pub authorization: Option<String>,
+    /// The raw query string, if any.
+    pub query: Option<String>,
+    /// Every header, as received.
+    pub headers: Vec<(String, String)>,
+    /// The first 64 KiB of the body.
+    pub body_sample: Vec<u8>,
 }
 
 /// The fake vendor. Dropping it stops the servers.
@@ -53,6 +61,7 @@ pub const NAMES: &[&str] = &[
     "files.cdn.vendor.test",
     "cdn.vendor.test",
     "open.vendor.test",
+    "upload.vendor.test",
 ];
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -216,14 +225,27 @@ async fn respond(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     // Count the body as it streams (never buffered whole).
     let mut body = req.into_body();
     let mut body_bytes = 0u64;
+    let mut body_sample = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     body_bytes += d.len() as u64;
+                    let room = (64 * 1024usize).saturating_sub(body_sample.len());
+                    body_sample.extend_from_slice(&d[..d.len().min(room)]);
                 }
             }
             Err(_) => break,
@@ -237,7 +259,10 @@ async fn respond(
         tls,
         connection: id,
         body_bytes,
-        authorization,
+        authorization: authorization.clone(),
+        query: (!query.is_empty()).then(|| query.clone()),
+        headers,
+        body_sample: body_sample.clone(),
     };
     if let Ok(mut v) = seen.lock() {
         v.push(record);
@@ -256,6 +281,9 @@ async fn respond(
             .insert("content-length", n.to_string().parse().expect("header"));
         return resp;
     }
+    if method == "POST" && path == "/v1/payment_intents" {
+        return payment_intent(&body_sample, seen);
+    }
     let body = serde_json::json!({
         "vendor": "fake",
         "method": method,
@@ -264,6 +292,9 @@ async fn respond(
         "version": version,
         "tls": tls,
         "body_bytes": body_bytes,
+        // Echoes credentials back, like careless APIs (and error pages) do.
+        "authorization": authorization,
+        "query": query,
     });
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = if path == "/missing" {
@@ -274,6 +305,50 @@ async fn respond(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
     resp
+}
+
+/// Stripe-shaped: a form-encoded `amount` (minor units) and `currency`
+/// create a payment intent, answered as JSON with its `id`, `amount` and
+/// `amount_received` (half the amount with `partial=1`). The test card
+/// `payment_method=pm_card_declined` is declined with a 402.
+fn payment_intent(body: &[u8], seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+    let form = String::from_utf8_lossy(body);
+    let field = |name: &str| {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_string()
+    };
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let mut resp = Response::new(full(v.to_string()));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        resp
+    };
+    if field("payment_method") == "pm_card_declined" {
+        return json(
+            StatusCode::PAYMENT_REQUIRED,
+            serde_json::json!({"error": {"type": "card_error", "code": "card_declined"}}),
+        );
+    }
+    let amount: u64 = field("amount").parse().unwrap_or(0);
+    let received = if field("partial") == "1" {
+        amount / 2
+    } else {
+        amount
+    };
+    let n = seen.lock().map(|v| v.len()).unwrap_or(0);
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": format!("pi_{n:06}"),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": received,
+            "currency": field("currency"),
+        }),
+    )
 }
 
 /// A body of `left` copies of `chunk` then `rest` bytes of it, produced as

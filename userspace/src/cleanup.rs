@@ -65,6 +65,7 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
         cgroup::remove_run_cgroup(&cg_parent.join(&id))?;
         bpffs::remove_pins(&pin_parent.join(&id))?;
         RunRecord::remove(&runs_dir, &id);
+        let _ = std::fs::remove_file(crate::control::socket_path(&runs_dir, &id));
         crate::tls::trust::remove(&Path::new(crate::tls::trust::TRUST_DIR).join(&id));
         removed.push(id);
     }

@@ -3,7 +3,7 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +35,67 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Remove what a crashed or pinned run left behind (cgroup, pinned programs).
     Cleanup(CleanupArgs),
+    /// Query the audit log: runs, their events, and pruning.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// List live runs: secrets (names), credential state, TTL left, counts.
+    Status {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a live run's credentials now: no further request of the run
+    /// gets a real key (placeholders stop working).
+    Revoke {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+    },
+    /// Reset a run's tripped loop breaker: one call (KEY, from the 429 body
+    /// or `enforcer status`), or every tripped call of the run.
+    Reset {
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        #[arg(value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// List requests of live runs waiting for a human (`action = "ask"`).
+    Approvals {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting request (its ID from `enforcer approvals`).
+    Approve {
+        #[arg(value_name = "ID")]
+        id: u64,
+        /// Also approve every later request of the same rule in this run.
+        #[arg(long)]
+        always: bool,
+        /// The run the request belongs to (needed only when several live
+        /// runs have a request with this ID).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+    },
+    /// Deny a waiting request (its ID from `enforcer approvals`).
+    Deny {
+        #[arg(value_name = "ID")]
+        id: u64,
+        /// The run the request belongs to (when several have this ID).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+    },
+}
+
+/// Who answers `action = "ask"` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Approver {
+    /// The launching terminal prompts (when stdin is a terminal), and root
+    /// may also answer from another terminal with `enforcer approve`/`deny`.
+    Terminal,
+    /// Only root from another terminal, with `enforcer approve`/`deny`.
+    Socket,
+    /// Nobody: every ask is denied at once (CI, unattended runs).
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +109,13 @@ pub struct LaunchArgs {
     /// Allow the agent to run as root. A root agent can undo its confinement; avoid.
     #[arg(long)]
     pub allow_root: bool,
+    /// How long the run's credentials stay usable (e.g. 30m, 3h); overrides
+    /// the policy's `[run] ttl`. After it, placeholders stop working.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// End the run (kill the agent) when its credentials expire.
+    #[arg(long)]
+    pub kill_on_expiry: bool,
     /// Keep enforcement (and the agent) in place if enforcer itself dies;
     /// the agent then stays cut off from the network until `enforcer cleanup RUN_ID`.
     #[arg(long)]
@@ -63,6 +131,21 @@ pub struct LaunchArgs {
     /// vendors, tests). Repeatable. The system's roots are always trusted.
     #[arg(long = "upstream-ca", value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
+    /// The audit database (SQLite). Every decision is a row in it.
+    #[arg(long, value_name = "PATH", default_value = crate::audit::DEFAULT_PATH)]
+    pub audit_db: PathBuf,
+    /// Run without an audit log (not recommended: nothing records what the agent did).
+    #[arg(long)]
+    pub no_audit: bool,
+    /// Who answers requests whose rule says `action = "ask"`.
+    #[arg(long, value_enum, default_value = "terminal")]
+    pub approver: Approver,
+    /// How long a request waits for an answer before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub approval_timeout: String,
+    /// Write the end-of-run summary as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Log every decision as a JSON line on stderr (default: human-readable refusals).
     #[arg(long)]
     pub log_json: bool,
@@ -106,4 +189,65 @@ pub struct CleanupArgs {
     /// enforcer is no longer alive is removed.
     #[arg(value_name = "RUN_ID")]
     pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditDbArg {
+    /// The audit database.
+    #[arg(long, value_name = "PATH", default_value = crate::audit::DEFAULT_PATH)]
+    pub audit_db: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List runs, newest first.
+    Runs {
+        #[command(flatten)]
+        db: AuditDbArg,
+        /// Only runs started within this long (e.g. 1h, 7d).
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// table, jsonl or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show decisions (one per row), oldest first.
+    #[command(
+        after_help = "Examples:\n  enforcer audit events --run 20261122-101502-3fa9c1\n  \
+        enforcer audit events --since 1d --verdict deny --format csv\n  \
+        enforcer audit events --host '*.stripe.com' --layer request --format jsonl"
+    )]
+    Events {
+        #[command(flatten)]
+        db: AuditDbArg,
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// Only events within this long (e.g. 30m, 1d).
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
+        /// allow, deny or ask.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// A host name, or *.domain for it and its subdomains.
+        #[arg(long)]
+        host: Option<String>,
+        /// kernel, dns, connection, request or control.
+        #[arg(long)]
+        layer: Option<String>,
+        /// Keep only the most recent N.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// table, jsonl or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Delete events and finished runs older than AGE.
+    Prune {
+        #[command(flatten)]
+        db: AuditDbArg,
+        #[arg(long, value_name = "AGE")]
+        older_than: String,
+    },
 }

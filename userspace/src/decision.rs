@@ -9,6 +9,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::audit::{AuditError, AuditEvent, AuditWriter, EventId, Outcome};
+
 /// Which boundary made the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,6 +19,8 @@ pub enum Layer {
     Dns,
     Connection,
     Request,
+    /// Administrative actions on the run (revocation, expiry).
+    Control,
 }
 
 impl Layer {
@@ -26,6 +30,7 @@ impl Layer {
             Self::Dns => "dns",
             Self::Connection => "connection",
             Self::Request => "request",
+            Self::Control => "control",
         }
     }
 }
@@ -68,6 +73,18 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub reason: String,
+    /// Names of the secrets injected into this request (never values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Who answered an `ask` (terminal, root via the control socket...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// How long the answer took, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_ms: Option<f64>,
+    /// Reserved under the spend caps before forwarding (USD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_usd: Option<f64>,
 }
 
 impl Decision {
@@ -83,6 +100,10 @@ impl Decision {
             path: None,
             rule: None,
             reason: reason.into(),
+            secrets: Vec::new(),
+            approver: None,
+            decided_ms: None,
+            reserved_usd: None,
         }
     }
 
@@ -134,6 +155,8 @@ pub struct Tally {
     pub asked: u64,
     /// Refused destinations and how often, for "top refused".
     pub refused: HashMap<String, u64>,
+    /// Refusals that were credential exfiltration attempts.
+    pub exfiltration_attempts: u64,
 }
 
 impl Tally {
@@ -157,11 +180,13 @@ pub enum LogMode {
     Quiet,
 }
 
-/// Where decisions go. Cheap to clone; shared by every task of a run.
-#[derive(Debug, Clone)]
+/// Where decisions go: the tally, stderr, and the audit log. Cheap to
+/// clone; shared by every task of a run.
+#[derive(Clone)]
 pub struct DecisionSink {
     run_id: Arc<str>,
     mode: LogMode,
+    audit: Option<AuditWriter>,
     tally: Arc<Mutex<Tally>>,
     /// Refusals already shown on stderr (human mode shows each kind once).
     shown: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -169,9 +194,15 @@ pub struct DecisionSink {
 
 impl DecisionSink {
     pub fn new(run_id: &str, mode: LogMode) -> Self {
+        Self::with_audit(run_id, mode, None)
+    }
+
+    /// A sink that also writes every decision to the audit log.
+    pub fn with_audit(run_id: &str, mode: LogMode, audit: Option<AuditWriter>) -> Self {
         Self {
             run_id: Arc::from(run_id),
             mode,
+            audit,
             tally: Arc::new(Mutex::new(Tally::default())),
             shown: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
@@ -181,8 +212,49 @@ impl DecisionSink {
         &self.run_id
     }
 
-    /// Records one decision: a structured log line, and the tally.
+    /// Records one decision: the tally, a log line, and an audit row
+    /// committed with the next batch (for decisions nothing waits on).
     pub fn record(&self, d: &Decision) {
+        self.count_and_log(d);
+        if let Some(a) = &self.audit {
+            a.record_later(AuditEvent::from_decision(&self.run_id, d));
+        }
+    }
+
+    /// Records a decision that lets something through, and returns only once
+    /// its audit row is committed: call it before forwarding anything. An
+    /// error means the audit log cannot be written, and nothing may pass.
+    pub async fn commit(&self, d: &Decision) -> Result<Option<EventId>, AuditError> {
+        self.count_and_log(d);
+        match &self.audit {
+            None => Ok(None),
+            Some(a) => {
+                a.healthy()?;
+                Ok(Some(
+                    a.record(AuditEvent::from_decision(&self.run_id, d)).await?,
+                ))
+            }
+        }
+    }
+
+    /// Writes what happened after an allowed decision onto its row.
+    pub fn complete(&self, id: Option<EventId>, outcome: Outcome) {
+        if let (Some(a), Some(id)) = (&self.audit, id) {
+            a.complete(id, outcome);
+        }
+    }
+
+    /// Whether decisions can still be audited (always, without an audit log).
+    pub fn healthy(&self) -> Result<(), AuditError> {
+        self.audit.as_ref().map_or(Ok(()), AuditWriter::healthy)
+    }
+
+    /// The audit writer, if the run has one.
+    pub fn audit(&self) -> Option<&AuditWriter> {
+        self.audit.as_ref()
+    }
+
+    fn count_and_log(&self, d: &Decision) {
         {
             let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             match d.verdict {
@@ -190,8 +262,15 @@ impl DecisionSink {
                 Verdict::Deny => {
                     t.denied += 1;
                     *t.refused.entry(d.destination()).or_default() += 1;
+                    if d.reason.contains(crate::secrets::scan::EXFILTRATION) {
+                        t.exfiltration_attempts += 1;
+                    }
                 }
                 Verdict::Ask => t.asked += 1,
+            }
+            // A request a human (or the lack of one) decided on.
+            if d.approver.is_some() && d.verdict != Verdict::Ask {
+                t.asked += 1;
             }
         }
         self.log(d);
@@ -206,10 +285,21 @@ impl DecisionSink {
                     run: &'a str,
                     #[serde(flatten)]
                     decision: &'a Decision,
+                    /// The query was removed from `path` (it may carry secrets).
+                    #[serde(skip_serializing_if = "std::ops::Not::not")]
+                    query_redacted: bool,
+                }
+                let mut shown = d.clone();
+                let mut query_redacted = false;
+                if let Some(p) = &d.path {
+                    let (path, redacted) = crate::audit::redact_target(p);
+                    shown.path = Some(path);
+                    query_redacted = redacted;
                 }
                 if let Ok(line) = serde_json::to_string(&Line {
                     run: &self.run_id,
-                    decision: d,
+                    decision: &shown,
+                    query_redacted,
                 }) {
                     eprintln!("{line}");
                 }
@@ -221,14 +311,17 @@ impl DecisionSink {
                 // The same refusal over and over (a retry loop, nscd on every
                 // lookup) is shown once; the summary counts them all.
                 let key = format!(
-                    "{:?}|{}|{}|{:?}",
+                    "{:?}|{}|{:?}|{}|{:?}",
                     d.layer,
                     d.destination(),
+                    d.path,
                     d.reason,
                     d.comm
                 );
                 let first = self.shown.lock().map(|mut s| s.insert(key)).unwrap_or(true);
-                if !verbose && !first {
+                // Exfiltration attempts are always shown.
+                let critical = d.reason.contains(crate::secrets::scan::EXFILTRATION);
+                if !verbose && !first && !critical {
                     return;
                 }
                 eprintln!("enforcer: {}", human_line(d));
@@ -250,7 +343,9 @@ pub fn human_line(d: &Decision) -> String {
     };
     let mut line = format!("{what} {} {}", d.layer.as_str(), d.destination());
     if let (Some(m), Some(p)) = (&d.method, &d.path) {
-        line.push_str(&format!(" {m} {p}"));
+        let (path, redacted) = crate::audit::redact_target(p);
+        let tail = if redacted { "?…" } else { "" };
+        line.push_str(&format!(" {m} {path}{tail}"));
     }
     match (&d.comm, d.pid) {
         (Some(c), Some(p)) => line.push_str(&format!(" by {c}[{p}]")),

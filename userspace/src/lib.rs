@@ -4,8 +4,12 @@
 //! attach -> [`proxy`] accept -> [`policy`] decision -> upstream, with every
 //! decision going through [`decision`].
 
+pub mod approval;
+pub mod audit;
+pub mod audit_cli;
 pub mod cleanup;
 pub mod cli;
+pub mod control;
 pub mod decision;
 pub mod dns;
 pub mod kernel;
@@ -14,4 +18,6 @@ pub mod policy;
 pub mod proxy;
 pub mod runid;
 pub mod runs;
+pub mod secrets;
+pub mod spend;
 pub mod tls;

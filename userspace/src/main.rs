@@ -44,6 +44,36 @@ fn main() {
                 }
             }
         }
+        Command::Audit(cmd) => match enforcer::audit_cli::run(cmd) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("enforcer: error: {e}");
+                1
+            }
+        },
+        Command::Status { json } => exit_on_error(enforcer::control::client::status(json)),
+        Command::Revoke { run_id } => exit_on_error(enforcer::control::client::revoke(&run_id)),
+        Command::Reset { run_id, key } => {
+            exit_on_error(enforcer::control::client::reset(&run_id, key.as_deref()))
+        }
+        Command::Approvals { json } => exit_on_error(enforcer::control::approvals::list(json)),
+        Command::Approve { id, always, run } => {
+            let answer = if always {
+                enforcer::approval::Answer::Always
+            } else {
+                enforcer::approval::Answer::Approve
+            };
+            exit_on_error(enforcer::control::approvals::answer(
+                id,
+                answer,
+                run.as_deref(),
+            ))
+        }
+        Command::Deny { id, run } => exit_on_error(enforcer::control::approvals::answer(
+            id,
+            enforcer::approval::Answer::Deny,
+            run.as_deref(),
+        )),
         Command::Cleanup(args) => match enforcer::cleanup::run(args.run_id.as_deref()) {
             Ok(removed) if removed.is_empty() => {
                 eprintln!("enforcer: nothing to clean up");
@@ -62,4 +92,14 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn exit_on_error(r: Result<(), enforcer::control::client::ControlError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("enforcer: error: {e}");
+            1
+        }
+    }
 }

@@ -20,16 +20,20 @@ const HOST_ADDR: &str = "10.231.0.1";
 const VENDOR_ADDR: &str = "10.231.0.2";
 const VENDOR: &str = "api.vendor.test";
 
-/// The agent: four attempts, each labelled with what should happen.
+/// The agent: its attempts, each labelled with what should happen.
 const AGENT: &str = r#"
 step() { printf '\n\033[1m--- %s\033[0m\n' "$1"; }
 step "allowed: GET https://api.vendor.test/v1/hello.txt (intercepted, rule GET /v1/** -> allow)"
 curl -sS -m 10 https://api.vendor.test/v1/hello.txt
-step "refused: POST https://api.vendor.test/v1/refunds (rule -> ask; no approver in this demo)"
+step "allowed: POST https://api.vendor.test/v1/payment_intents amount=3000 (\$30.00 of the \$50 cap, reserved before it leaves)"
+curl -sS -m 10 -d amount=3000 -d currency=usd -d description=first https://api.vendor.test/v1/payment_intents
+step "refused: the same for another \$30.00 (over the spend cap: 429, the vendor never sees it)"
+curl -sS -m 10 -d amount=3000 -d currency=usd -d description=second https://api.vendor.test/v1/payment_intents; echo
+step "refused: POST https://api.vendor.test/v1/refunds (rule -> ask; --approver none in this demo)"
 curl -sS -m 10 -X POST -d amount=5000 https://api.vendor.test/v1/refunds; echo
 step "refused: DELETE https://api.vendor.test/v1/customers/42 (no rule: default deny)"
 curl -sS -m 10 -X DELETE https://api.vendor.test/v1/customers/42; echo
-step "refused: https://exfil.example/ (not in the policy: no DNS answer, no connection)"
+step "refused: https://exfil.example/ (not in the policy)"
 curl -sS -m 10 https://exfil.example/ || true
 step "refused: a process ignoring proxy settings, dialing the vendor's address directly on port 22"
 python3 -c 'import socket; s = socket.create_connection(("10.231.0.2", 22), timeout=5); s.sendall(b"hi"); print(s.recv(10))' 2>&1 | tail -1
@@ -57,7 +61,9 @@ pub fn run() -> anyhow::Result<()> {
         .arg(vendor.dir.join("ca.pem"))
         // Only the vendor's name is allowed, and it is given above: enforcer
         // never needs this machine's resolver in the demo.
-        .args(["--resolver", "127.0.0.1:1"]);
+        .args(["--resolver", "127.0.0.1:1"])
+        // Nobody answers approvals in the demo: asks are refused at once.
+        .args(["--approver", "none"]);
     if std::env::var_os("SUDO_UID").is_none() {
         cmd.args(["--user", "nobody"]);
     }
@@ -160,7 +166,12 @@ import http.server, ssl, sys, os
 os.chdir(sys.argv[1] + "/www")
 class H(http.server.SimpleHTTPRequestHandler):
     def do_POST(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b"the vendor accepted a POST\n")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"the vendor accepted a POST\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     do_DELETE = do_POST
     def log_message(self, *a): pass
 srv = http.server.ThreadingHTTPServer((sys.argv[2], 443), H)

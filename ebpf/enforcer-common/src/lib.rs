@@ -136,6 +136,8 @@ pub enum Reason {
     TableFull = 11,
     /// The connect used an address family or socket type the hooks do not redirect.
     ConnectRefused = 12,
+    /// ioctl(TIOCSTI/TIOCLINUX): typing into a terminal (the user's shell).
+    TerminalInjectionRefused = 13,
 }
 
 impl Reason {
@@ -153,6 +155,7 @@ impl Reason {
             10 => Self::IngressDropped,
             11 => Self::TableFull,
             12 => Self::ConnectRefused,
+            13 => Self::TerminalInjectionRefused,
             _ => return None,
         })
     }
@@ -171,6 +174,7 @@ impl Reason {
             Self::IngressDropped => "ingress packet from non-loopback source dropped",
             Self::TableFull => "socket table full, refused",
             Self::ConnectRefused => "connect refused",
+            Self::TerminalInjectionRefused => "typing into a terminal (TIOCSTI/TIOCLINUX) refused",
         }
     }
 }

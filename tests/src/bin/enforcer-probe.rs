@@ -37,6 +37,9 @@ fn main() {
         "unix-socket" => family_socket(libc::AF_UNIX, libc::SOCK_STREAM),
         "unix-connect" => unix_connect(arg(rest, 0)),
         "userns" => userns(),
+        "tiocsti" => tiocsti(),
+        "tioclinux" => tioclinux(),
+        "type-into-tty" => type_into_tty(arg(rest, 0)),
         "ipoptions" => ipoptions(),
         "bind" => bind(arg(rest, 0)),
         "listen" => listen(arg(rest, 0), arg(rest, 1)),
@@ -428,6 +431,66 @@ fn userns() -> Result<String, String> {
         return Err(last_err());
     }
     Ok(String::from("unshared"))
+}
+
+/// Types a character into a terminal of our own that we made our
+/// controlling terminal: the kernel allows that (legacy_tiocsti), so only
+/// the seccomp filter can refuse it.
+fn tiocsti() -> Result<String, String> {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty into two ints; the rest are optional and null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!("setup openpty {}", last_err()));
+    }
+    // SAFETY: setsid and ioctls on descriptors we own.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(format!("setup setsid {}", last_err()));
+        }
+        if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+            return Err(format!("setup TIOCSCTTY {}", last_err()));
+        }
+        let c = b'x';
+        if libc::ioctl(slave, libc::TIOCSTI, &c) != 0 {
+            return Err(last_err());
+        }
+    }
+    Ok(String::from("typed"))
+}
+
+/// Types `text` into our controlling terminal, as an agent trying to
+/// answer a prompt would.
+fn type_into_tty(text: &str) -> Result<String, String> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| format!("setup /dev/tty {}", errno_text(&e)))?;
+    for b in text.bytes().chain([b'\r']) {
+        // SAFETY: TIOCSTI reads one byte.
+        if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSTI, &b) } != 0 {
+            return Err(last_err());
+        }
+    }
+    Ok(String::from("typed"))
+}
+
+fn tioclinux() -> Result<String, String> {
+    let mut sub = [0u8; 2];
+    // SAFETY: an ioctl on stdin with a small buffer.
+    if unsafe { libc::ioctl(0, libc::TIOCLINUX, sub.as_mut_ptr()) } != 0 {
+        return Err(last_err());
+    }
+    Ok(String::from("done"))
 }
 
 fn ipoptions() -> Result<String, String> {

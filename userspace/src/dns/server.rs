@@ -23,6 +23,7 @@ use super::{ResolveError, Resolver};
 use crate::{
     decision::{Decision, DecisionSink, Layer, Verdict},
     policy::Policy,
+    secrets::{Secrets, scan},
 };
 
 /// Largest DNS message we read over UDP.
@@ -43,6 +44,7 @@ const EDE_PROHIBITED: u16 = 18;
 pub struct DnsContext {
     pub policy: Arc<Policy>,
     pub resolver: Arc<Resolver>,
+    pub secrets: Arc<Secrets>,
     pub sink: DecisionSink,
     /// Whether AAAA answers are given (the proxy has an IPv6 listener).
     pub ipv6: bool,
@@ -129,6 +131,18 @@ fn record(
 }
 
 async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -> Outcome {
+    if let Some(secret) = scan::in_name(&ctx.secrets, name) {
+        let reason = format!(
+            "{}: placeholder of {secret} in a DNS name",
+            scan::EXFILTRATION
+        );
+        record(ctx, Verdict::Deny, name, qtype, reason);
+        return Outcome::Refuse(
+            ResponseCode::NXDomain,
+            EDE_BLOCKED,
+            String::from("refused by enforcer policy"),
+        );
+    }
     if !ctx.policy.allows_name(name) {
         record(
             ctx,

@@ -49,6 +49,10 @@ pub struct ChildSpec<'a> {
     /// The run's cgroup directory (the child is created inside it).
     pub cgroup: BorrowedFd<'a>,
     pub seccomp: seccomp::FilterOptions,
+    /// A pseudo-terminal for the agent: its fd, and which of fds 0..2 it
+    /// becomes. The agent then runs in a session of its own with it as the
+    /// controlling terminal.
+    pub terminal: Option<(RawFd, [bool; 3])>,
 }
 
 /// A started agent.
@@ -62,7 +66,7 @@ pub struct Started {
 }
 
 /// Stages of the child's setup, reported through the error pipe.
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 9] = [
     "dropping supplementary groups",
     "setting the group id",
     "setting the user id",
@@ -70,6 +74,7 @@ const STAGES: [&str; 8] = [
     "setting no_new_privs",
     "installing the seccomp filter",
     "handing over the seccomp listener",
+    "attaching the agent's terminal",
     "executing the program",
 ];
 
@@ -158,6 +163,7 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
             filter: &filter,
             listener_sock: theirs.as_raw_fd(),
             err_pipe: err_write.as_raw_fd(),
+            terminal: spec.terminal,
         };
         // SAFETY: we are the freshly cloned child; see `child_main`.
         unsafe { child_main(&setup) }
@@ -259,6 +265,7 @@ struct ChildSetup<'a> {
     filter: &'a [seccomp::SockFilter],
     listener_sock: RawFd,
     err_pipe: RawFd,
+    terminal: Option<(RawFd, [bool; 3])>,
 }
 
 /// The child side: raw system calls only, then execve. Never returns.
@@ -296,6 +303,20 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
             std::ptr::null::<u64>(),
             8,
         );
+        if let Some((tty, stdio)) = s.terminal {
+            // A session of its own, with the pseudo-terminal as its
+            // controlling terminal: the real one is out of its reach.
+            if libc::syscall(libc::SYS_setsid) < 0
+                || libc::syscall(libc::SYS_ioctl, tty, libc::TIOCSCTTY, 0) != 0
+            {
+                fail(7, errno());
+            }
+            for (fd, replace) in stdio.iter().enumerate() {
+                if *replace && libc::syscall(libc::SYS_dup3, tty, fd as i32, 0) < 0 {
+                    fail(7, errno());
+                }
+            }
+        }
         if libc::syscall(libc::SYS_setgroups, s.groups.len(), s.groups.as_ptr()) != 0 {
             fail(0, errno());
         }
@@ -331,7 +352,7 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
         libc::syscall(libc::SYS_execve, s.program, s.argv, s.envp);
-        fail(7, errno())
+        fail(8, errno())
     }
 }
 

@@ -19,6 +19,8 @@ use std::{
 };
 
 use crate::{
+    approval::{ApprovalHub, ApproverMode, terminal::Terminal},
+    cli::Approver,
     cli::LaunchArgs,
     decision::{Decision, DecisionSink, Layer, LogMode, Verdict},
     dns::{self, Resolver},
@@ -33,6 +35,7 @@ use crate::{
     proxy::{Listeners, ProxyContext, explicit, transparent, upstream::Upstream},
     runid,
     runs::{self, RunRecord},
+    secrets::Secrets,
     tls,
 };
 
@@ -61,6 +64,18 @@ pub enum LaunchError {
     Child(#[from] child::ChildError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Spend(#[from] crate::spend::SpendError),
+    #[error("invalid {flag} {value:?}: {reason}")]
+    BadDuration {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -75,7 +90,10 @@ impl LaunchError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Policy(_) | Self::Resolve(_) => 2,
-            Self::Tls(crate::tls::TlsError::CaFile { .. }) => 2,
+            Self::Tls(crate::tls::TlsError::CaFile { .. })
+            | Self::Secret(_)
+            | Self::BadDuration { .. }
+            | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
             Self::Command(command::CommandError::NotFound(_) | command::CommandError::Empty) => 127,
             Self::Command(command::CommandError::NotExecutable(_)) => 126,
             Self::Child(child::ChildError::Spawn { source, .. }) => match source.kind() {
@@ -119,6 +137,14 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Arc::clone(&policy),
     )?);
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
+    let ttl = match &args.ttl {
+        Some(t) => Some(duration_flag("--ttl", t)?),
+        None => policy.run.ttl,
+    };
+    let approval_timeout = duration_flag("--approval-timeout", &args.approval_timeout)?;
+    // Real values are read now, as root, before anything else exists; a
+    // missing or unreadable source stops here.
+    let secrets = Arc::new(Secrets::load(&policy, ttl)?);
     if !nix::unistd::geteuid().is_root() {
         return Err(LaunchError::NotRoot);
     }
@@ -136,12 +162,39 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         );
     }
 
+    // The audit log must be writable before anything happens: a run that
+    // cannot be recorded does not start (unless --no-audit).
+    let audit_store = if args.no_audit {
+        eprintln!("enforcer: WARNING: --no-audit: nothing will record what the agent does");
+        None
+    } else {
+        Some(crate::audit::AuditStore::open(&args.audit_db)?)
+    };
+
+    let (approvals, terminal) = approvers(args.approver, approval_timeout, &policy)?;
+
     tracing::debug!(elapsed = ?t0.elapsed(), "request validated");
     let run_id = runid::new_run_id();
+    // Daily caps live in the audit database, opened above.
+    let spend = Arc::new(crate::spend::SpendControl::open(
+        &policy,
+        &run_id,
+        (!args.no_audit).then_some(args.audit_db.as_path()),
+    )?);
     let cgroup_root = cgroup::cgroup2_mount()?;
     let bpf_root = bpffs::ensure_mounted()?;
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
+    if let Some(store) = &audit_store {
+        store.start_run(&run_info(
+            &run_id,
+            &policy,
+            &user,
+            &args.command,
+            cgroup.path(),
+            ttl,
+        ))?;
+    }
     let runs_dir = PathBuf::from(runs::RUNS_DIR);
     let trust_dir = PathBuf::from(tls::trust::TRUST_DIR).join(&run_id);
     // Forked while this process is still single-threaded.
@@ -194,11 +247,16 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             verbose: args.verbose,
         }
     };
-    let sink = DecisionSink::new(&run_id, mode);
+    // The writer thread starts only now: the watchdog above had to be
+    // forked while this process was single-threaded.
+    let audit_writer = audit_store.map(crate::audit::AuditStore::writer);
+    let sink = DecisionSink::with_audit(&run_id, mode, audit_writer);
     let plan = Plan {
         run_id: run_id.clone(),
         policy,
         resolver,
+        secrets,
+        kill_on_expiry: args.kill_on_expiry,
         ca,
         trust_env: trust.env(),
         upstream_tls,
@@ -207,6 +265,11 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         argv0: cmd.clone(),
         args: cmd_args.to_vec(),
         pin: args.pin,
+        report: args.report.clone(),
+        audit_db: (!args.no_audit).then(|| args.audit_db.clone()),
+        approvals,
+        terminal,
+        spend,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
@@ -233,6 +296,8 @@ struct Plan {
     run_id: String,
     policy: Arc<Policy>,
     resolver: Arc<Resolver>,
+    secrets: Arc<Secrets>,
+    kill_on_expiry: bool,
     ca: Arc<tls::RunCa>,
     trust_env: Vec<(String, PathBuf)>,
     upstream_tls: rustls::ClientConfig,
@@ -241,6 +306,12 @@ struct Plan {
     argv0: OsString,
     args: Vec<OsString>,
     pin: bool,
+    report: Option<PathBuf>,
+    audit_db: Option<PathBuf>,
+    approvals: Arc<ApprovalHub>,
+    /// The launching terminal, when it prompts for approvals.
+    terminal: Option<Terminal>,
+    spend: Arc<crate::spend::SpendControl>,
 }
 
 enum Outcome {
@@ -251,7 +322,7 @@ enum Outcome {
 
 /// The async part of a run: listeners, kernel programs, the agent, teardown.
 async fn supervise(
-    plan: Plan,
+    mut plan: Plan,
     cgroup: &RunCgroup,
     pins: PinDir,
     sink: DecisionSink,
@@ -289,6 +360,9 @@ async fn supervise(
         sink: sink.clone(),
         upstream: Upstream::new(Arc::clone(&plan.resolver), plan.upstream_tls.clone()),
         tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
+        secrets: Arc::clone(&plan.secrets),
+        approvals: Arc::clone(&plan.approvals),
+        spend: Arc::clone(&plan.spend),
     };
     tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
     tasks.spawn(explicit::serve(listeners.explicit4, ctx.clone()));
@@ -298,6 +372,7 @@ async fn supervise(
     let dns_ctx = dns::server::DnsContext {
         policy: Arc::clone(&plan.policy),
         resolver: Arc::clone(&plan.resolver),
+        secrets: Arc::clone(&plan.secrets),
         sink: sink.clone(),
         ipv6: cfg.proxy_port6 != 0,
     };
@@ -308,6 +383,22 @@ async fn supervise(
         tasks.spawn(dns::server::serve_tcp(t, dns_ctx));
     }
 
+    let agent_pid = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let control_path =
+        crate::control::socket_path(std::path::Path::new(runs::RUNS_DIR), &plan.run_id);
+    let control = crate::control::server::ControlSocket::bind(&control_path)
+        .map_err(io_err("cannot create the run's control socket"))?;
+    tasks.spawn(control.serve(crate::control::server::ControlContext {
+        run_id: plan.run_id.clone(),
+        name: plan.policy.run.name.clone(),
+        policy: plan.policy.source.display().to_string(),
+        secrets: Arc::clone(&plan.secrets),
+        sink: sink.clone(),
+        agent_pid: Arc::clone(&agent_pid),
+        audit_db: plan.audit_db.clone(),
+        approvals: Arc::clone(&plan.approvals),
+        spend: Arc::clone(&plan.spend),
+    }));
     let cgroup_path = cgroup.path().to_path_buf();
     let forwarder = signals::Forwarder::start(move || {
         let _ = cgroup::kill_all(&cgroup_path, Duration::from_secs(5));
@@ -332,6 +423,7 @@ async fn supervise(
             unix_sockets: !unix.is_empty(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
+        terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
     };
     eprintln!(
         "enforcer: run {} started: {} as {} (uid {}), policy {}",
@@ -341,6 +433,13 @@ async fn supervise(
         plan.user.uid,
         plan.policy.source.display()
     );
+    if let Some(t) = &plan.terminal {
+        t.say(&format!(
+            "enforcer: approvals are asked on this terminal. Real prompts start with \
+             [enforcer approval {}]; the agent never sees this code.\n",
+            t.code()
+        ));
+    }
     let started = match child::spawn(spec) {
         Ok(s) => s,
         Err(e) => {
@@ -349,8 +448,21 @@ async fn supervise(
         }
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "agent started");
+    let terminal_task = plan
+        .terminal
+        .take()
+        .map(|t| tokio::spawn(t.run(Arc::clone(&plan.approvals), plan.run_id.clone())));
     let child_pid = started.pid;
     forwarder.set_child(child_pid as u32);
+    agent_pid.store(child_pid as u32, std::sync::atomic::Ordering::SeqCst);
+    if let Some(left) = plan.secrets.ttl_left() {
+        tasks.spawn(expiry(
+            left,
+            plan.kill_on_expiry,
+            cgroup.path().to_path_buf(),
+            sink.clone(),
+        ));
+    }
 
     // The seccomp supervisor runs on its own thread (it blocks in ioctl).
     let (stop_read, stop_write) = stop_pipe().map_err(io_err("cannot create a pipe"))?;
@@ -377,6 +489,17 @@ async fn supervise(
 
     // The direct child is gone; whatever it left behind goes too.
     cgroup.kill_all(Duration::from_secs(10))?;
+    if let Some(mut t) = terminal_task {
+        // Let the last of the agent's output reach the screen; the real
+        // terminal gets its settings back when the relay ends.
+        if tokio::time::timeout(Duration::from_secs(2), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+            let _ = t.await;
+        }
+    }
     drop(stop_write);
     let _ = supervisor_thread.join();
     drop(forwarder);
@@ -392,7 +515,7 @@ async fn supervise(
     }
     enforcement.detach()?;
     let _ = plan.pin;
-    print_summary(&plan.run_id, code, &sink);
+    summarize(&plan, code, &sink).await?;
     Ok(Outcome::Exited(code))
 }
 
@@ -421,6 +544,8 @@ fn kernel_decision(e: &KernelEvent) -> Decision {
         }
     } else if let Some(p) = &e.path {
         d = d.host(format!("unix:{p}"));
+    } else if e.reason_code == enforcer_common::Reason::TerminalInjectionRefused as u32 {
+        d = d.host("terminal");
     } else if !e.family.is_empty() {
         d = d.host(format!("{} socket", e.family));
     }
@@ -445,6 +570,8 @@ fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
                 .map(|s| s.to_string()),
         )
         .chain(["ALL_PROXY", "all_proxy"].map(String::from))
+        // A secret's real value never reaches the agent, whatever it is called.
+        .chain(Secrets::hidden_vars(&plan.policy))
         .collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
@@ -468,7 +595,54 @@ fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
     env.push(("LOGNAME".into(), plan.user.name.clone().into()));
     env.push(("SHELL".into(), plan.user.shell.clone().into()));
     env.push(("ENFORCER_RUN_ID".into(), plan.run_id.clone().into()));
+    for (k, placeholder) in plan.secrets.env() {
+        env.push((k.into(), placeholder.into()));
+    }
     env
+}
+
+fn duration_flag(flag: &'static str, value: &str) -> Result<Duration, LaunchError> {
+    crate::policy::parse_duration(value).map_err(|reason| LaunchError::BadDuration {
+        flag,
+        value: value.to_string(),
+        reason,
+    })
+}
+
+/// The run's approval queue and, with `--approver terminal` on a terminal,
+/// the pseudo-terminal the agent gets instead of the real one.
+fn approvers(
+    approver: Approver,
+    timeout: Duration,
+    policy: &Policy,
+) -> Result<(Arc<ApprovalHub>, Option<Terminal>), LaunchError> {
+    let mode = if approver == Approver::None {
+        ApproverMode::None
+    } else {
+        ApproverMode::Humans
+    };
+    let hub = Arc::new(ApprovalHub::new(mode, timeout));
+    let asks = policy.has_ask();
+    let terminal = match approver {
+        Approver::Terminal if asks => {
+            let t = Terminal::open().map_err(io_err("cannot set up the agent's terminal"))?;
+            if t.is_none() && asks {
+                eprintln!(
+                    "enforcer: note: stdin is not a terminal (or enforcer is not in its \
+                     foreground): approvals only through `sudo enforcer approve ID` from \
+                     another terminal"
+                );
+            }
+            t
+        }
+        Approver::Terminal | Approver::Socket | Approver::None => None,
+    };
+    if approver == Approver::None && asks {
+        eprintln!(
+            "enforcer: note: --approver none: every request that needs an approval is denied"
+        );
+    }
+    Ok((hub, terminal))
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed it.
@@ -492,16 +666,76 @@ fn stop_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn print_summary(run_id: &str, code: i32, sink: &DecisionSink) {
-    let t = sink.tally();
-    eprintln!(
-        "enforcer: run {run_id} finished with exit code {code}: {} allowed, {} refused, {} asked",
-        t.allowed, t.denied, t.asked
-    );
-    let top = t.top_refused(5);
-    if !top.is_empty() {
-        let list: Vec<String> = top.iter().map(|(d, n)| format!("{d} ({n}x)")).collect();
-        eprintln!("enforcer: top refused: {}", list.join(", "));
+/// The end-of-run summary on stderr (from the audit log when there is one),
+/// and `--report FILE.json`.
+async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<(), LaunchError> {
+    let summary = match sink.audit() {
+        Some(writer) => {
+            let end = crate::audit::RunEnd {
+                run_id: plan.run_id.clone(),
+                ended_at: std::time::SystemTime::now(),
+                exit_code: code,
+            };
+            writer.finish_run(end).await?
+        }
+        None => {
+            let t = sink.tally();
+            crate::audit::RunSummary {
+                run_id: plan.run_id.clone(),
+                name: plan.policy.run.name.clone(),
+                started_at: None,
+                ended_at: None,
+                exit_code: Some(code),
+                allowed: t.allowed,
+                denied: t.denied,
+                asked: t.asked,
+                top_refused: t.top_refused(crate::audit::TOP_REFUSED),
+                spend_usd: 0.0,
+                exfiltration_attempts: t.exfiltration_attempts,
+                db_path: String::from("(none: --no-audit)"),
+            }
+        }
+    };
+    eprintln!("{summary}");
+    if let Some(path) = &plan.report {
+        summary.write_json(path)?;
+    }
+    Ok(())
+}
+
+/// What the audit log records about the run at its start.
+fn run_info(
+    run_id: &str,
+    policy: &Policy,
+    user: &target_user::TargetUser,
+    command: &[OsString],
+    cgroup: &std::path::Path,
+    ttl: Option<Duration>,
+) -> crate::audit::RunInfo {
+    let digest = std::fs::read(&policy.source)
+        .map(|b| ring::digest::digest(&ring::digest::SHA256, &b))
+        .map(|d| {
+            d.as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    crate::audit::RunInfo {
+        run_id: run_id.to_string(),
+        name: policy.run.name.clone(),
+        policy_path: policy.source.display().to_string(),
+        policy_sha256: digest,
+        invoking_user: std::env::var("SUDO_USER").unwrap_or_else(|_| user.name.clone()),
+        uid: user.uid,
+        command: command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+        cgroup: cgroup.display().to_string(),
+        started_at: std::time::SystemTime::now(),
+        ttl_seconds: ttl.map(|t| t.as_secs()),
     }
 }
 
@@ -509,4 +743,22 @@ fn print_summary(run_id: &str, code: i32, sink: &DecisionSink) {
 /// day, plus an hour of slack.
 fn plan_ca_lifetime(policy: &Policy) -> Duration {
     policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600)
+}
+
+/// Waits for the credentials' TTL; then records the expiry and, with
+/// `--kill-on-expiry`, ends the run.
+async fn expiry(left: Duration, kill: bool, cgroup: PathBuf, sink: DecisionSink) {
+    tokio::time::sleep(left).await;
+    let reason = if kill {
+        "credentials expired (TTL); --kill-on-expiry: ending the run"
+    } else {
+        "credentials expired (TTL): placeholders no longer work"
+    };
+    sink.record(&Decision::new(Layer::Control, Verdict::Deny, reason).host("run"));
+    if kill {
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::kernel::cgroup::kill_all(&cgroup, Duration::from_secs(10))
+        })
+        .await;
+    }
 }

@@ -3,7 +3,10 @@
 //! (AF_PACKET, AF_VSOCK, AF_XDP, netlink other than route...), unix sockets
 //! (refused unless the policy lists paths), user namespaces, io_uring (whose
 //! socket and connect operations would bypass this filter), clone3 (whose
-//! flags it cannot inspect) and foreign-architecture system calls.
+//! flags it cannot inspect), foreign-architecture system calls, and the
+//! ioctls that type into a terminal (TIOCSTI, TIOCLINUX): with them an agent
+//! sharing the user's terminal could queue commands for the user's shell to
+//! run, unconfined, after the run ends.
 //!
 //! Refusals that matter for the audit trail return SECCOMP_RET_USER_NOTIF:
 //! the enforcer's supervisor answers them with EPERM and records who tried
@@ -59,6 +62,9 @@ const NETLINK_ROUTE: u32 = 0;
 const SOCK_DGRAM: u32 = 2;
 const SOCK_TYPE_MASK: u32 = 0xf;
 const CLONE_NEWUSER: u32 = 0x1000_0000;
+/// ioctl requests that inject input into a terminal.
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541c;
 
 /// A jump target or a plain instruction, before label resolution.
 enum Item {
@@ -128,6 +134,7 @@ pub fn build(opts: FilterOptions) -> Vec<SockFilter> {
         JumpIf(JEQ_K, libc::SYS_io_uring_enter as u32, "enosys"),
         JumpIf(JEQ_K, libc::SYS_io_uring_register as u32, "enosys"),
         JumpIf(JEQ_K, libc::SYS_clone3 as u32, "enosys"),
+        JumpIf(JEQ_K, libc::SYS_ioctl as u32, "ioctl"),
     ]);
     if !opts.user_namespaces {
         p.push(JumpIf(JEQ_K, libc::SYS_unshare as u32, "namespaces"));
@@ -162,6 +169,12 @@ pub fn build(opts: FilterOptions) -> Vec<SockFilter> {
         stmt(LD_W_ABS, off_arg(0)),
         JumpIf(JEQ_K, AF_UNIX, "allow"),
         ret(RET_USER_NOTIF),
+        Label("ioctl"),
+        // The request number is an unsigned int: only the low 32 bits count.
+        stmt(LD_W_ABS, off_arg(1)),
+        JumpIf(JEQ_K, TIOCSTI, "notify"),
+        JumpIf(JEQ_K, TIOCLINUX, "notify"),
+        ret(RET_ALLOW),
         Label("namespaces"),
         stmt(LD_W_ABS, off_arg(0)),
         JumpIf(JSET_K, CLONE_NEWUSER, "notify"),

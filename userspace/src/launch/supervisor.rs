@@ -225,6 +225,10 @@ fn handle(
     if nr == libc::SYS_connect {
         return supervise_connect(listener, notif, unix, report);
     }
+    if nr == libc::SYS_ioctl {
+        report(event(Reason::TerminalInjectionRefused, notif, 0, 0, 0));
+        return deny(notif.id, libc::EPERM);
+    }
     deny(notif.id, libc::ENOSYS)
 }
 

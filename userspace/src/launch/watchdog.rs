@@ -124,6 +124,7 @@ fn watch(read_end: OwnedFd, leftovers: &Leftovers) {
             let removed = cgroup::remove_run_cgroup(cgroup_path);
             let unpinned = bpffs::remove_pins(&leftovers.pins);
             let _ = std::fs::remove_file(&leftovers.record);
+            let _ = std::fs::remove_file(leftovers.record.with_extension("sock"));
             crate::tls::trust::remove(&leftovers.trust);
             eprintln!(
                 "enforcer watchdog: the enforcer exited without cleaning up; killed the run's \

@@ -12,10 +12,10 @@ use super::duration::parse_duration;
 use super::host::{HostPolicy, find_host};
 use super::hosts::parse_tcp_host;
 use super::rules::compile_hosts;
-use super::schema::{RawLocal, RawPolicy, RawRun, RawTcp};
+use super::schema::{RawBreaker, RawLocal, RawPolicy, RawRun, RawTcp};
 use super::secrets::compile_secrets;
 use super::values::{check_port, check_usd, compile_ports};
-use super::{LocalSettings, Policy, RunSettings, TcpRule};
+use super::{LocalSettings, LoopBreakerSettings, Policy, RunSettings, TcpRule};
 
 /// Longest unix socket path (`sun_path` is 108 bytes with the final NUL).
 const MAX_UNIX_PATH: usize = 107;
@@ -45,6 +45,7 @@ fn compile_run(raw: Option<&Spanned<RawRun>>, path: &Path, d: &mut Diagnostics) 
         name: default_run_name(path),
         ttl: None,
         spend_cap_usd: None,
+        loop_breaker: Some(LoopBreakerSettings::default()),
     };
     let Some(raw) = raw else { return run };
     let r = raw.get_ref();
@@ -63,7 +64,45 @@ fn compile_run(raw: Option<&Spanned<RawRun>>, path: &Path, d: &mut Diagnostics) 
     if let Some(cap) = &r.spend_cap_usd {
         run.spend_cap_usd = check_usd(cap, "spend_cap_usd", d);
     }
+    if let Some(b) = &r.loop_breaker {
+        run.loop_breaker = compile_breaker(b, d);
+    }
     run
+}
+
+/// Bounds of `loop_breaker.calls`.
+const BREAKER_CALLS: std::ops::RangeInclusive<i64> = 2..=10_000;
+
+fn compile_breaker(raw: &Spanned<RawBreaker>, d: &mut Diagnostics) -> Option<LoopBreakerSettings> {
+    let mut settings = LoopBreakerSettings::default();
+    match raw.get_ref() {
+        RawBreaker::Switch(false) => return None,
+        RawBreaker::Switch(true) => {}
+        RawBreaker::Table(t) => {
+            if let Some(calls) = t.calls {
+                if BREAKER_CALLS.contains(&calls) {
+                    settings.calls = calls as u32;
+                } else {
+                    d.error(
+                        raw.span(),
+                        format!(
+                            "loop_breaker.calls must be between {} and {} (got {calls})",
+                            BREAKER_CALLS.start(),
+                            BREAKER_CALLS.end()
+                        ),
+                    );
+                }
+            }
+            if let Some(w) = &t.window {
+                match parse_duration(w) {
+                    Ok(w) if !w.is_zero() => settings.window = w,
+                    Ok(_) => d.error(raw.span(), "loop_breaker.window must be longer than 0"),
+                    Err(e) => d.error(raw.span(), format!("loop_breaker.window: {e}")),
+                }
+            }
+        }
+    }
+    Some(settings)
 }
 
 /// Run names end up in cgroup names, unit names and the audit log.

@@ -164,6 +164,9 @@ fn interception_causes(h: &super::HostPolicy) -> Vec<String> {
     if let Some(cap) = h.spend_cap_usd {
         causes.push(format!("spend cap ${cap}"));
     }
+    if let Some(cap) = h.daily_cap_usd {
+        causes.push(format!("daily cap ${cap}"));
+    }
     if let Some(rate) = &h.rate {
         causes.push(format!("rate {rate}"));
     }

@@ -105,6 +105,9 @@ pub struct HostPolicy {
     /// In file order.
     pub rules: Vec<Rule>,
     pub spend_cap_usd: Option<f64>,
+    /// Cap per UTC day across every run of this policy (stored in the
+    /// audit database).
+    pub daily_cap_usd: Option<f64>,
     pub rate: Option<Rate>,
     pub max_calls: Option<u64>,
     /// Names of the `[[secret]]`s bound to (some names of) this host; they
@@ -130,6 +133,7 @@ impl HostPolicy {
         self.action != Some(Action::Deny)
             && (!self.rules.is_empty()
                 || self.spend_cap_usd.is_some()
+                || self.daily_cap_usd.is_some()
                 || self.rate.is_some()
                 || self.max_calls.is_some()
                 || !self.secrets.is_empty())

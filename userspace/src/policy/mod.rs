@@ -65,6 +65,25 @@ pub struct RunSettings {
     pub ttl: Option<Duration>,
     /// Whole-run spend cap in USD (> 0).
     pub spend_cap_usd: Option<f64>,
+    /// Refuse a call repeated identically this often (`None`: off).
+    pub loop_breaker: Option<LoopBreakerSettings>,
+}
+
+/// `[run] loop_breaker`: the `calls`-th identical call (same method,
+/// target and body; reads excluded) within `window` trips the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopBreakerSettings {
+    pub calls: u32,
+    pub window: Duration,
+}
+
+impl Default for LoopBreakerSettings {
+    fn default() -> Self {
+        Self {
+            calls: 20,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[local]`: what the run may reach on this host without the proxy.
@@ -118,6 +137,13 @@ impl Policy {
     /// type errors stop at the first).
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
         compile::compile(text, path)
+    }
+
+    /// Whether any request rule needs a human's approval.
+    pub fn has_ask(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.rules.iter().any(|r| r.action == Action::Ask))
     }
 
     /// The `[[tcp]]` rule that allows `host` (a name or IP literal; names

@@ -132,6 +132,12 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         }
         check_usd(v, "spend_cap_usd", d)
     });
+    let daily_cap_usd = h.daily_cap_usd.as_ref().and_then(|v| {
+        if denied {
+            d.error(v.span(), no_effect("daily_cap_usd"));
+        }
+        check_usd(v, "daily_cap_usd", d)
+    });
     let rate = h.rate.as_ref().and_then(|v| {
         if denied {
             d.error(v.span(), no_effect("rate"));
@@ -162,6 +168,7 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         action,
         rules: rules.into_iter().flatten().map(|(r, _)| r).collect(),
         spend_cap_usd,
+        daily_cap_usd,
         rate,
         max_calls,
         secrets: Vec::new(),

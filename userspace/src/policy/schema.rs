@@ -30,6 +30,23 @@ pub(crate) struct RawRun {
     pub name: Option<Spanned<String>>,
     pub ttl: Option<Spanned<DurationText>>,
     pub spend_cap_usd: Option<Spanned<Usd>>,
+    pub loop_breaker: Option<Spanned<RawBreaker>>,
+}
+
+/// `loop_breaker = false`, `true`, or `{ calls = 20, window = "60s" }`.
+/// (No spans inside: serde's untagged enums cannot carry them.)
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawBreaker {
+    Switch(bool),
+    Table(RawBreakerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreakerTable {
+    pub calls: Option<i64>,
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +94,7 @@ pub(crate) struct RawHost {
     pub ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub action: Option<Spanned<RawAction>>,
     pub spend_cap_usd: Option<Spanned<Usd>>,
+    pub daily_cap_usd: Option<Spanned<Usd>>,
     pub rate: Option<Spanned<RateText>>,
     pub max_calls: Option<Spanned<Count>>,
     #[serde(default)]

@@ -24,6 +24,17 @@ impl Policy {
             .spend_cap_usd
             .map_or_else(|| "none".to_string(), |c| format!("${c}"));
         let _ = writeln!(out, "  spend cap: {cap}");
+        let breaker = self.run.loop_breaker.map_or_else(
+            || "off".to_string(),
+            |b| {
+                format!(
+                    "{} identical calls in {}",
+                    b.calls,
+                    format_duration(b.window)
+                )
+            },
+        );
+        let _ = writeln!(out, "  loop breaker: {breaker}");
 
         let _ = writeln!(out, "local:");
         let ports: Vec<String> = self
@@ -105,6 +116,9 @@ fn host_summary(out: &mut String, h: &HostPolicy) {
     let mut limits = Vec::new();
     if let Some(cap) = h.spend_cap_usd {
         limits.push(format!("spend cap ${cap}"));
+    }
+    if let Some(cap) = h.daily_cap_usd {
+        limits.push(format!("daily cap ${cap}"));
     }
     if let Some(rate) = &h.rate {
         limits.push(format!("rate {rate}"));

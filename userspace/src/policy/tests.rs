@@ -666,6 +666,7 @@ policy billing-agent (policy.toml)
 run:
   ttl: 3h
   spend cap: $1000
+  loop breaker: 20 identical calls in 1m
 local:
   loopback ports: none
   unix sockets: none
@@ -812,4 +813,60 @@ fn duplicates_are_reported_even_when_the_first_entry_has_problems() {
         out.contains("policy.toml:7:8: error: duplicate host `a.com`: already defined at line 1 (`A.com` is the same host as `a.com`)"),
         "{out}"
     );
+}
+
+#[test]
+fn daily_caps_and_the_loop_breaker_parse_and_validate() {
+    let p = parse(
+        r#"
+[run]
+loop_breaker = { calls = 5, window = "10s" }
+
+[[host]]
+name = "api.example.com"
+daily_cap_usd = 100
+action = "allow"
+"#,
+    );
+    assert_eq!(
+        p.run.loop_breaker,
+        Some(LoopBreakerSettings {
+            calls: 5,
+            window: Duration::from_secs(10)
+        })
+    );
+    assert_eq!(p.hosts[0].daily_cap_usd, Some(100.0));
+    assert_eq!(
+        p.hosts[0].mode(),
+        HostMode::Intercept,
+        "a daily cap needs interception"
+    );
+    let off = parse("[run]\nloop_breaker = false\n");
+    assert_eq!(off.run.loop_breaker, None);
+    let default = parse("[run]\nname = \"x\"\n");
+    assert_eq!(
+        default.run.loop_breaker,
+        Some(LoopBreakerSettings::default())
+    );
+    for (text, expect) in [
+        (
+            "[run]\nloop_breaker = { calls = 1 }\n",
+            "between 2 and 10000",
+        ),
+        (
+            "[run]\nloop_breaker = { window = \"soon\" }\n",
+            "loop_breaker.window",
+        ),
+        (
+            "[[host]]\nname = \"a.example.com\"\naction = \"deny\"\ndaily_cap_usd = 5\n",
+            "no effect",
+        ),
+        (
+            "[[host]]\nname = \"a.example.com\"\naction = \"allow\"\ndaily_cap_usd = -5\n",
+            "daily_cap_usd",
+        ),
+    ] {
+        let e = errors(text);
+        assert!(e.contains(expect), "{text}: {e}");
+    }
 }

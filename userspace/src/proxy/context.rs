@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use crate::{decision::DecisionSink, dns::Resolver, kernel::origdst::OrigDstTable, policy::Policy};
+use crate::{
+    approval::ApprovalHub, decision::DecisionSink, dns::Resolver, kernel::origdst::OrigDstTable,
+    policy::Policy, secrets::Secrets,
+};
 
 use super::upstream::Upstream;
 
@@ -18,6 +21,12 @@ pub struct ProxyContext {
     pub upstream: Upstream,
     /// Server side of interception (leaves minted by the run CA).
     pub tls_server: Arc<rustls::ServerConfig>,
+    /// The run's credentials.
+    pub secrets: Arc<Secrets>,
+    /// Requests waiting for a human.
+    pub approvals: Arc<ApprovalHub>,
+    /// Spend caps, rate limits and the loop breaker.
+    pub spend: Arc<crate::spend::SpendControl>,
 }
 
 /// How the agent reached the proxy.

@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 
 use super::{
     context::{Conn, ProxyContext, Via},
-    dial, http as proxy_http, intercept, relay,
+    http as proxy_http, intercept,
     sniff::host_without_port,
+    tunnel,
     upstream::Body,
 };
 use crate::{
@@ -136,6 +137,13 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
     let Some(port) = authority.port_u16() else {
         return bad_request("CONNECT needs host:port");
     };
+    if let Some(secret) = crate::secrets::scan::in_name(&ctx.secrets, &name) {
+        let reason = format!(
+            "{}: placeholder of {secret} in the CONNECT host",
+            crate::secrets::scan::EXFILTRATION
+        );
+        return refused(&ctx, &name, port, "CONNECT", "", &reason);
+    }
     let verdict = ctx.policy.connection(&name, port);
     if let ConnectionVerdict::Refuse { reason } = &verdict {
         return refused(&ctx, &name, port, "CONNECT", "", reason);
@@ -149,36 +157,7 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
         match verdict {
             ConnectionVerdict::Refuse { .. } => {}
             ConnectionVerdict::PassThrough { host } => {
-                match dial::dial(&ctx.resolver, &name, port).await {
-                    Ok(upstream) => {
-                        let rule = format!(
-                            "host {}",
-                            ctx.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-                        );
-                        ctx.sink.record(
-                            &Decision::new(
-                                Layer::Connection,
-                                Verdict::Allow,
-                                "passed through without interception",
-                            )
-                            .host(name.clone())
-                            .port(port)
-                            .rule(rule),
-                        );
-                        let _ = relay::relay(io, upstream).await;
-                    }
-                    Err(e) => {
-                        ctx.sink.record(
-                            &Decision::new(
-                                Layer::Connection,
-                                Verdict::Deny,
-                                format!("upstream unreachable: {e}"),
-                            )
-                            .host(name.clone())
-                            .port(port),
-                        );
-                    }
-                }
+                tunnel::pass_through(io, &ctx, &name, port, host).await;
             }
             ConnectionVerdict::Intercept { host } => {
                 ctx.sink.record(

@@ -2,15 +2,19 @@
 //! to (and the explicit HTTP_PROXY listener), the per-connection decision,
 //! TLS interception and the per-request boundary.
 
+pub mod buffer;
 pub mod context;
+pub mod count;
 pub mod dial;
 pub mod explicit;
+pub mod gate;
 pub mod http;
 pub mod intercept;
 pub mod listeners;
 pub mod relay;
 pub mod sniff;
 pub mod transparent;
+pub mod tunnel;
 pub mod upstream;
 
 pub use context::ProxyContext;

@@ -19,8 +19,9 @@ use tokio::{
 
 use super::{
     context::{Conn, ProxyContext, Via},
-    dial, http, intercept, relay,
+    dial, http, intercept,
     sniff::{self, FirstBytes},
+    tunnel,
 };
 use crate::{
     decision::{Decision, Layer, Verdict},
@@ -95,6 +96,22 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
     if let Some((rule, upstream)) = tcp_rule(&ctx, dst, resolved.as_deref()).await {
         return relay_tcp(client, dst.port(), &shown, rule, upstream, &ctx).await;
     }
+    // Refuse at once when nothing the client could say would be allowed (no
+    // need to wait for a server-first protocol to time out).
+    let hopeless = match &resolved {
+        Some(name) => matches!(
+            ctx.policy.connection(name, dst.port()),
+            ConnectionVerdict::Refuse { .. }
+        ),
+        None => !ctx.policy.hosts.iter().any(|h| h.allows_port(dst.port())),
+    };
+    if hopeless {
+        let reason = match &resolved {
+            Some(name) => format!("{name} on port {} is not allowed by the policy", dst.port()),
+            None => format!("no [[tcp]] rule or [[host]] allows port {}", dst.port()),
+        };
+        return deny(&ctx, shown, dst.port(), reason);
+    }
     let (said, tls) = match sniff::sniff(&client, SNIFF_DEADLINE).await {
         FirstBytes::Tls { sni } => (sni, true),
         FirstBytes::Http { host } => (host, false),
@@ -140,6 +157,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
 }
 
 /// Decides a TLS or HTTP connection on its name and hands it on.
+/// Refuses (and records) a name that carries a placeholder.
+fn exfiltration_in_name(ctx: &ProxyContext, name: &str, port: u16) -> bool {
+    let Some(secret) = crate::secrets::scan::in_name(&ctx.secrets, name) else {
+        return false;
+    };
+    let reason = format!(
+        "{}: placeholder of {secret} in the server name",
+        crate::secrets::scan::EXFILTRATION
+    );
+    deny(ctx, name.to_string(), port, reason);
+    true
+}
+
 async fn by_name(
     client: TcpStream,
     peer: SocketAddr,
@@ -148,6 +178,9 @@ async fn by_name(
     tls: bool,
     ctx: ProxyContext,
 ) {
+    if exfiltration_in_name(&ctx, &name, port) {
+        return;
+    }
     match ctx.policy.connection(&name, port) {
         ConnectionVerdict::Refuse { reason } => {
             if tls {
@@ -158,11 +191,7 @@ async fn by_name(
             }
         }
         ConnectionVerdict::PassThrough { host } => {
-            let rule = format!(
-                "host {}",
-                ctx.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-            );
-            pass_through(client, &ctx, name, port, rule).await;
+            tunnel::pass_through(client, &ctx, &name, port, host).await;
         }
         ConnectionVerdict::Intercept { host } => {
             ctx.sink.record(
@@ -192,32 +221,6 @@ async fn by_name(
                 http::serve(client, Arc::new(conn), ctx).await;
             }
         }
-    }
-}
-
-/// Relays a whole-host allow untouched (TLS stays end to end).
-async fn pass_through(
-    client: TcpStream,
-    ctx: &ProxyContext,
-    name: String,
-    port: u16,
-    rule: String,
-) {
-    match dial::dial(&ctx.resolver, &name, port).await {
-        Ok(upstream) => {
-            ctx.sink.record(
-                &Decision::new(
-                    Layer::Connection,
-                    Verdict::Allow,
-                    "passed through without interception",
-                )
-                .host(name)
-                .port(port)
-                .rule(rule),
-            );
-            let _ = relay::relay(client, upstream).await;
-        }
-        Err(e) => deny(ctx, name, port, format!("upstream unreachable: {e}")),
     }
 }
 
@@ -327,15 +330,13 @@ async fn relay_tcp(
             return;
         }
     };
-    ctx.sink.record(
-        &Decision::new(
-            Layer::Connection,
-            Verdict::Allow,
-            "tcp destination allowed by policy",
-        )
-        .host(shown)
-        .port(port)
-        .rule(rule),
-    );
-    let _ = relay::relay(client, upstream).await;
+    let allow = Decision::new(
+        Layer::Connection,
+        Verdict::Allow,
+        "tcp destination allowed by policy",
+    )
+    .host(shown)
+    .port(port)
+    .rule(rule);
+    tunnel::relay_allowed(client, upstream, ctx, allow).await;
 }

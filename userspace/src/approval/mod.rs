@@ -1,0 +1,260 @@
+//! Approvals for `action = "ask"`: a request is held, not forwarded, while a
+//! human decides: on the launching terminal (see [`terminal`]) or from
+//! another terminal through the control socket (`enforcer approvals`,
+//! `enforcer approve`, `enforcer deny`). `always` allows that rule for the
+//! rest of the run; no answer within the timeout is a denial; with
+//! `--approver none` every ask is denied at once.
+
+pub mod terminal;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+/// Who may approve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApproverMode {
+    /// Nobody: every ask is denied at once (CI).
+    None,
+    /// Root, through the control socket (and the terminal when there is one).
+    Humans,
+}
+
+/// One request waiting for a human.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pending {
+    /// Unique within the run.
+    pub id: u64,
+    pub run_id: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    /// Names of the secrets that would be injected.
+    pub secrets: Vec<String>,
+    /// The parsed cost, if the rule has one (e.g. "50.00 USD").
+    pub cost: Option<String>,
+    pub rule: String,
+    /// Seconds left before it is denied for lack of an answer.
+    pub expires_in_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Answer {
+    Approve,
+    Deny,
+    /// Approve, and approve every later call of the same rule in this run.
+    Always,
+}
+
+/// How an ask ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved { by: String },
+    Denied { by: String },
+    TimedOut,
+    NoApprover,
+}
+
+impl Outcome {
+    pub fn approved(&self) -> bool {
+        matches!(self, Self::Approved { .. })
+    }
+
+    /// For the audit row and the 403 body.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Approved { by } => format!("approved by {by}"),
+            Self::Denied { by } => format!("denied by {by}"),
+            Self::TimedOut => String::from("no answer before the approval timeout: denied"),
+            Self::NoApprover => {
+                String::from("approval required, and no approver (--approver none): denied")
+            }
+        }
+    }
+
+    /// Who (or what) decided, for the audit row's `approver`.
+    pub fn approver(&self) -> &str {
+        match self {
+            Self::Approved { by } | Self::Denied { by } => by,
+            Self::TimedOut => "nobody (approval timeout)",
+            Self::NoApprover => "nobody (--approver none)",
+        }
+    }
+}
+
+struct Waiting {
+    pending: Pending,
+    rule_key: (usize, usize),
+    deadline: Instant,
+    reply: oneshot::Sender<(Answer, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    always: HashSet<(usize, usize)>,
+}
+
+/// The run's approval queue.
+pub struct ApprovalHub {
+    mode: ApproverMode,
+    timeout: Duration,
+    inner: Mutex<Inner>,
+    /// Woken whenever a request starts waiting (the terminal prompter listens).
+    pub arrived: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no pending approval {0} in this run")]
+pub struct NotPending(pub u64);
+
+impl ApprovalHub {
+    pub fn new(mode: ApproverMode, timeout: Duration) -> Self {
+        Self {
+            mode,
+            timeout,
+            inner: Mutex::new(Inner::default()),
+            arrived: Notify::new(),
+        }
+    }
+
+    pub fn mode(&self) -> ApproverMode {
+        self.mode
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the caller until a human answers (or the timeout passes).
+    /// `rule_key` is (host index, rule index) for `always`.
+    pub async fn ask(&self, mut p: Pending, rule_key: (usize, usize)) -> Outcome {
+        if self.mode == ApproverMode::None {
+            return Outcome::NoApprover;
+        }
+        let rx = {
+            let mut inner = self.lock();
+            if inner.always.contains(&rule_key) {
+                return Outcome::Approved {
+                    by: String::from("an earlier 'always' for this rule"),
+                };
+            }
+            inner.next += 1;
+            p.id = inner.next;
+            p.expires_in_secs = self.timeout.as_secs();
+            let (tx, rx) = oneshot::channel();
+            let id = p.id;
+            inner.waiting.insert(
+                id,
+                Waiting {
+                    pending: p,
+                    rule_key,
+                    deadline: Instant::now() + self.timeout,
+                    reply: tx,
+                },
+            );
+            (id, rx)
+        };
+        // A permit is kept if the prompter is busy: it will look again.
+        self.arrived.notify_one();
+        let (id, rx) = rx;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok((Answer::Deny, by))) => Outcome::Denied { by },
+            Ok(Ok((_, by))) => Outcome::Approved { by },
+            Ok(Err(_)) => Outcome::TimedOut,
+            Err(_) => {
+                self.lock().waiting.remove(&id);
+                Outcome::TimedOut
+            }
+        }
+    }
+
+    /// Requests waiting now, oldest first.
+    pub fn pending(&self) -> Vec<Pending> {
+        let now = Instant::now();
+        self.lock()
+            .waiting
+            .values()
+            .map(|w| {
+                let mut p = w.pending.clone();
+                p.expires_in_secs = w.deadline.saturating_duration_since(now).as_secs();
+                p
+            })
+            .collect()
+    }
+
+    /// Answers request `id`; `by` says who (for the audit row).
+    pub fn answer(&self, id: u64, answer: Answer, by: &str) -> Result<(), NotPending> {
+        let mut inner = self.lock();
+        let w = inner.waiting.remove(&id).ok_or(NotPending(id))?;
+        if answer == Answer::Always {
+            inner.always.insert(w.rule_key);
+        }
+        let _ = w.reply.send((answer, by.to_string()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn pending() -> Pending {
+        Pending {
+            id: 0,
+            run_id: "r".into(),
+            host: "api.example.com".into(),
+            method: "POST".into(),
+            path: "/v1/refunds".into(),
+            secrets: vec!["KEY".into()],
+            cost: Some("5.00 USD".into()),
+            rule: "POST /v1/refunds -> ask".into(),
+            expires_in_secs: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn approve_deny_always_and_timeout() {
+        let hub = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_secs(5),
+        ));
+        let h = Arc::clone(&hub);
+        let asking = tokio::spawn(async move { h.ask(pending(), (0, 1)).await });
+        while hub.pending().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let id = hub.pending()[0].id;
+        hub.answer(id, Answer::Deny, "root").unwrap();
+        assert_eq!(asking.await.unwrap(), Outcome::Denied { by: "root".into() });
+        assert!(
+            hub.answer(id, Answer::Approve, "root").is_err(),
+            "answered twice"
+        );
+
+        let h = Arc::clone(&hub);
+        let asking = tokio::spawn(async move { h.ask(pending(), (0, 1)).await });
+        while hub.pending().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        hub.answer(hub.pending()[0].id, Answer::Always, "terminal")
+            .unwrap();
+        assert!(asking.await.unwrap().approved());
+        // The same rule now passes without asking; another rule still asks.
+        assert!(hub.ask(pending(), (0, 1)).await.approved());
+        let quick = ApprovalHub::new(ApproverMode::Humans, Duration::from_millis(50));
+        assert_eq!(quick.ask(pending(), (0, 2)).await, Outcome::TimedOut);
+        assert!(quick.pending().is_empty());
+        let none = ApprovalHub::new(ApproverMode::None, Duration::from_secs(60));
+        assert_eq!(none.ask(pending(), (0, 1)).await, Outcome::NoApprover);
+    }
+}

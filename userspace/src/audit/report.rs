@@ -1,0 +1,337 @@
+//! The end-of-run summary, computed from the database: the human lines on
+//! stderr and the machine-readable `--report FILE.json`.
+
+use std::{collections::HashMap, fmt, fs, io::Write as _, path::Path};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Serialize, Serializer, ser::SerializeSeq as _};
+
+use super::{AuditError, AuditStore, format::clean};
+
+/// How many refused destinations the summary names.
+pub const TOP_REFUSED: usize = 5;
+
+/// The reason text that marks a credential exfiltration attempt.
+pub const EXFILTRATION_MARK: &str = "credential exfiltration attempt";
+
+/// What a run did, as the audit database has it. Its JSON form is the
+/// `--report FILE.json` content; its `Display` is the summary on stderr.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub name: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub allowed: u64,
+    pub denied: u64,
+    pub asked: u64,
+    /// Most refused destinations (`host:port`, `METHOD host:port/path` for
+    /// requests, the name for DNS) with their counts, most frequent first.
+    #[serde(serialize_with = "destinations")]
+    pub top_refused: Vec<(String, u64)>,
+    pub spend_usd: f64,
+    /// Events whose reason contains "credential exfiltration attempt".
+    pub exfiltration_attempts: u64,
+    pub db_path: String,
+}
+
+fn destinations<S: Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        destination: &'a str,
+        count: u64,
+    }
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for (destination, count) in v {
+        seq.serialize_element(&Entry {
+            destination,
+            count: *count,
+        })?;
+    }
+    seq.end()
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.exfiltration_attempts > 0 {
+            writeln!(
+                f,
+                "enforcer: !!! WARNING: {} CREDENTIAL EXFILTRATION ATTEMPT{} in this run: the agent tried to send a secret (its placeholder) where that secret does not belong. Treat the agent as compromised. !!!",
+                self.exfiltration_attempts,
+                if self.exfiltration_attempts == 1 {
+                    ""
+                } else {
+                    "S"
+                }
+            )?;
+        }
+        let name = clean(&self.name);
+        let run = clean(&self.run_id);
+        match self.exit_code {
+            Some(code) => writeln!(f, "enforcer: run {run} ({name}) exited with code {code}")?,
+            None => writeln!(f, "enforcer: run {run} ({name}) has not ended")?,
+        }
+        writeln!(
+            f,
+            "enforcer:   {} allowed, {} denied, {} asked",
+            self.allowed, self.denied, self.asked
+        )?;
+        if !self.top_refused.is_empty() {
+            let list: Vec<String> = self
+                .top_refused
+                .iter()
+                .map(|(d, n)| format!("{} ({n})", clean(d)))
+                .collect();
+            writeln!(f, "enforcer:   top refused: {}", list.join(", "))?;
+        }
+        writeln!(f, "enforcer:   spend: ${:.2}", self.spend_usd)?;
+        write!(
+            f,
+            "enforcer:   audit log: {} (run {run})",
+            clean(&self.db_path)
+        )
+    }
+}
+
+impl RunSummary {
+    /// Writes the JSON report atomically (a temporary file renamed over `path`).
+    pub fn write_json(&self, path: &Path) -> Result<(), AuditError> {
+        let fail = |e: &dyn fmt::Display| AuditError::Report {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let mut body = serde_json::to_vec_pretty(self).map_err(|e| fail(&e))?;
+        body.push(b'\n');
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(fail(&e));
+        }
+        Ok(())
+    }
+}
+
+impl AuditStore {
+    /// The summary of run `run_id`.
+    pub fn summary(&self, run_id: &str) -> Result<RunSummary, AuditError> {
+        summarize(&self.conn, run_id, &self.path)
+    }
+}
+
+pub(crate) fn summarize(
+    conn: &Connection,
+    run_id: &str,
+    path: &Path,
+) -> Result<RunSummary, AuditError> {
+    let fail = |e: rusqlite::Error| AuditError::sqlite(path, &e);
+    let run = conn
+        .query_row(
+            "SELECT name, started_at, ended_at, exit_code FROM runs WHERE id = ?1",
+            [run_id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0).unwrap_or_default(),
+                    r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    r.get::<_, Option<i64>>(3).unwrap_or_default(),
+                ))
+            },
+        )
+        .optional()
+        .map_err(fail)?;
+    let Some((name, started_at, ended_at, exit_code)) = run else {
+        return Err(AuditError::UnknownRun(run_id.to_owned()));
+    };
+    let (allowed, denied, asked, spend, exfil) = conn
+        .query_row(
+            "SELECT coalesce(sum(verdict = 'allow'), 0), coalesce(sum(verdict = 'deny'), 0),
+                    coalesce(sum(verdict = 'ask' OR approver IS NOT NULL), 0), total(cost_usd),
+                    coalesce(sum(instr(lower(reason), ?2) > 0), 0)
+             FROM events WHERE run_id = ?1",
+            params![run_id, EXFILTRATION_MARK],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .map_err(fail)?;
+    Ok(RunSummary {
+        run_id: run_id.to_owned(),
+        name: name.unwrap_or_default(),
+        started_at,
+        ended_at,
+        exit_code: exit_code.and_then(|c| i32::try_from(c).ok()),
+        allowed: count(allowed),
+        denied: count(denied),
+        asked: count(asked),
+        top_refused: top_refused(conn, run_id).map_err(fail)?,
+        spend_usd: spend,
+        exfiltration_attempts: count(exfil),
+        db_path: path.display().to_string(),
+    })
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn top_refused(conn: &Connection, run_id: &str) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT layer, host, port, method, path, count(*) FROM events
+         WHERE run_id = ?1 AND verdict = 'deny'
+         GROUP BY layer, host, port, method, path",
+    )?;
+    let mut merged: HashMap<String, u64> = HashMap::new();
+    let rows = stmt.query_map([run_id], |r| {
+        Ok((
+            destination(
+                r.get::<_, Option<String>>(0).ok().flatten().as_deref(),
+                r.get::<_, Option<String>>(1).ok().flatten().as_deref(),
+                r.get::<_, Option<i64>>(2).ok().flatten(),
+                r.get::<_, Option<String>>(3).ok().flatten().as_deref(),
+                r.get::<_, Option<String>>(4).ok().flatten().as_deref(),
+            ),
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (dest, n) = row?;
+        *merged.entry(dest).or_default() += count(n);
+    }
+    let mut v: Vec<_> = merged.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(TOP_REFUSED);
+    Ok(v)
+}
+
+/// Where a decision was headed, by layer: `host:port` (`[v6]:port`),
+/// `METHOD host:port/path` for requests, the bare name for DNS.
+pub(crate) fn destination(
+    layer: Option<&str>,
+    host: Option<&str>,
+    port: Option<i64>,
+    method: Option<&str>,
+    path: Option<&str>,
+) -> String {
+    let base = match (host, port) {
+        (Some(h), _) if layer == Some("dns") => h.to_owned(),
+        (Some(h), Some(p)) if h.contains(':') => format!("[{h}]:{p}"),
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, Some(p)) => format!("port {p}"),
+        (None, None) => String::from("-"),
+    };
+    match (layer, method, path) {
+        (Some("request"), Some(m), Some(p)) => format!("{m} {base}{p}"),
+        _ => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunSummary {
+        RunSummary {
+            run_id: String::from("r1"),
+            name: String::from("billing-agent"),
+            started_at: Some(String::from("2026-11-22 10:00:00.000")),
+            ended_at: Some(String::from("2026-11-22 10:05:00.000")),
+            exit_code: Some(0),
+            allowed: 12,
+            denied: 3,
+            asked: 1,
+            top_refused: vec![(String::from("evil.test:443"), 2)],
+            spend_usd: 12.5,
+            exfiltration_attempts: 0,
+            db_path: String::from("/var/lib/enforcer/audit.db"),
+        }
+    }
+
+    #[test]
+    fn human_summary_names_counts_spend_and_log() {
+        let s = sample().to_string();
+        assert!(s.contains("12 allowed, 3 denied, 1 asked"), "{s}");
+        assert!(s.contains("top refused: evil.test:443 (2)"), "{s}");
+        assert!(s.contains("spend: $12.50"), "{s}");
+        assert!(s.contains("/var/lib/enforcer/audit.db"), "{s}");
+        assert!(!s.contains("EXFILTRATION"), "{s}");
+    }
+
+    #[test]
+    fn exfiltration_comes_first_and_loud() {
+        let mut sum = sample();
+        sum.exfiltration_attempts = 2;
+        sum.top_refused = vec![(String::from("evil\x1b[2J.test:443"), 2)];
+        let s = sum.to_string();
+        let first = s.lines().next().unwrap_or_default();
+        assert!(first.contains("2 CREDENTIAL EXFILTRATION ATTEMPTS"), "{s}");
+        assert!(
+            !s.contains('\x1b'),
+            "terminal escapes are neutralised: {s:?}"
+        );
+    }
+
+    #[test]
+    fn json_report_has_named_destinations() {
+        let dir = crate::audit::testutil::TempDir::new("report");
+        let path = dir.path().join("report.json");
+        sample().write_json(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["allowed"], 12);
+        assert_eq!(v["top_refused"][0]["destination"], "evil.test:443");
+        assert_eq!(v["top_refused"][0]["count"], 2);
+        assert_eq!(v["exit_code"], 0);
+        assert_eq!(v["db_path"], "/var/lib/enforcer/audit.db");
+        let e = sample()
+            .write_json(&dir.path().join("missing/report.json"))
+            .unwrap_err();
+        assert!(matches!(e, AuditError::Report { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_mark_is_what_the_scanner_writes() {
+        assert_eq!(EXFILTRATION_MARK, crate::secrets::scan::EXFILTRATION);
+    }
+
+    #[test]
+    fn destinations_by_layer() {
+        assert_eq!(
+            destination(Some("kernel"), Some("10.0.0.1"), Some(53), None, None),
+            "10.0.0.1:53"
+        );
+        assert_eq!(
+            destination(Some("connection"), Some("fd00::2"), Some(443), None, None),
+            "[fd00::2]:443"
+        );
+        assert_eq!(
+            destination(Some("dns"), Some("evil.test"), Some(53), None, None),
+            "evil.test"
+        );
+        assert_eq!(
+            destination(
+                Some("request"),
+                Some("api.stripe.com"),
+                Some(443),
+                Some("POST"),
+                Some("/v1/refunds")
+            ),
+            "POST api.stripe.com:443/v1/refunds"
+        );
+        assert_eq!(destination(None, None, None, None, None), "-");
+    }
+}

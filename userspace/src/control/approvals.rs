@@ -1,0 +1,135 @@
+//! `enforcer approvals`, `enforcer approve` and `enforcer deny`: answering
+//! a live run's waiting requests from another terminal.
+
+use std::path::Path;
+
+use super::{
+    client::{ControlError, ask},
+    protocol::{Request, Response},
+};
+use crate::{
+    approval::{Answer, Pending},
+    runs::RunRecord,
+};
+
+fn require_root() -> Result<(), ControlError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ControlError::NotRoot)
+    }
+}
+
+/// Every live run's waiting requests.
+fn all_pending() -> Vec<Pending> {
+    let runs_dir = Path::new(crate::runs::RUNS_DIR);
+    let mut all = Vec::new();
+    for record in RunRecord::all(runs_dir) {
+        if !record.enforcer_alive() {
+            continue;
+        }
+        let path = super::socket_path(runs_dir, &record.run_id);
+        if let Ok(Response::Approvals { pending }) = ask(&path, &record.run_id, &Request::Approvals)
+        {
+            all.extend(pending);
+        }
+    }
+    all.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
+    all
+}
+
+/// `enforcer approvals`: a table (or JSON lines) of waiting requests.
+pub fn list(json: bool) -> Result<(), ControlError> {
+    require_root()?;
+    let pending = all_pending();
+    if json {
+        for p in &pending {
+            println!("{}", serde_json::to_string(p).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    if pending.is_empty() {
+        println!("no requests are waiting for approval");
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<24} {:>5}  {:<7} {:<40} {:<12} SECRETS",
+        "ID", "RUN", "LEFT", "METHOD", "URL", "COST"
+    );
+    for p in pending {
+        println!(
+            "{:>4}  {:<24} {:>4}s  {:<7} {:<40} {:<12} {}",
+            p.id,
+            p.run_id,
+            p.expires_in_secs,
+            p.method,
+            format!("https://{}{}", p.host, p.path),
+            p.cost.as_deref().unwrap_or("-"),
+            p.secrets.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Who is answering, for the audit row: root, and the sudo caller if any.
+fn answered_by() -> String {
+    match std::env::var("SUDO_USER") {
+        Ok(u) if !u.is_empty() => format!("root (sudo by {u}) via enforcer approve/deny"),
+        _ => String::from("root via enforcer approve/deny"),
+    }
+}
+
+/// `enforcer approve ID [--always]` and `enforcer deny ID`.
+pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlError> {
+    require_root()?;
+    let run_id = match run {
+        Some(r) => {
+            if !crate::runid::is_valid(r) {
+                return Err(ControlError::NoSuchRun(r.to_string()));
+            }
+            r.to_string()
+        }
+        None => {
+            let runs: Vec<String> = all_pending()
+                .into_iter()
+                .filter(|p| p.id == id)
+                .map(|p| p.run_id)
+                .collect();
+            match runs.as_slice() {
+                [] => return Err(ControlError::NoSuchRequest(id)),
+                [one] => one.clone(),
+                many => {
+                    return Err(ControlError::Ambiguous {
+                        id,
+                        runs: many.join(", "),
+                    });
+                }
+            }
+        }
+    };
+    let path = super::socket_path(Path::new(crate::runs::RUNS_DIR), &run_id);
+    let req = Request::Answer {
+        id,
+        answer,
+        by: answered_by(),
+    };
+    match ask(&path, &run_id, &req)? {
+        Response::Answered { .. } => {
+            let what = match answer {
+                Answer::Approve => "approved",
+                Answer::Always => "approved, with every later request of its rule in this run",
+                Answer::Deny => "denied",
+            };
+            println!("run {run_id}: request {id} {what}");
+            Ok(())
+        }
+        Response::Error { message } => Err(ControlError::Refused {
+            run: run_id,
+            message,
+        }),
+        other => Err(ControlError::Protocol {
+            run: run_id,
+            detail: format!("{other:?}"),
+        }),
+    }
+}

@@ -1,0 +1,207 @@
+//! Serving the control socket inside the enforcer.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicU32, atomic::Ordering},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::protocol::{Request, Response, Status};
+use crate::{
+    decision::{Decision, DecisionSink, Layer, Verdict},
+    secrets::{Access, Secrets},
+};
+
+/// What the control socket can see and do.
+#[derive(Clone)]
+pub struct ControlContext {
+    pub run_id: String,
+    pub name: String,
+    pub policy: String,
+    pub secrets: Arc<Secrets>,
+    pub sink: DecisionSink,
+    pub agent_pid: Arc<AtomicU32>,
+    /// The audit database, to mark the run revoked in it.
+    pub audit_db: Option<std::path::PathBuf>,
+    pub approvals: Arc<crate::approval::ApprovalHub>,
+    pub spend: Arc<crate::spend::SpendControl>,
+}
+
+/// The bound socket; removed on drop.
+pub struct ControlSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` (root-only: 0600).
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Self {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(mut self, ctx: ControlContext) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move { handle(stream, ctx).await });
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn handle(stream: UnixStream, ctx: ControlContext) {
+    let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read);
+    let response = if uid != 0 {
+        Response::Error {
+            message: String::from("only root may control a run"),
+        }
+    } else if tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reader.read_line(&mut line),
+    )
+    .await
+    .is_err()
+    {
+        return;
+    } else {
+        match serde_json::from_str::<Request>(line.trim()) {
+            Ok(req) => respond(req, &ctx),
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+        }
+    };
+    let mut out = serde_json::to_string(&response).unwrap_or_default();
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
+fn respond(req: Request, ctx: &ControlContext) -> Response {
+    match req {
+        Request::Status => {
+            let t = ctx.sink.tally();
+            let pid = ctx.agent_pid.load(Ordering::SeqCst);
+            Response::Status(Status {
+                run_id: ctx.run_id.clone(),
+                name: ctx.name.clone(),
+                enforcer_pid: std::process::id(),
+                agent_pid: (pid != 0).then_some(pid),
+                policy: ctx.policy.clone(),
+                secrets: ctx.secrets.iter().map(|s| s.name.clone()).collect(),
+                credentials: match ctx.secrets.access() {
+                    Access::Live => "live",
+                    Access::Expired => "expired",
+                    Access::Revoked => "revoked",
+                }
+                .to_string(),
+                ttl_left_secs: ctx.secrets.ttl_left().map(|d| d.as_secs()),
+                allowed: t.allowed,
+                denied: t.denied,
+                asked: t.asked,
+                spent_usd: ctx.spend.ledger.run_spent() as f64
+                    / crate::spend::MICROS_PER_USD as f64,
+                tripped: ctx
+                    .spend
+                    .breaker
+                    .as_ref()
+                    .map(|b| {
+                        b.tripped()
+                            .into_iter()
+                            .map(|k| {
+                                format!("{} {} {} ({} calls)", k.key, k.method, k.path, k.count)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        }
+        Request::Reset { key } => {
+            let Some(breaker) = ctx.spend.breaker.as_ref() else {
+                return Response::Error {
+                    message: String::from("this run has no loop breaker (loop_breaker = false)"),
+                };
+            };
+            let cleared = match key {
+                Some(k) => usize::from(breaker.reset(&k)),
+                None => breaker.reset_all(),
+            };
+            if cleared > 0 {
+                ctx.sink.record(
+                    &Decision::new(
+                        Layer::Control,
+                        Verdict::Allow,
+                        format!("loop breaker reset by root ({cleared} call(s))"),
+                    )
+                    .host("run"),
+                );
+            }
+            Response::Reset { cleared }
+        }
+        Request::Approvals => Response::Approvals {
+            pending: ctx.approvals.pending(),
+        },
+        Request::Answer { id, answer, by } => match ctx.approvals.answer(id, answer, &by) {
+            Ok(()) => Response::Answered { id },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
+        Request::Revoke => {
+            let first = ctx.secrets.revoke();
+            if first && let Some(db) = ctx.audit_db.clone() {
+                let run_id = ctx.run_id.clone();
+                let at = ctx
+                    .secrets
+                    .revoked_at()
+                    .unwrap_or_else(std::time::SystemTime::now);
+                // A second connection: the run's writer keeps its own.
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = crate::audit::AuditStore::open(&db)
+                        .and_then(|s| s.revoke_run(&run_id, "root", at))
+                    {
+                        tracing::warn!("cannot mark the run revoked in the audit log: {e}");
+                    }
+                });
+            }
+            if first {
+                ctx.sink.record(
+                    &Decision::new(
+                        Layer::Control,
+                        Verdict::Deny,
+                        "credentials revoked by root (enforcer revoke)",
+                    )
+                    .host("run"),
+                );
+            }
+            Response::Revoked {
+                run_id: ctx.run_id.clone(),
+                already: !first,
+            }
+        }
+    }
+}

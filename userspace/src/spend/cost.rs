@@ -1,0 +1,744 @@
+//! What a request costs, read from the request itself before it is
+//! forwarded: a form field, a JSON pointer, a query parameter or a fixed
+//! price, in a fixed or request-named currency, converted to exact USD
+//! micro-dollars (rounded up).
+//!
+//! Anything that would make the amount uncertain refuses the request with a
+//! message naming the field: a missing or malformed field, a field present
+//! more than once (vendors differ on which copy counts), a body that is not
+//! of the expected kind, or a currency the policy has no rate for.
+
+use http::Uri;
+use url::form_urlencoded;
+
+use super::error::SpendError;
+use super::json::{self, Json, PointerError};
+use super::money::{Decimal, Round, format_usd, to_micros, usd_to_micros};
+use crate::policy::{CostCurrency, CostRule, CostSource};
+
+/// The cost of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cost {
+    /// Exact USD in micro-dollars, rounded up.
+    pub usd_micros: i64,
+    /// Lowercase ISO 4217 code of the request's amount (`usd` for fixed).
+    pub currency: String,
+    /// The amount as the request wrote it (`1999`), or the fixed price
+    /// (`0.02`), for prompts and the audit log.
+    pub amount_text: String,
+}
+
+impl Cost {
+    /// `19.99`: the USD amount as a decimal string.
+    pub fn usd(&self) -> String {
+        format_usd(self.usd_micros)
+    }
+}
+
+/// Longest request text quoted back in a message.
+const MAX_QUOTED: usize = 64;
+
+/// Reads the cost of a request under `rule`. `content_type` is the
+/// request's `Content-Type` header; `body` its whole (bounded) body, empty
+/// when the source is `query` or `fixed_usd` and the body was not read.
+pub fn extract(
+    rule: &CostRule,
+    uri: &Uri,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Cost, SpendError> {
+    let req = Request {
+        uri,
+        content_type,
+        body,
+    };
+    let (amount, amount_what, currency) = match &rule.source {
+        CostSource::FixedUsd(usd) => {
+            let fail = |e| SpendError::InvalidRule(format!("fixed_usd = {usd}: {e}"));
+            let micros = usd_to_micros(*usd, Round::Up).map_err(fail)?;
+            let text = Decimal::from_f64(*usd).map_err(fail)?.to_string();
+            return Ok(Cost {
+                usd_micros: micros,
+                currency: "usd".into(),
+                amount_text: text,
+            });
+        }
+        CostSource::FormField(name) => {
+            let form = req.form(name)?;
+            let amount = req.form_value(&form, name)?;
+            let currency = match &rule.currency {
+                CostCurrency::Fixed(c) => fixed_currency(c),
+                CostCurrency::Field(f) => {
+                    let text = req.form_value(&form, f)?;
+                    Currency::parse(form_what(f), &text)?
+                }
+            };
+            (amount, form_what(name), currency)
+        }
+        CostSource::Query(name) => {
+            let amount = req.query_value(name)?;
+            let currency = match &rule.currency {
+                CostCurrency::Fixed(c) => fixed_currency(c),
+                CostCurrency::Field(f) => {
+                    let text = req.query_value(f)?;
+                    Currency::parse(query_what(f), &text)?
+                }
+            };
+            (amount, query_what(name), currency)
+        }
+        CostSource::JsonPointer(ptr) => {
+            let doc = req.json(ptr)?;
+            let amount = json_value(&doc, ptr, true)?;
+            let currency = match &rule.currency {
+                CostCurrency::Fixed(c) => fixed_currency(c),
+                CostCurrency::Field(f) => {
+                    let text = json_value(&doc, f, false)?;
+                    Currency::parse(json_what(f), &text)?
+                }
+            };
+            (amount, json_what(ptr), currency)
+        }
+    };
+    let usd_micros = convert(rule, &amount, &amount_what, &currency)?;
+    Ok(Cost {
+        usd_micros,
+        currency: currency.code,
+        amount_text: amount,
+    })
+}
+
+/// A currency and where it came from (for messages).
+pub(crate) struct Currency {
+    pub(crate) code: String,
+    pub(crate) what: String,
+}
+
+impl Currency {
+    /// Three ASCII letters, any case, surrounding whitespace ignored.
+    fn parse(what: String, text: &str) -> Result<Self, SpendError> {
+        let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        if t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic()) {
+            Ok(Self {
+                code: t.to_ascii_lowercase(),
+                what,
+            })
+        } else {
+            Err(SpendError::InvalidCurrency {
+                what,
+                text: quoted(text),
+            })
+        }
+    }
+}
+
+pub(crate) fn fixed_currency(code: &str) -> Currency {
+    Currency {
+        code: code.to_ascii_lowercase(),
+        what: "the cost rule's currency".into(),
+    }
+}
+
+/// `amount_text / divide_by` in `currency`, in USD micro-dollars rounded
+/// up. A currency other than `usd` needs a rate in the rule.
+pub(crate) fn convert(
+    rule: &CostRule,
+    amount_text: &str,
+    amount_what: &str,
+    currency: &Currency,
+) -> Result<i64, SpendError> {
+    let bad_amount = |why| SpendError::InvalidAmount {
+        what: amount_what.to_owned(),
+        text: quoted(amount_text),
+        why,
+    };
+    let amount = Decimal::parse(amount_text).map_err(bad_amount)?;
+    let divide_by = Decimal::from_f64(rule.divide_by)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            SpendError::InvalidRule(format!(
+                "divide_by = {} (it must be greater than 0)",
+                rule.divide_by
+            ))
+        })?;
+    let rate = if currency.code == "usd" {
+        Decimal::ONE
+    } else {
+        let Some(rate) = rule.rates.get(&currency.code) else {
+            return Err(SpendError::NoRate {
+                what: currency.what.clone(),
+                currency: currency.code.clone(),
+            });
+        };
+        Decimal::from_f64(*rate)
+            .ok()
+            .filter(|r| !r.is_zero())
+            .ok_or_else(|| {
+                SpendError::InvalidRule(format!(
+                    "rate for {} = {rate} (it must be greater than 0)",
+                    currency.code
+                ))
+            })?
+    };
+    to_micros(amount, divide_by, rate, Round::Up).map_err(bad_amount)
+}
+
+struct Request<'a> {
+    uri: &'a Uri,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// The media type of a Content-Type header, lowercase, without parameters.
+fn media_type(content_type: Option<&str>) -> Option<String> {
+    let ct = content_type?;
+    let mt = ct.split(';').next().unwrap_or_default().trim();
+    Some(mt.to_ascii_lowercase())
+}
+
+fn is_form(mt: &str) -> bool {
+    mt == "application/x-www-form-urlencoded"
+}
+
+fn is_json(mt: &str) -> bool {
+    mt == "application/json" || (mt.starts_with("application/") && mt.ends_with("+json"))
+}
+
+fn form_what(name: &str) -> String {
+    format!("form field `{}`", quoted(name))
+}
+
+fn query_what(name: &str) -> String {
+    format!("query parameter `{}`", quoted(name))
+}
+
+fn json_what(ptr: &str) -> String {
+    format!("JSON body field `{}`", quoted(ptr))
+}
+
+/// What the request's Content-Type says, for messages.
+fn shown_content_type(content_type: Option<&str>) -> String {
+    match content_type {
+        None => "missing".into(),
+        Some(ct) => format!("`{}`", quoted(ct)),
+    }
+}
+
+/// At most [`MAX_QUOTED`] characters of request text, for messages (which
+/// show request values with `{:?}`, escaping control characters).
+fn quoted(text: &str) -> String {
+    let mut out: String = text.chars().take(MAX_QUOTED).collect();
+    if text.chars().nth(MAX_QUOTED).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+impl Request<'_> {
+    fn query_pairs(&self) -> Vec<(String, String)> {
+        let q = self.uri.query().unwrap_or_default();
+        form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+    }
+
+    /// The body's form pairs; the body must be a form.
+    fn form(&self, field: &str) -> Result<Vec<(String, String)>, SpendError> {
+        let form = media_type(self.content_type).is_some_and(|mt| is_form(&mt));
+        if !form {
+            return Err(SpendError::WrongContentType {
+                what: form_what(field),
+                expected: "application/x-www-form-urlencoded",
+                got: shown_content_type(self.content_type),
+            });
+        }
+        Ok(form_urlencoded::parse(self.body).into_owned().collect())
+    }
+
+    /// The one value of a form field. The same name in the query string
+    /// makes it ambiguous (some frameworks merge the two, either way round).
+    fn form_value(&self, form: &[(String, String)], name: &str) -> Result<String, SpendError> {
+        let mut values: Vec<&String> = form
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect();
+        let query = self.query_pairs();
+        let in_query = query.iter().filter(|(k, _)| k == name).count();
+        let count = values.len() + in_query;
+        match (values.pop(), count) {
+            (Some(v), 1) => Ok(v.clone()),
+            (_, 0) => Err(SpendError::MissingField {
+                what: form_what(name),
+            }),
+            (None, _) => Err(SpendError::MissingField {
+                what: format!(
+                    "{} (it is in the query string, not the form body)",
+                    form_what(name)
+                ),
+            }),
+            (Some(_), _) => Err(SpendError::Ambiguous {
+                what: form_what(name),
+                count,
+            }),
+        }
+    }
+
+    /// The one value of a query parameter. The same name in a form body
+    /// makes it ambiguous.
+    fn query_value(&self, name: &str) -> Result<String, SpendError> {
+        let query = self.query_pairs();
+        let mut values: Vec<&String> = query
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect();
+        let in_body = if media_type(self.content_type).is_some_and(|mt| is_form(&mt)) {
+            form_urlencoded::parse(self.body)
+                .filter(|(k, _)| k == name)
+                .count()
+        } else {
+            0
+        };
+        let count = values.len() + in_body;
+        match (values.pop(), count) {
+            (Some(v), 1) => Ok(v.clone()),
+            (_, 0) => Err(SpendError::MissingField {
+                what: query_what(name),
+            }),
+            (None, _) => Err(SpendError::MissingField {
+                what: format!(
+                    "{} (it is in the form body, not the query string)",
+                    query_what(name)
+                ),
+            }),
+            (Some(_), _) => Err(SpendError::Ambiguous {
+                what: query_what(name),
+                count,
+            }),
+        }
+    }
+
+    /// The body as JSON; it must be declared and valid JSON.
+    fn json(&self, ptr: &str) -> Result<Json, SpendError> {
+        let ok = media_type(self.content_type).is_some_and(|mt| is_json(&mt));
+        if !ok {
+            return Err(SpendError::WrongContentType {
+                what: json_what(ptr),
+                expected: "application/json",
+                got: shown_content_type(self.content_type),
+            });
+        }
+        json::parse(self.body).map_err(|e| SpendError::InvalidBody {
+            what: json_what(ptr),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// The text of the value at `ptr`: a number's text, or a string. Amounts
+/// (`amount = true`) may be numbers or numeric strings; currencies must be
+/// strings.
+fn json_value(doc: &Json, ptr: &str, amount: bool) -> Result<String, SpendError> {
+    let what = json_what(ptr);
+    let v = match json::pointer(doc, ptr) {
+        Ok(v) => v,
+        Err(PointerError::Missing) => return Err(SpendError::MissingField { what }),
+        Err(PointerError::Duplicate(key, count)) => {
+            return Err(SpendError::Ambiguous {
+                what: format!("{what} (key `{}`)", quoted(&key)),
+                count,
+            });
+        }
+        Err(PointerError::Invalid) => {
+            return Err(SpendError::InvalidRule(format!(
+                "`{}` is not a JSON pointer",
+                quoted(ptr)
+            )));
+        }
+    };
+    match v {
+        Json::String(s) => Ok(s.clone()),
+        Json::Number(n) if amount => Ok(n.clone()),
+        other => {
+            let text = match other {
+                Json::Null => "null".to_owned(),
+                Json::Bool(b) => b.to_string(),
+                Json::Number(n) => n.clone(),
+                Json::Array(_) => "[...]".to_owned(),
+                Json::Object(_) => "{...}".to_owned(),
+                Json::String(s) => s.clone(),
+            };
+            if amount {
+                Err(SpendError::InvalidAmount {
+                    what,
+                    text,
+                    why: super::money::AmountError::NotANumber,
+                })
+            } else {
+                Err(SpendError::InvalidCurrency {
+                    what: format!("{what} ({})", other.kind()),
+                    text: quoted(&text),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::spend::money::AmountError;
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+    const JSON: Option<&str> = Some("application/json; charset=utf-8");
+
+    fn rule(source: CostSource, divide_by: f64, currency: CostCurrency) -> CostRule {
+        CostRule {
+            source,
+            divide_by,
+            currency,
+            rates: BTreeMap::from([("eur".to_string(), 1.08), ("gbp".to_string(), 1.27)]),
+            response_cost_pointer: None,
+            response_id_pointer: None,
+        }
+    }
+
+    fn stripe() -> CostRule {
+        rule(
+            CostSource::FormField("amount".into()),
+            100.0,
+            CostCurrency::Field("currency".into()),
+        )
+    }
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    fn post(rule: &CostRule, ct: Option<&str>, body: &str) -> Result<Cost, SpendError> {
+        extract(rule, &uri("/v1/payment_intents"), ct, body.as_bytes())
+    }
+
+    fn micros(r: Result<Cost, SpendError>) -> i64 {
+        match r {
+            Ok(c) => c.usd_micros,
+            Err(e) => panic!("expected a cost, got: {e}"),
+        }
+    }
+
+    fn err(r: Result<Cost, SpendError>) -> String {
+        match r {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn stripe_form() {
+        let c = post(&stripe(), FORM, "amount=1999&currency=usd&description=x").unwrap();
+        assert_eq!(
+            c,
+            Cost {
+                usd_micros: 19_990_000,
+                currency: "usd".into(),
+                amount_text: "1999".into(),
+            }
+        );
+        assert_eq!(c.usd(), "19.99");
+        // Currency codes are lowercased; rates convert exactly.
+        let c = post(&stripe(), FORM, "currency=EUR&amount=1999").unwrap();
+        assert_eq!((c.usd_micros, c.currency.as_str()), (21_589_200, "eur"));
+        assert_eq!(
+            micros(post(&stripe(), FORM, "amount=100&currency=gbp")),
+            1_270_000
+        );
+        // Percent-encoding and `+` are decoded as the vendor would.
+        assert_eq!(
+            micros(post(&stripe(), FORM, "am%6Funt=500&currency=%55SD")),
+            5_000_000
+        );
+        assert_eq!(
+            micros(post(&stripe(), FORM, "amount=+500&currency=usd")),
+            5_000_000
+        );
+        // Charset parameter and case in the media type are fine.
+        let ct = Some("Application/X-WWW-Form-Urlencoded; charset=utf-8");
+        assert_eq!(micros(post(&stripe(), ct, "amount=1&currency=usd")), 10_000);
+    }
+
+    #[test]
+    fn non_usd_without_a_rate_is_refused() {
+        let e = err(post(&stripe(), FORM, "amount=1000&currency=jpy"));
+        assert!(e.contains("`jpy`"), "{e}");
+        assert!(e.contains("form field `currency`"), "{e}");
+        assert!(e.contains("rates = { jpy = <USD per jpy> }"), "{e}");
+        let fixed = rule(
+            CostSource::FormField("amount".into()),
+            1.0,
+            CostCurrency::Fixed("chf".into()),
+        );
+        let e = err(post(&fixed, FORM, "amount=1"));
+        assert!(e.contains("`chf` (the cost rule's currency)"), "{e}");
+        // A fixed currency with a rate converts.
+        let fixed = rule(
+            CostSource::FormField("amount".into()),
+            1.0,
+            CostCurrency::Fixed("eur".into()),
+        );
+        let c = post(&fixed, FORM, "amount=10").unwrap();
+        assert_eq!((c.usd_micros, c.currency.as_str()), (10_800_000, "eur"));
+    }
+
+    #[test]
+    fn form_errors_name_the_field() {
+        let e = err(post(&stripe(), FORM, "currency=usd"));
+        assert_eq!(
+            e,
+            "form field `amount` is missing from the request; it is needed to check the spend cap"
+        );
+        let e = err(post(&stripe(), FORM, "amount=1999"));
+        assert!(e.starts_with("form field `currency` is missing"), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=19x&currency=usd"));
+        assert_eq!(
+            e,
+            "form field `amount` = \"19x\" is not an acceptable amount: it is not a decimal number"
+        );
+        let e = err(post(&stripe(), FORM, "amount=-5&currency=usd"));
+        assert!(e.contains("it is negative"), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=NaN&currency=usd"));
+        assert!(e.contains("not a decimal number"), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=1e20&currency=usd"));
+        assert!(e.contains("out of range"), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=&currency=usd"));
+        assert!(e.contains("it is empty"), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=1&currency=dollars"));
+        assert_eq!(
+            e,
+            "form field `currency` = \"dollars\" is not a currency code (three letters, e.g. usd)"
+        );
+        let e = err(post(&stripe(), Some("application/json"), "{\"amount\": 1}"));
+        assert_eq!(
+            e,
+            "form field `amount` is read from a application/x-www-form-urlencoded body, but the request's Content-Type is `application/json`"
+        );
+        let e = err(post(&stripe(), None, "amount=1&currency=usd"));
+        assert!(e.ends_with("Content-Type is missing"), "{e}");
+        let e = err(post(&stripe(), Some("multipart/form-data; boundary=x"), ""));
+        assert!(e.contains("`multipart/form-data; boundary=x`"), "{e}");
+        // Long and control-laden text is cut and escaped in messages.
+        let long = format!("amount={}&currency=usd", "9".repeat(500));
+        let e = err(post(&stripe(), FORM, &long));
+        assert!(e.len() < 300 && e.contains('…'), "{e}");
+        let e = err(post(&stripe(), FORM, "amount=1%0A2&currency=usd"));
+        assert!(e.contains("1\\n2"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_are_ambiguous() {
+        let e = err(post(&stripe(), FORM, "amount=1&amount=100000&currency=usd"));
+        assert_eq!(
+            e,
+            "form field `amount` appears 2 times in the request; refusing an ambiguous amount"
+        );
+        // The same name in the query string and the body.
+        let r = extract(
+            &stripe(),
+            &uri("/v1/payment_intents?amount=100000"),
+            FORM,
+            b"amount=1&currency=usd",
+        );
+        assert!(err(r).contains("appears 2 times"));
+        let r = extract(
+            &stripe(),
+            &uri("/v1/payment_intents?amount=100000"),
+            FORM,
+            b"currency=usd",
+        );
+        assert_eq!(
+            err(r),
+            "form field `amount` (it is in the query string, not the form body) is missing from the request; it is needed to check the spend cap"
+        );
+        let e = err(post(&stripe(), FORM, "amount=1&currency=usd&currency=eur"));
+        assert!(
+            e.starts_with("form field `currency` appears 2 times"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn query_source() {
+        let r = rule(
+            CostSource::Query("units".into()),
+            1000.0,
+            CostCurrency::Field("cur".into()),
+        );
+        let get = |u: &str| extract(&r, &uri(u), None, b"");
+        let c = get("/v1/send?units=2500&cur=eur").unwrap();
+        assert_eq!((c.usd_micros, c.amount_text.as_str()), (2_700_000, "2500"));
+        assert!(err(get("/v1/send?cur=usd")).starts_with("query parameter `units` is missing"));
+        assert!(err(get("/v1/send?units=1&units=2&cur=usd")).contains("appears 2 times"));
+        assert!(err(get("/v1/send?units=1")).starts_with("query parameter `cur` is missing"));
+        // A form body with the same name makes it ambiguous.
+        let e = err(extract(
+            &r,
+            &uri("/v1/send?units=1&cur=usd"),
+            FORM,
+            b"units=9",
+        ));
+        assert!(e.contains("appears 2 times"), "{e}");
+        let e = err(extract(&r, &uri("/v1/send?cur=usd"), FORM, b"units=9"));
+        assert!(
+            e.contains("(it is in the form body, not the query string)"),
+            "{e}"
+        );
+        // Other bodies are ignored.
+        let c = extract(&r, &uri("/x?units=1&cur=usd"), JSON, b"{\"units\": 9}").unwrap();
+        assert_eq!(c.usd_micros, 1_000);
+    }
+
+    #[test]
+    fn json_source() {
+        let r = rule(
+            CostSource::JsonPointer("/order/total".into()),
+            1.0,
+            CostCurrency::Field("/order/currency".into()),
+        );
+        let post = |ct, body: &str| extract(&r, &uri("/v1/orders"), ct, body.as_bytes());
+        let c = post(JSON, r#"{"order": {"total": 19.99, "currency": "usd"}}"#).unwrap();
+        assert_eq!(
+            (c.usd_micros, c.amount_text.as_str()),
+            (19_990_000, "19.99")
+        );
+        // Numeric strings, exponents, vendor +json types.
+        let c = post(
+            Some("application/vnd.api+json"),
+            r#"{"order": {"total": "1.5e2", "currency": "EUR"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.usd_micros, 162_000_000);
+        // Digits beyond f64 precision still round up, never down.
+        let c = post(
+            JSON,
+            r#"{"order": {"total": 0.10000000000000000555, "currency": "usd"}}"#,
+        );
+        assert_eq!(micros(c), 100_001);
+
+        let e = err(post(JSON, r#"{"order": {"currency": "usd"}}"#));
+        assert!(
+            e.starts_with("JSON body field `/order/total` is missing"),
+            "{e}"
+        );
+        let e = err(post(
+            JSON,
+            r#"{"order": {"total": true, "currency": "usd"}}"#,
+        ));
+        assert_eq!(
+            e,
+            "JSON body field `/order/total` = \"true\" is not an acceptable amount: it is not a decimal number"
+        );
+        let e = err(post(JSON, r#"{"order": {"total": -1, "currency": "usd"}}"#));
+        assert!(e.contains("negative"), "{e}");
+        let e = err(post(JSON, r#"{"order": {"total": 1, "currency": 840}}"#));
+        assert!(e.contains("`/order/currency` (a number)"), "{e}");
+        let e = err(post(
+            JSON,
+            r#"{"order": {"total": 1, "total": 9000, "currency": "usd"}}"#,
+        ));
+        assert!(e.contains("(key `total`) appears 2 times"), "{e}");
+        let e = err(post(JSON, r#"{"order": {"total": 1, "#));
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = err(post(FORM, "total=1"));
+        assert!(e.contains("application/json body"), "{e}");
+        let e = err(post(JSON, r#"{"order": {"total": 1, "currency": "yen"}}"#));
+        assert!(e.contains("`yen`") && e.contains("no rate"), "{e}");
+    }
+
+    #[test]
+    fn fixed_source() {
+        let r = rule(
+            CostSource::FixedUsd(0.02),
+            1.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        let c = extract(&r, &uri("/v1/chat"), None, b"").unwrap();
+        assert_eq!(
+            c,
+            Cost {
+                usd_micros: 20_000,
+                currency: "usd".into(),
+                amount_text: "0.02".into()
+            }
+        );
+        let bad = rule(
+            CostSource::FixedUsd(f64::NAN),
+            1.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        assert!(matches!(
+            extract(&bad, &uri("/"), None, b""),
+            Err(SpendError::InvalidRule(_))
+        ));
+    }
+
+    #[test]
+    fn bad_rules_are_errors_not_panics() {
+        for divide_by in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let r = rule(
+                CostSource::FormField("amount".into()),
+                divide_by,
+                CostCurrency::Fixed("usd".into()),
+            );
+            assert!(matches!(
+                post(&r, FORM, "amount=1"),
+                Err(SpendError::InvalidRule(_))
+            ));
+        }
+        let mut r = stripe();
+        r.rates.insert("eur".into(), 0.0);
+        assert!(matches!(
+            post(&r, FORM, "amount=1&currency=eur"),
+            Err(SpendError::InvalidRule(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn extract_never_panics(
+            body in proptest::collection::vec(any::<u8>(), 0..120),
+            text in "[a-z0-9=&%+.;{}\":/ -]{0,80}",
+            query in "[a-z0-9=&%+.-]{0,40}",
+            ct in prop::sample::select(vec![
+                None,
+                Some("application/x-www-form-urlencoded"),
+                Some("application/json"),
+                Some("text/plain"),
+                Some(""),
+            ]),
+        ) {
+            let u: Uri = format!("/p?{query}").parse().unwrap_or_else(|_| uri("/p"));
+            for r in [
+                stripe(),
+                rule(CostSource::Query("amount".into()), 100.0, CostCurrency::Field("currency".into())),
+                rule(CostSource::JsonPointer("/amount".into()), 1.0, CostCurrency::Field("/currency".into())),
+            ] {
+                let _ = extract(&r, &u, ct, &body);
+                let _ = extract(&r, &u, ct, text.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn structured_errors() {
+        assert_eq!(
+            post(&stripe(), FORM, "amount=x&currency=usd"),
+            Err(SpendError::InvalidAmount {
+                what: "form field `amount`".into(),
+                text: "x".into(),
+                why: AmountError::NotANumber
+            })
+        );
+    }
+}
