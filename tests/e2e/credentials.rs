@@ -149,6 +149,20 @@ name = "api.vendor.test"
     assert_eq!(out.code(), 2, "{out:?}");
     assert!(out.stderr.contains("/nonexistent/key"), "{}", out.stderr);
     assert!(out.run_id.is_none());
+    // A key file the agent could read itself is refused before anything starts.
+    let readable = files::write("readable-key", REAL);
+    let exposed = policy.replace(
+        "env:REAL_VENDOR_KEY",
+        &format!("file:{}", readable.display()),
+    );
+    let out = w.launch(&exposed, &["/bin/true"]).run();
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("the agent's user can read it"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.run_id.is_none());
 }
 
 #[test]

@@ -149,6 +149,17 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         return Err(LaunchError::NotRoot);
     }
     let user = target_user::resolve(args.user.as_deref(), args.allow_root)?;
+    // A key file the agent could read or swap would give it the real key.
+    let gids: Vec<u32> = user.groups.iter().copied().chain([user.gid]).collect();
+    if !user.is_root() {
+        crate::secrets::private::check_files(
+            &policy,
+            &crate::secrets::private::Agent {
+                uid: user.uid,
+                gids: &gids,
+            },
+        )?;
+    }
     let (cmd, cmd_args) = args
         .command
         .split_first()
@@ -183,6 +194,30 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     )?);
     let cgroup_root = cgroup::cgroup2_mount()?;
     let bpf_root = bpffs::ensure_mounted()?;
+    // The run is recorded before its cgroup exists: `enforcer cleanup`
+    // leaves runs whose enforcer is alive alone, so it cannot take this one
+    // apart while it starts. Until the watchdog takes over, a failed start
+    // removes the record again.
+    let runs_dir = PathBuf::from(runs::RUNS_DIR);
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        enforcer_pid: std::process::id(),
+        cgroup: cgroup_root.join(cgroup::RUNS_DIR).join(&run_id),
+        pins: bpf_root.join(bpffs::PINS_DIR).join(&run_id),
+        policy: args.policy.clone(),
+        pinned: args.pin,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    record
+        .save(&runs_dir)
+        .map_err(io_err("cannot record the run under /run/enforcer"))?;
+    let record_guard = RecordGuard {
+        runs_dir: runs_dir.clone(),
+        run_id: run_id.clone(),
+    };
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
     if let Some(store) = &audit_store {
@@ -195,7 +230,6 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             ttl,
         ))?;
     }
-    let runs_dir = PathBuf::from(runs::RUNS_DIR);
     let trust_dir = PathBuf::from(tls::trust::TRUST_DIR).join(&run_id);
     // Forked while this process is still single-threaded.
     let watchdog = if args.pin {
@@ -211,21 +245,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             .map_err(io_err("cannot start the watchdog process"))?,
         )
     };
-    let record = RunRecord {
-        run_id: run_id.clone(),
-        enforcer_pid: std::process::id(),
-        cgroup: cgroup.path().to_path_buf(),
-        pins: pins.path().to_path_buf(),
-        policy: args.policy.clone(),
-        pinned: args.pin,
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    record
-        .save(&runs_dir)
-        .map_err(io_err("cannot record the run under /run/enforcer"))?;
+    // From here on the watchdog (or, pinned, `enforcer cleanup`) owns the record.
+    std::mem::forget(record_guard);
 
     // The run's CA: its key lives in this process only; the agent trusts its
     // certificate through a bundle of the system roots plus it.
@@ -289,6 +310,18 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     match outcome? {
         Outcome::Exited(code) => Ok(code),
         Outcome::KeptPinned => Ok(0),
+    }
+}
+
+/// Removes the run record if the launch fails before the watchdog starts.
+struct RecordGuard {
+    runs_dir: PathBuf,
+    run_id: String,
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        RunRecord::remove(&self.runs_dir, &self.run_id);
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod inject;
 pub mod matcher;
 pub mod placeholder;
+pub mod private;
 pub mod redact;
 pub mod scan;
 pub mod source;
@@ -46,6 +47,12 @@ pub enum SecretError {
         name: String,
         from: String,
         max: usize,
+    },
+    #[error("secret {name}: refusing {path}: {why}")]
+    Exposed {
+        name: String,
+        path: String,
+        why: String,
     },
 }
 
