@@ -120,6 +120,7 @@ fn sigkill_of_the_enforcer_kills_the_agent_and_cleans_up() {
 
 #[test]
 fn pinned_enforcement_outlives_a_sigkilled_enforcer_and_stays_closed() {
+    let _alone = CLEANUP_ALL.lock();
     let host = TestHost::new();
     let log = files::agent_writable("pinned-loop.txt");
     let log_s = log.to_str().expect("utf-8").to_string();
@@ -222,4 +223,29 @@ fn bad_input_is_a_clear_error_and_leaves_nothing() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
+}
+
+/// `enforcer cleanup` without a run id removes every run whose enforcer is
+/// dead, and a pinned run's enforcer is dead on purpose: the two tests take
+/// turns.
+static CLEANUP_ALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn cleanup_removes_control_sockets_whose_run_is_gone() {
+    let _alone = CLEANUP_ALL.lock();
+    // What a run killed together with its watchdog leaves: a socket file.
+    let id = format!("20000101-000000-{:06x}", std::process::id() & 0xff_ffff);
+    std::fs::create_dir_all("/run/enforcer/runs").expect("runs dir");
+    let sock = format!("/run/enforcer/runs/{id}.sock");
+    std::fs::write(&sock, "").expect("orphan socket file");
+    let out = Command::new(files::enforcer())
+        .arg("cleanup")
+        .output()
+        .expect("cleanup");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!std::path::Path::new(&sock).exists(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&id),
+        "{out:?}"
+    );
 }

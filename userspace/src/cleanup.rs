@@ -47,6 +47,22 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
                 .filter(|n| runid::is_valid(n))
                 .collect();
             ids.extend(RunRecord::all(&runs_dir).into_iter().map(|r| r.run_id));
+            // Control sockets and trust bundles whose run record is gone.
+            let orphans = std::fs::read_dir(&runs_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(".sock").map(String::from))
+                .chain(
+                    std::fs::read_dir(crate::tls::trust::TRUST_DIR)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok()),
+                )
+                .filter(|n| runid::is_valid(n));
+            ids.extend(orphans);
             ids.sort();
             ids.dedup();
             ids
