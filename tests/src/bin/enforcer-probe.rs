@@ -48,6 +48,7 @@ fn main() {
         "loop-tcp" => loop_tcp(arg(rest, 0), arg(rest, 1)),
         "sleep" => sleep(arg(rest, 0)),
         "connect-bench" => connect_bench(arg(rest, 0), arg(rest, 1)),
+        "dns-bench" => dns_bench(arg(rest, 0), arg(rest, 1), arg(rest, 2), arg(rest, 3)),
         "now" => Ok(format!(
             "now {}",
             std::time::SystemTime::now()
@@ -659,6 +660,48 @@ fn sleep(secs: &str) -> Result<String, String> {
 }
 
 /// connect()+close() to ADDR N times (after a warm-up); prints ns per operation.
+/// `threads` clients each sending `n` queries for `name` to `server`, one
+/// at a time (UDP, each waits for its answer): the total rate, and the
+/// answer's rcode (all answers must agree).
+fn dns_bench(server: &str, name: &str, n: &str, threads: &str) -> Result<String, String> {
+    let a = addr(server)?;
+    let n: u32 = n.parse().map_err(|_| String::from("usage bad count"))?;
+    let threads: u32 = threads.parse().unwrap_or(1).max(1);
+    let client = || -> Result<String, String> {
+        let s = udp_bind_for(&a)?;
+        s.connect(a).map_err(|e| errno_text(&e))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| errno_text(&e))?;
+        let q = dns_query(name);
+        let mut buf = [0u8; 1500];
+        let mut last = String::new();
+        for i in 0..n + 50 {
+            s.send(&q).map_err(|e| errno_text(&e))?;
+            let got = s.recv(&mut buf).map_err(|e| errno_text(&e))?;
+            let code = rcode(&buf[..got])?;
+            if i > 0 && code != last {
+                return Err(format!("answers changed: {last} then {code}"));
+            }
+            last = code;
+        }
+        Ok(last)
+    };
+    let started = std::time::Instant::now();
+    let mut code = String::new();
+    std::thread::scope(|scope| -> Result<(), String> {
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(client)).collect();
+        for h in handles {
+            code = h.join().map_err(|_| String::from("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let total = f64::from(n + 50) * f64::from(threads);
+    Ok(format!(
+        "qps {:.0} {code}",
+        total / started.elapsed().as_secs_f64()
+    ))
+}
+
 fn connect_bench(target: &str, n: &str) -> Result<String, String> {
     let a = addr(target)?;
     let n: u32 = n.parse().map_err(|_| String::from("usage bad count"))?;

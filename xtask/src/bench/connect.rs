@@ -1,6 +1,6 @@
-//! `cargo xtask bench`: measurements taken side by side in one run and
-//! reported as ratios (the machines are shared and noisy; absolute numbers
-//! drift, ratios much less).
+//! `cargo xtask bench connect`: connect() to a loopback listener inside an
+//! enforced cgroup against outside, and the time from `enforcer launch` to
+//! the child's exec.
 
 use std::{
     net::TcpListener,
@@ -9,18 +9,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
 
+use super::{median, release};
 use crate::util::{self, cargo, exec};
 
-#[derive(Subcommand, Clone, Copy)]
-pub enum Which {
-    /// connect() to a loopback listener inside an enforced cgroup vs outside,
-    /// and the time from `enforcer launch` to the child's exec.
-    Connect,
-}
-
-pub fn run(which: Which) -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     crate::setup::run()?;
     exec(cargo().args([
         "build",
@@ -31,23 +24,14 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         "enforcer-e2e",
         "--bins",
     ]))?;
-    let arg = match which {
-        Which::Connect => "connect",
-    };
-    if let Some(code) = util::ensure_root(&["bench", arg])? {
+    if let Some(code) = util::ensure_root(&["bench", "connect"])? {
         std::process::exit(code);
     }
-    match which {
-        Which::Connect => connect(),
-    }
-}
-
-fn release(bin: &str) -> std::path::PathBuf {
-    util::target_dir().join("release").join(bin)
+    connect()
 }
 
 /// A world-executable copy of the probe (the agent runs as nobody).
-fn probe() -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn probe() -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = std::env::temp_dir().join("enforcer-bench");
     std::fs::create_dir_all(&dir)?;
@@ -56,11 +40,6 @@ fn probe() -> anyhow::Result<std::path::PathBuf> {
     std::fs::copy(release("enforcer-probe"), &dst).context("copy probe")?;
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
     Ok(dst)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A loopback listener with a deep backlog (std's 128 overflows under a
@@ -94,6 +73,10 @@ fn connect() -> anyhow::Result<()> {
         format!("[local]\nloopback_ports = [{port}]\n"),
     )?;
     let target = format!("127.0.0.1:{port}");
+    // The runs' decisions go to a throwaway audit database, not the machine's.
+    let audit_db = std::env::temp_dir()
+        .join("enforcer-bench")
+        .join("connect-audit.db");
     let iterations = "2000";
 
     let outside = |_: ()| -> anyhow::Result<f64> {
@@ -110,7 +93,9 @@ fn connect() -> anyhow::Result<()> {
             Command::new(&enforcer)
                 .args(["launch", "--policy"])
                 .arg(&policy_path)
-                .args(["--user", "nobody", "--"])
+                .args(["--user", "nobody", "--audit-db"])
+                .arg(&audit_db)
+                .arg("--")
                 .arg(&probe)
                 .args(["connect-bench", &target, iterations]),
         )?;
@@ -144,7 +129,9 @@ fn connect() -> anyhow::Result<()> {
             Command::new(&enforcer)
                 .args(["launch", "--policy"])
                 .arg(&policy_path)
-                .args(["--user", "nobody", "--"])
+                .args(["--user", "nobody", "--audit-db"])
+                .arg(&audit_db)
+                .arg("--")
                 .arg(&probe)
                 .arg("now"),
         )?;

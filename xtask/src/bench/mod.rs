@@ -1,0 +1,47 @@
+//! `cargo xtask bench`: measurements taken side by side in one run and
+//! reported as ratios (the machines are shared and noisy; absolute numbers
+//! drift, ratios much less).
+
+mod connect;
+mod dns;
+mod install;
+mod oha;
+mod origin;
+mod peers;
+mod procstat;
+mod proxy;
+
+use clap::Subcommand;
+
+use crate::util;
+
+#[derive(Subcommand, Clone)]
+pub enum Which {
+    /// connect() to a loopback listener inside an enforced cgroup vs outside,
+    /// and the time from `enforcer launch` to the child's exec.
+    Connect,
+    /// HTTP(S) through enforcer (pass-through, intercepted, plain HTTP)
+    /// against direct, squid, tinyproxy and mitmproxy: requests/s, latency
+    /// and memory, as ratios to direct.
+    Proxy(proxy::Options),
+    /// DNS queries per second through the kernel redirect to enforcer's
+    /// resolver (allowed and refused names) against a trivial responder.
+    Dns,
+}
+
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Connect => connect::run(),
+        Which::Proxy(opts) => proxy::run(&opts),
+        Which::Dns => dns::run(),
+    }
+}
+
+fn release(bin: &str) -> std::path::PathBuf {
+    util::target_dir().join("release").join(bin)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
