@@ -1,18 +1,26 @@
-//! The group-commit writer: one thread owns the write connection, takes
-//! everything queued (up to [`MAX_BATCH`] items) into ONE transaction, and
-//! only after COMMIT acknowledges each `record()`. The first failed write
-//! makes the writer unhealthy for good: callers then refuse requests.
+//! Group commit. Whoever needs a row committed queues it; if the database
+//! is idle, the caller commits everything queued itself (one transaction,
+//! no thread hand-off: at low load that saves two wake-ups per request);
+//! if a commit is already running, the caller wakes the committer thread,
+//! which commits whatever has piled up meanwhile in one transaction (under
+//! load, many rows per commit). Each `record()` is acknowledged only after
+//! COMMIT. Items nobody waits on (outcomes, DNS and kernel decisions) ride
+//! along, or are committed by the committer within [`LAZY_COMMIT`]; the
+//! committer also runs WAL checkpoints, off the request path. The first
+//! failed write makes the writer unhealthy for good: callers then refuse
+//! requests.
 
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, OnceLock,
+        Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     AuditError, AuditEvent, EventId, Outcome, RunEnd, RunInfo, RunSummary, clock,
@@ -22,11 +30,23 @@ use super::{
 
 /// Most queued items committed in one transaction.
 pub const MAX_BATCH: usize = 512;
-/// Most `record_later` events waiting for the writer; beyond that they are
+/// Most `record_later` events waiting to be committed; beyond that they are
 /// dropped and counted (a kernel-refusal flood must not exhaust memory).
 pub const MAX_QUEUED_LATER: usize = 65_536;
+/// How long items nobody waits on may wait before the flusher commits them.
+pub const LAZY_COMMIT: Duration = Duration::from_millis(20);
+/// Commits between two WAL checkpoints (a commit adds a few pages; SQLite's
+/// own default is every 1000 pages).
+const CHECKPOINT_EVERY: u64 = 250;
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
+
+impl Msg {
+    /// Whether somebody waits for this item's commit.
+    fn awaited(&self) -> bool {
+        !matches!(self, Self::Insert { ack: None, .. } | Self::Complete { .. })
+    }
+}
 
 enum Msg {
     Insert {
@@ -42,35 +62,6 @@ enum Msg {
     FinishRun(RunEnd, Ack<RunSummary>),
 }
 
-/// Counters of the writer since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub commits: u64,
-    /// Event rows inserted.
-    pub rows: u64,
-    /// `record_later` events dropped because the queue was full.
-    pub dropped: u64,
-}
-
-#[derive(Debug)]
-struct Shared {
-    path: PathBuf,
-    failure: OnceLock<AuditError>,
-    commits: AtomicU64,
-    rows: AtomicU64,
-    dropped: AtomicU64,
-    queued_later: AtomicUsize,
-}
-
-/// Handle to the writer thread. Cheap to clone, `Send + Sync`; the thread
-/// ends (and closes the database) when the last handle is dropped.
-#[derive(Debug, Clone)]
-pub struct AuditWriter {
-    tx: mpsc::UnboundedSender<Msg>,
-    shared: Arc<Shared>,
-}
-
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -83,9 +74,63 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// Counters of the writer since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Event rows inserted.
+    pub rows: u64,
+    /// `record_later` events dropped because the queue was full.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Msg>,
+    /// How many of them somebody waits on.
+    awaited: usize,
+    kicked: bool,
+    /// The committer thread is committing (or about to).
+    busy: bool,
+    /// Awaited items in the last commit: more than one means concurrent
+    /// requests, which the committer batches better than callers can.
+    last_awaited: usize,
+}
+
+struct Shared {
+    path: PathBuf,
+    failure: OnceLock<AuditError>,
+    commits: AtomicU64,
+    rows: AtomicU64,
+    dropped: AtomicU64,
+    queued_later: AtomicUsize,
+    /// Queued items, oldest first, and whether the committer was asked to
+    /// commit them now.
+    pending: Mutex<Queue>,
+    /// Wakes the committer thread.
+    wake: Condvar,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("path", &self.path).finish()
+    }
+}
+
+/// Handle to the audit log's writer. Cheap to clone, `Send + Sync`; the
+/// database is closed (after committing what is queued) when the last
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    shared: Arc<Shared>,
+}
+
 impl AuditWriter {
     pub(crate) fn spawn(conn: Connection, path: PathBuf) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Checkpoints are the flusher's job, off the request path.
+        let _ = conn.pragma_update(None, "wal_autocheckpoint", 0);
         let shared = Arc::new(Shared {
             path,
             failure: OnceLock::new(),
@@ -93,28 +138,32 @@ impl AuditWriter {
             rows: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             queued_later: AtomicUsize::new(0),
+            pending: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            conn: Mutex::new(conn),
         });
-        let thread_shared = Arc::clone(&shared);
+        let weak = Arc::downgrade(&shared);
         let spawned = std::thread::Builder::new()
             .name(String::from("enforcer-audit"))
-            .spawn(move || run(conn, rx, &thread_shared));
+            .spawn(move || committer(&weak));
         if let Err(e) = spawned {
             let _ = shared.failure.set(AuditError::Sqlite {
                 path: shared.path.clone(),
-                detail: format!("cannot start the audit writer thread: {e}"),
+                detail: format!("cannot start the audit committer thread: {e}"),
             });
         }
-        Self { tx, shared }
+        Self { shared }
     }
 
     /// Records a decision; resolves only once its row is committed.
     pub async fn record(&self, e: AuditEvent) -> Result<EventId, AuditError> {
         self.healthy()?;
         let (ack, done) = oneshot::channel();
-        self.send(Msg::Insert {
+        let waiting = self.shared.push(Msg::Insert {
             row: Box::new(EventRecord::from(e)),
             ack: Some(ack),
-        })?;
+        });
+        self.shared.commit_soon(waiting);
         done.await.map_err(|_| self.stopped())?
     }
 
@@ -136,58 +185,51 @@ impl AuditWriter {
             }
             return;
         }
-        let msg = Msg::Insert {
+        self.shared.push(Msg::Insert {
             row: Box::new(EventRecord::from(e)),
             ack: None,
-        };
-        if self.send(msg).is_err() {
-            self.shared.queued_later.fetch_sub(1, Ordering::Relaxed);
-        }
+        });
     }
 
     /// Queues the response's outcome onto the row `id`.
     pub fn complete(&self, id: EventId, o: Outcome) {
-        let _ = self.send(Msg::Complete {
+        self.shared.push(Msg::Complete {
             id,
             outcome: OutcomeRecord::from(o),
         });
     }
 
-    /// `Err` once any write has failed or the writer has stopped: callers
-    /// must then refuse requests rather than forward them unrecorded.
+    /// `Err` once any write has failed: callers must then refuse requests
+    /// rather than forward them unrecorded.
     pub fn healthy(&self) -> Result<(), AuditError> {
-        if let Some(e) = self.shared.failure.get() {
-            return Err(e.clone());
+        match self.shared.failure.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
-        if self.tx.is_closed() {
-            return Err(AuditError::WriterStopped);
-        }
-        Ok(())
     }
 
     /// Resolves once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), AuditError> {
-        self.healthy()?;
-        let (ack, done) = oneshot::channel();
-        self.send(Msg::Flush(ack))?;
-        done.await.map_err(|_| self.stopped())?
+        self.awaited(Msg::Flush).await
     }
 
     /// Records the start of a run (for a long-running service whose runs
     /// start after the writer does).
     pub async fn start_run(&self, info: RunInfo) -> Result<(), AuditError> {
-        self.healthy()?;
-        let (ack, done) = oneshot::channel();
-        self.send(Msg::StartRun(Box::new(info), ack))?;
-        done.await.map_err(|_| self.stopped())?
+        self.awaited(|ack| Msg::StartRun(Box::new(info), ack)).await
     }
 
     /// Flushes, records the run's end, and returns its summary as the
     /// database has it.
     pub async fn finish_run(&self, end: RunEnd) -> Result<RunSummary, AuditError> {
+        self.awaited(|ack| Msg::FinishRun(end, ack)).await
+    }
+
+    async fn awaited<T>(&self, msg: impl FnOnce(Ack<T>) -> Msg) -> Result<T, AuditError> {
         self.healthy()?;
         let (ack, done) = oneshot::channel();
-        self.send(Msg::FinishRun(end, ack))?;
+        let waiting = self.shared.push(msg(ack));
+        self.shared.commit_soon(waiting);
         done.await.map_err(|_| self.stopped())?
     }
 
@@ -203,11 +245,7 @@ impl AuditWriter {
         }
     }
 
-    fn send(&self, msg: Msg) -> Result<(), AuditError> {
-        self.tx.send(msg).map_err(|_| self.stopped())
-    }
-
-    /// Why the writer is gone: the write failure if there was one.
+    /// Why an acknowledgement never came: the write failure if there was one.
     fn stopped(&self) -> AuditError {
         self.shared
             .failure
@@ -217,24 +255,131 @@ impl AuditWriter {
     }
 }
 
-/// The writer thread: block for the first item, drain what else is queued,
-/// commit it all at once, then acknowledge.
-fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, shared: &Shared) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Queues `msg`; returns how many queued items are waited on, or more
+    /// than one when the committer is at work anyway.
+    fn push(&self, msg: Msg) -> usize {
+        let mut q = lock(&self.pending);
+        if msg.awaited() {
+            q.awaited += 1;
+        }
+        q.items.push(msg);
+        if q.items.len() >= MAX_BATCH {
+            q.kicked = true;
+            self.wake.notify_one();
+        }
+        if q.busy || q.last_awaited > 1 {
+            usize::MAX
+        } else {
+            q.awaited
+        }
+    }
+
+    /// Gets what is queued committed now: here, if nobody else is waiting
+    /// and the database is idle (low load: no hand-off); otherwise by the
+    /// committer thread, which batches everything that piles up.
+    fn commit_soon(&self, waiting: usize) {
+        if waiting == 1
+            && let Ok(mut conn) = self.conn.try_lock()
+        {
+            self.commit_queued(&mut conn);
+            drop(conn);
+            // Whatever was queued while we committed found the database busy.
+            if lock(&self.pending).items.is_empty() {
+                return;
             }
+        }
+        let mut q = lock(&self.pending);
+        if !q.kicked {
+            q.kicked = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// One transaction for what is queued (up to [`MAX_BATCH`] items).
+    fn commit_queued(&self, conn: &mut Connection) {
+        let mut batch = {
+            let mut q = lock(&self.pending);
+            let n = q.items.len().min(MAX_BATCH);
+            let batch = q.items.drain(..n).collect::<Vec<_>>();
+            let awaited = batch.iter().filter(|m| m.awaited()).count();
+            q.awaited -= awaited;
+            q.last_awaited = awaited;
+            batch
+        };
+        if batch.is_empty() {
+            return;
         }
         let later = batch
             .iter()
             .filter(|m| matches!(m, Msg::Insert { ack: None, .. }))
             .count();
-        shared.queued_later.fetch_sub(later, Ordering::Relaxed);
-        process(&mut conn, &mut batch, shared);
+        self.queued_later.fetch_sub(later, Ordering::Relaxed);
+        process(conn, &mut batch, self);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: commit what is still queued.
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(
+            &mut self
+                .pending
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .items,
+        );
+        if !batch.is_empty() && self.failure.get().is_none() {
+            let mut done = Vec::with_capacity(batch.len());
+            let mut rows = 0;
+            if let Err(e) = write_batch(conn, &batch, &mut done, &mut rows) {
+                tracing::error!("audit write at exit failed: {e}");
+            }
+        }
+    }
+}
+
+/// The committer thread: commits when asked (the database was busy when a
+/// row needed committing), and otherwise every [`LAZY_COMMIT`] what nobody
+/// waits on; checkpoints the WAL. Ends when the last handle is dropped.
+fn committer(weak: &Weak<Shared>) {
+    let mut checkpointed_at = 0;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        {
+            let q = lock(&shared.pending);
+            let (mut q, _) = shared
+                .wake
+                .wait_timeout_while(q, LAZY_COMMIT, |q| !q.kicked)
+                .unwrap_or_else(|e| e.into_inner());
+            q.busy = true;
+        }
+        // Until the queue is empty: what arrives while a commit runs goes
+        // into the next one.
+        loop {
+            let mut conn = lock(&shared.conn);
+            shared.commit_queued(&mut conn);
+            drop(conn);
+            let mut q = lock(&shared.pending);
+            if q.items.is_empty() {
+                q.kicked = false;
+                q.busy = false;
+                break;
+            }
+        }
+        let commits = shared.commits.load(Ordering::Relaxed);
+        if commits - checkpointed_at >= CHECKPOINT_EVERY {
+            let conn = lock(&shared.conn);
+            // PASSIVE: never waits for readers; what it cannot copy now is
+            // copied next time.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            checkpointed_at = commits;
+        }
     }
 }
 

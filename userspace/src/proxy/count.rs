@@ -1,5 +1,6 @@
-//! A response body that writes how many bytes it carried onto its
-//! request's audit row when it ends (or is dropped).
+//! A response body that writes its request's outcome (status, latency,
+//! cost, and how many bytes it carried) onto the request's audit row when it
+//! ends or is dropped: one update per request.
 
 use std::{
     pin::Pin,
@@ -19,16 +20,19 @@ pub struct CountBody {
     inner: Body,
     sink: DecisionSink,
     id: Option<EventId>,
+    outcome: Outcome,
     bytes: u64,
     reported: bool,
 }
 
 impl CountBody {
-    pub fn new(inner: Body, sink: DecisionSink, id: Option<EventId>) -> Self {
+    /// `outcome` is what is known when the response starts.
+    pub fn new(inner: Body, sink: DecisionSink, id: Option<EventId>, outcome: Outcome) -> Self {
         Self {
             inner,
             sink,
             id,
+            outcome,
             bytes: 0,
             reported: id.is_none(),
         }
@@ -37,13 +41,9 @@ impl CountBody {
     fn report(&mut self) {
         if !self.reported {
             self.reported = true;
-            self.sink.complete(
-                self.id,
-                Outcome {
-                    bytes_down: Some(self.bytes),
-                    ..Outcome::default()
-                },
-            );
+            let mut outcome = std::mem::take(&mut self.outcome);
+            outcome.bytes_down = Some(self.bytes);
+            self.sink.complete(self.id, outcome);
         }
     }
 }

@@ -607,19 +607,17 @@ async fn forward(
             settled = Some(c.settle(status, None).await);
         }
     }
-    ctx.sink.complete(
-        id,
-        AuditOutcome {
-            status: Some(parts.status.as_u16()),
-            bytes_up,
-            latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
-            cost_usd: settled.as_ref().map(|s| s.cost_usd),
-            vendor_txn_id: settled.and_then(|s| s.vendor_txn_id),
-            ..AuditOutcome::default()
-        },
-    );
+    let outcome = AuditOutcome {
+        status: Some(parts.status.as_u16()),
+        bytes_up,
+        latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        cost_usd: settled.as_ref().map(|s| s.cost_usd),
+        vendor_txn_id: settled.and_then(|s| s.vendor_txn_id),
+        ..AuditOutcome::default()
+    };
     strip_hop_by_hop(&mut parts.headers);
-    let body = CountBody::new(body, ctx.sink.clone(), id);
+    // The outcome is written once, with the byte count, when the body ends.
+    let body = CountBody::new(body, ctx.sink.clone(), id, outcome);
     if injected.redact.is_empty() {
         return Response::from_parts(parts, body.boxed());
     }
