@@ -11,13 +11,19 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{self, cargo, exec};
+use crate::{
+    netns::{Netns, Spec},
+    util::{self, cargo, exec},
+};
 
-const NS: &str = "enft-demo";
-const HOST_IF: &str = "enftdemo0";
-const NS_IF: &str = "enftdemo1";
-const HOST_ADDR: &str = "10.231.0.1";
 const VENDOR_ADDR: &str = "10.231.0.2";
+const NETNS: Spec = Spec {
+    ns: "enft-demo",
+    host_if: "enftdemo0",
+    ns_if: "enftdemo1",
+    host_addr: "10.231.0.1",
+    ns_addr: VENDOR_ADDR,
+};
 const VENDOR: &str = "api.vendor.test";
 
 /// The agent: its attempts, each labelled with what should happen.
@@ -76,6 +82,7 @@ pub fn run() -> anyhow::Result<()> {
 /// The namespace, its veth and the HTTPS server inside; removed on drop.
 struct FakeVendor {
     server: Option<Child>,
+    netns: Option<Netns>,
     dir: PathBuf,
 }
 
@@ -183,40 +190,23 @@ srv.serve_forever()
 
 impl FakeVendor {
     fn start() -> anyhow::Result<Self> {
-        Self::remove();
         let dir = std::env::temp_dir().join(format!("enforcer-demo-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("www").join("v1"))?;
-        let mut vendor = Self { server: None, dir };
+        let mut vendor = Self {
+            server: None,
+            netns: None,
+            dir,
+        };
         certificates(&vendor.dir)?;
         std::fs::write(
             vendor.dir.join("www").join("v1").join("hello.txt"),
             "hello from api.vendor.test, the fake vendor\n",
         )?;
         std::fs::write(vendor.dir.join("server.py"), SERVER)?;
-        let ip = |args: &[&str]| exec(Command::new("ip").args(args).stdout(Stdio::null()));
-        ip(&["netns", "add", NS])?;
-        ip(&[
-            "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF,
-        ])?;
-        ip(&["link", "set", NS_IF, "netns", NS])?;
-        ip(&["addr", "add", &format!("{HOST_ADDR}/30"), "dev", HOST_IF])?;
-        ip(&["link", "set", HOST_IF, "up"])?;
-        ip(&[
-            "netns",
-            "exec",
-            NS,
-            "ip",
-            "addr",
-            "add",
-            &format!("{VENDOR_ADDR}/30"),
-            "dev",
-            NS_IF,
-        ])?;
-        ip(&["netns", "exec", NS, "ip", "link", "set", NS_IF, "up"])?;
-        ip(&["netns", "exec", NS, "ip", "link", "set", "lo", "up"])?;
+        vendor.netns = Some(Netns::create(NETNS)?);
         vendor.server = Some(
             Command::new("ip")
-                .args(["netns", "exec", NS, "python3"])
+                .args(["netns", "exec", NETNS.ns, "python3"])
                 .arg(vendor.dir.join("server.py"))
                 .arg(&vendor.dir)
                 .arg(VENDOR_ADDR)
@@ -234,17 +224,6 @@ impl FakeVendor {
         }
         Ok(vendor)
     }
-
-    fn remove() {
-        let _ = Command::new("ip")
-            .args(["link", "del", HOST_IF])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 impl Drop for FakeVendor {
@@ -253,7 +232,7 @@ impl Drop for FakeVendor {
             let _ = s.kill();
             let _ = s.wait();
         }
-        Self::remove();
+        self.netns.take();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

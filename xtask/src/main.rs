@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod netns;
 mod setup;
 mod test;
 mod util;

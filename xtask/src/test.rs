@@ -146,15 +146,7 @@ fn is_bpffs_mounted() -> bool {
 /// Run cgroups, pins, run records and test namespaces still present.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
-    let cgroup_root = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-            })
-        });
+    let cgroup_root = util::cgroup2_root();
     let mut dirs = vec![
         PathBuf::from("/sys/fs/bpf/enforcer"),
         PathBuf::from("/run/enforcer/runs"),

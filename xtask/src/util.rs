@@ -86,3 +86,37 @@ pub fn ensure_root(args: &[&str]) -> anyhow::Result<Option<i32>> {
         .context("cannot run sudo")?;
     Ok(Some(st.code().unwrap_or(1)))
 }
+
+/// Whether Debian's package database lists `pkg` as installed.
+pub fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// `apt-get update` and `apt-get install` of `packages`, non-interactive,
+/// without recommended packages (as root).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    exec(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Where the cgroup v2 hierarchy is mounted (from /proc/self/mountinfo).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}

@@ -11,22 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{median, release};
-use crate::util::{self, cargo, exec};
+use crate::util;
 
 pub fn run() -> anyhow::Result<()> {
-    crate::setup::run()?;
-    exec(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-e2e",
-        "--bins",
-    ]))?;
-    if let Some(code) = util::ensure_root(&["bench", "connect"])? {
-        std::process::exit(code);
-    }
+    super::build_then_become_root(&["bench", "connect"])?;
     connect()
 }
 
@@ -88,17 +76,19 @@ fn connect() -> anyhow::Result<()> {
         )?;
         parse_ns(&out)
     };
+    // `enforcer launch ... -- probe`, as nobody, with a throwaway audit log.
+    let launch = || {
+        let mut cmd = Command::new(&enforcer);
+        cmd.args(["launch", "--policy"])
+            .arg(&policy_path)
+            .args(["--user", "nobody", "--audit-db"])
+            .arg(&audit_db)
+            .arg("--")
+            .arg(&probe);
+        cmd
+    };
     let inside = |_: ()| -> anyhow::Result<f64> {
-        let out = util::output(
-            Command::new(&enforcer)
-                .args(["launch", "--policy"])
-                .arg(&policy_path)
-                .args(["--user", "nobody", "--audit-db"])
-                .arg(&audit_db)
-                .arg("--")
-                .arg(&probe)
-                .args(["connect-bench", &target, iterations]),
-        )?;
+        let out = util::output(launch().args(["connect-bench", &target, iterations]))?;
         parse_ns(&out)
     };
     let (mut o, mut i) = (Vec::new(), Vec::new());
@@ -125,16 +115,7 @@ fn connect() -> anyhow::Result<()> {
     let (mut launched, mut direct) = (Vec::new(), Vec::new());
     for _ in 0..21 {
         let t0 = now_ns();
-        let out = util::output(
-            Command::new(&enforcer)
-                .args(["launch", "--policy"])
-                .arg(&policy_path)
-                .args(["--user", "nobody", "--audit-db"])
-                .arg(&audit_db)
-                .arg("--")
-                .arg(&probe)
-                .arg("now"),
-        )?;
+        let out = util::output(launch().arg("now"))?;
         launched.push((parse_now(&out)? - t0) as f64 / 1e6);
         let t0 = now_ns();
         let out = util::output(Command::new(&probe).arg("now"))?;

@@ -14,26 +14,14 @@ use std::{net::UdpSocket, process::Command};
 use anyhow::Context as _;
 
 use super::{median, release};
-use crate::util::{self, cargo, exec};
+use crate::util;
 
 /// Queries per client per run.
 const QUERIES: &str = "20000";
 const ROUNDS: usize = 5;
 
 pub fn run() -> anyhow::Result<()> {
-    crate::setup::run()?;
-    exec(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-e2e",
-        "--bins",
-    ]))?;
-    if let Some(code) = util::ensure_root(&["bench", "dns"])? {
-        std::process::exit(code);
-    }
+    super::build_then_become_root(&["bench", "dns"])?;
     dns()
 }
 

@@ -62,13 +62,6 @@ pub fn oha() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
 /// nginx, squid, tinyproxy and python3-venv from Debian (as root). A service
 /// the install started on its default port is stopped and disabled again:
 /// the bench runs its own instances with its own configuration.
@@ -76,23 +69,13 @@ pub fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<(&str, Option<&str>)> = DEBIAN_PACKAGES
         .iter()
         .copied()
-        .filter(|(p, _)| !dpkg_installed(p))
+        .filter(|(p, _)| !util::dpkg_installed(p))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
-    exec(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&names)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    util::apt_install(&names)?;
     for service in missing.iter().filter_map(|(_, s)| *s) {
         let quiet = |c: &mut Command| {
             let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();

@@ -37,6 +37,26 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     }
 }
 
+/// Builds enforcer and the probe (release), then continues as root:
+/// `Ok(())` in the process that should measure; a process that re-ran itself
+/// with sudo exits with the child's code.
+fn build_then_become_root(argv: &[&str]) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    util::exec(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-e2e",
+        "--bins",
+    ]))?;
+    if let Some(code) = util::ensure_root(argv)? {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 fn release(bin: &str) -> std::path::PathBuf {
     util::target_dir().join("release").join(bin)
 }

@@ -7,7 +7,7 @@
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,13 +15,17 @@ use anyhow::{Context as _, bail};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 use super::{oha::ORIGIN_NAME, peers::Daemon};
-use crate::util::exec;
+use crate::netns::{self, Netns, Spec};
 
-pub const NS: &str = "enft-bench-proxy";
-const HOST_IF: &str = "enftbp0";
-const NS_IF: &str = "enftbp1";
-const HOST_ADDR: &str = "10.231.200.1";
 pub const ORIGIN_ADDR: &str = "10.231.200.2";
+/// The origin's namespace and veth pair.
+pub const NETNS: Spec = Spec {
+    ns: "enft-bench-proxy",
+    host_if: "enftbp0",
+    ns_if: "enftbp1",
+    host_addr: "10.231.200.1",
+    ns_addr: ORIGIN_ADDR,
+};
 /// Size of the file every request fetches.
 pub const BODY_BYTES: usize = 1024;
 
@@ -35,87 +39,9 @@ pub struct Origin {
     pub ca_file: PathBuf,
 }
 
-/// The namespace and its veth: removed on drop, with any process left in it.
-struct Netns;
-
-impl Netns {
-    fn create() -> anyhow::Result<Self> {
-        Self::remove();
-        let guard = Self;
-        let ip = |args: &[&str]| exec(Command::new("ip").args(args).stdout(Stdio::null()));
-        let in_ns = |args: &[&str]| {
-            exec(
-                Command::new("ip")
-                    .args(["netns", "exec", NS])
-                    .args(args)
-                    .stdout(Stdio::null()),
-            )
-        };
-        ip(&["netns", "add", NS])?;
-        ip(&[
-            "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF,
-        ])?;
-        ip(&["link", "set", NS_IF, "netns", NS])?;
-        ip(&["addr", "add", &format!("{HOST_ADDR}/30"), "dev", HOST_IF])?;
-        ip(&["link", "set", HOST_IF, "up"])?;
-        in_ns(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ORIGIN_ADDR}/30"),
-            "dev",
-            NS_IF,
-        ])?;
-        in_ns(&["ip", "link", "set", NS_IF, "up"])?;
-        in_ns(&["ip", "link", "set", "lo", "up"])?;
-        Ok(guard)
-    }
-
-    /// Kills whatever still runs in the namespace, then removes it and the veth.
-    fn remove() {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", NS]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: kill has no memory effects; these are processes the
-                // bench started in its own namespace.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("ip")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        quiet(&["link", "del", HOST_IF]);
-        quiet(&["netns", "del", NS]);
-    }
-
-    /// Whether the namespace is still there (for the final check).
-    fn exists() -> bool {
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .is_ok_and(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some(NS))
-            })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        Self::remove();
-    }
-}
-
 /// Is the namespace gone (after the bench)?
 pub fn netns_gone() -> bool {
-    !Netns::exists()
+    !netns::exists(NETNS.ns)
 }
 
 /// Writes a test CA and a certificate for the origin (its name and address).
@@ -150,7 +76,7 @@ impl Origin {
     /// Creates the namespace and starts nginx in it. `dir` must be readable
     /// by nginx's workers (user nobody).
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let netns = Netns::create()?;
+        let netns = Netns::create(NETNS)?;
         let (ca_file, cert_file, key_file) = certificates(dir)?;
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
@@ -193,7 +119,7 @@ impl Origin {
         let nginx = Daemon::spawn(
             "nginx",
             Command::new("ip")
-                .args(["netns", "exec", NS, "nginx", "-c"])
+                .args(["netns", "exec", NETNS.ns, "nginx", "-c"])
                 .arg(&conf)
                 .args(["-g", "daemon off;"]),
             dir,

@@ -378,16 +378,7 @@ fn run_traces(run: &str) -> Vec<PathBuf> {
         .collect();
     v.push(PathBuf::from("/run/enforcer/trust").join(run));
     v.push(PathBuf::from("/sys/fs/bpf/enforcer").join(run));
-    if let Some(root) = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-            })
-        })
-    {
+    if let Some(root) = util::cgroup2_root() {
         v.push(root.join("enforcer").join(run));
     }
     v
@@ -398,7 +389,7 @@ fn run_traces(run: &str) -> Vec<PathBuf> {
 fn leftovers(pids: &[(String, u32)], runs: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     if !origin::netns_gone() {
-        found.push(format!("network namespace {}", origin::NS));
+        found.push(format!("network namespace {}", origin::NETNS.ns));
     }
     for (name, pid) in pids {
         if procstat::read(*pid).is_some() {
