@@ -140,12 +140,22 @@ impl ResolvesServerCert for LeafResolver {
 }
 
 /// The server side of interception: leaves from `ca`, ALPN h2 and http/1.1.
+///
+/// Our order of cipher suites wins over the client's, and it puts the
+/// SHA-256 suites first: most clients prefer TLS_AES_256_GCM_SHA384, whose
+/// handshake hashing (SHA-512) has no hardware help, while SHA-256 and AES
+/// have it. This leg never leaves the machine; AES-128-GCM is as safe here.
 pub fn server_config(ca: Arc<RunCa>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(super::provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(LeafResolver { ca }));
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -155,6 +165,50 @@ mod tests {
     use rustls::client::danger::ServerCertVerifier as _;
 
     use super::*;
+
+    #[test]
+    fn the_interception_side_picks_aes_128_whatever_the_client_prefers() {
+        let ca = Arc::new(RunCa::generate("test", Duration::from_secs(3600)).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        // A client that prefers AES-256 (ring's default order, as most do).
+        let client_cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        assert_eq!(
+            client_cfg.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let name = rustls::pki_types::ServerName::try_from("api.example.com").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server_config(ca).unwrap()).unwrap();
+        // Shuttle the handshake through memory until both sides are done.
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            buf.clear();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking(), "the handshake completes");
+        assert_eq!(
+            client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
 
     #[test]
     fn leaves_chain_to_the_run_ca_and_are_cached() {
