@@ -4,8 +4,12 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
-    approval::ApprovalHub, decision::DecisionSink, dns::Resolver, kernel::origdst::OrigDstTable,
-    policy::Policy, secrets::Secrets,
+    approval::ApprovalHub,
+    decision::{Decision, DecisionSink, Layer, Verdict},
+    dns::Resolver,
+    kernel::origdst::OrigDstTable,
+    policy::Policy,
+    secrets::Secrets,
 };
 
 use super::upstream::Upstream;
@@ -27,6 +31,26 @@ pub struct ProxyContext {
     pub approvals: Arc<ApprovalHub>,
     /// Spend caps, rate limits and the loop breaker.
     pub spend: Arc<crate::spend::SpendControl>,
+}
+
+impl ProxyContext {
+    /// Records that a connection to `name:port` is intercepted under the
+    /// `[[host]]` entry `host`: its requests are decided one by one.
+    pub fn record_interception(&self, name: &str, port: u16, host: usize) {
+        self.sink.record(
+            &Decision::new(
+                Layer::Connection,
+                Verdict::Allow,
+                "intercepted: requests are checked one by one",
+            )
+            .host(name.to_string())
+            .port(port)
+            .rule(format!(
+                "host {}",
+                self.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
+            )),
+        );
+    }
 }
 
 /// How the agent reached the proxy.

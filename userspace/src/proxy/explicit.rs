@@ -160,19 +160,7 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
                 tunnel::pass_through(io, &ctx, &name, port, host).await;
             }
             ConnectionVerdict::Intercept { host } => {
-                ctx.sink.record(
-                    &Decision::new(
-                        Layer::Connection,
-                        Verdict::Allow,
-                        "intercepted: requests are checked one by one",
-                    )
-                    .host(name.clone())
-                    .port(port)
-                    .rule(format!(
-                        "host {}",
-                        ctx.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-                    )),
-                );
+                ctx.record_interception(&name, port, host);
                 let conn = Conn {
                     name,
                     port,

@@ -194,19 +194,7 @@ async fn by_name(
             tunnel::pass_through(client, &ctx, &name, port, host).await;
         }
         ConnectionVerdict::Intercept { host } => {
-            ctx.sink.record(
-                &Decision::new(
-                    Layer::Connection,
-                    Verdict::Allow,
-                    "intercepted: requests are checked one by one",
-                )
-                .host(name.clone())
-                .port(port)
-                .rule(format!(
-                    "host {}",
-                    ctx.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-                )),
-            );
+            ctx.record_interception(&name, port, host);
             let conn = Conn {
                 name,
                 port,
