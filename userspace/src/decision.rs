@@ -53,6 +53,29 @@ impl Verdict {
     }
 }
 
+/// What a decision says about the agent beyond allow or deny: a sign that
+/// it is compromised. Typed, so that rewording a message never turns an
+/// alarm off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Alarm {
+    /// A secret's placeholder headed where the secret does not belong (a
+    /// host, a DNS name, a WebSocket frame, a header name...).
+    Exfiltration,
+    /// Someone without the right to answer (the agent) tried to answer an
+    /// approval or control the run.
+    ForgedApproval,
+}
+
+impl Alarm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exfiltration => "exfiltration",
+            Self::ForgedApproval => "forged-approval",
+        }
+    }
+}
+
 /// One decision, with whatever context the deciding layer knows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -85,6 +108,9 @@ pub struct Decision {
     /// Reserved under the spend caps before forwarding (USD).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserved_usd: Option<f64>,
+    /// Set when the decision is evidence of a compromised agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<Alarm>,
 }
 
 impl Decision {
@@ -104,7 +130,13 @@ impl Decision {
             approver: None,
             decided_ms: None,
             reserved_usd: None,
+            alarm: None,
         }
+    }
+
+    pub fn alarm(mut self, alarm: Alarm) -> Self {
+        self.alarm = Some(alarm);
+        self
     }
 
     pub fn host(mut self, host: impl Into<String>) -> Self {
@@ -157,6 +189,8 @@ pub struct Tally {
     pub refused: HashMap<String, u64>,
     /// Refusals that were credential exfiltration attempts.
     pub exfiltration_attempts: u64,
+    /// Attempts to answer an approval or control the run without the right to.
+    pub forged_approvals: u64,
 }
 
 impl Tally {
@@ -262,8 +296,10 @@ impl DecisionSink {
                 Verdict::Deny => {
                     t.denied += 1;
                     *t.refused.entry(d.destination()).or_default() += 1;
-                    if d.reason.contains(crate::secrets::scan::EXFILTRATION) {
-                        t.exfiltration_attempts += 1;
+                    match d.alarm {
+                        Some(Alarm::Exfiltration) => t.exfiltration_attempts += 1,
+                        Some(Alarm::ForgedApproval) => t.forged_approvals += 1,
+                        None => {}
                     }
                 }
                 Verdict::Ask => t.asked += 1,
@@ -319,8 +355,8 @@ impl DecisionSink {
                     d.comm
                 );
                 let first = self.shown.lock().map(|mut s| s.insert(key)).unwrap_or(true);
-                // Exfiltration attempts are always shown.
-                let critical = d.reason.contains(crate::secrets::scan::EXFILTRATION);
+                // Alarms are always shown.
+                let critical = d.alarm.is_some();
                 if !verbose && !first && !critical {
                     return;
                 }

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use crate::decision::{Decision, Layer, Verdict};
+use crate::decision::{Alarm, Decision, Layer, Verdict};
 
 use super::{clock, vendor};
 
@@ -72,6 +72,7 @@ pub struct AuditEvent {
     pub secrets: Vec<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    pub alarm: Option<Alarm>,
 }
 
 impl Default for AuditEvent {
@@ -100,6 +101,7 @@ impl Default for AuditEvent {
             secrets: Vec::new(),
             approver: None,
             decided_ms: None,
+            alarm: None,
         }
     }
 }
@@ -123,6 +125,7 @@ impl AuditEvent {
             approver: d.approver.clone(),
             decided_ms: d.decided_ms,
             reserved_usd: d.reserved_usd,
+            alarm: d.alarm,
             ..Self::default()
         }
     }
@@ -169,6 +172,7 @@ pub(crate) struct EventRecord {
     pub secrets: Option<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    pub alarm: Option<&'static str>,
 }
 
 impl From<AuditEvent> for EventRecord {
@@ -217,6 +221,7 @@ impl From<AuditEvent> for EventRecord {
             secrets,
             approver: text(e.approver),
             decided_ms: real(e.decided_ms),
+            alarm: e.alarm.map(Alarm::as_str),
         }
     }
 }

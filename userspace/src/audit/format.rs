@@ -173,7 +173,7 @@ fn run_fields(r: &RunRow) -> Vec<String> {
     ]
 }
 
-const EVENT_COLUMNS: [&str; 26] = [
+const EVENT_COLUMNS: [&str; 27] = [
     "id",
     "run_id",
     "run_name",
@@ -200,6 +200,7 @@ const EVENT_COLUMNS: [&str; 26] = [
     "secrets",
     "approver",
     "decided_ms",
+    "alarm",
 ];
 
 fn event_fields(e: &EventRow) -> Vec<String> {
@@ -231,6 +232,7 @@ fn event_fields(e: &EventRow) -> Vec<String> {
         e.secrets.join(";"),
         opt(e.approver.as_ref()),
         opt(e.decided_ms),
+        opt(e.alarm.as_ref()),
     ]
 }
 

@@ -87,6 +87,8 @@ pub struct EventRow {
     pub secrets: Vec<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    /// `exfiltration` or `forged-approval` (see `decision::Alarm`).
+    pub alarm: Option<String>,
 }
 
 impl EventRow {
@@ -175,7 +177,7 @@ impl AuditStore {
             "SELECT e.id, e.run_id, r.name, e.at, e.layer, e.verdict, e.pid, e.comm, e.host,
                     e.port, e.method, e.path, e.query_redacted, e.rule, e.reason, e.status,
                     e.bytes_up, e.bytes_down, e.latency_ms, e.cost_usd, e.reserved_usd,
-                    e.vendor, e.vendor_txn_id, e.secrets, e.approver, e.decided_ms
+                    e.vendor, e.vendor_txn_id, e.secrets, e.approver, e.decided_ms, e.alarm
              FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
@@ -272,6 +274,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         secrets,
         approver: opt_text(r, 24),
         decided_ms: real(r, 25),
+        alarm: opt_text(r, 26),
     })
 }
 

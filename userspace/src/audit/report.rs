@@ -11,9 +11,6 @@ use super::{AuditError, AuditStore, format::clean};
 /// How many refused destinations the summary names.
 pub const TOP_REFUSED: usize = 5;
 
-/// The reason text that marks a credential exfiltration attempt.
-pub const EXFILTRATION_MARK: &str = "credential exfiltration attempt";
-
 /// What a run did, as the audit database has it. Its JSON form is the
 /// `--report FILE.json` content; its `Display` is the summary on stderr.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,7 +28,7 @@ pub struct RunSummary {
     #[serde(serialize_with = "destinations")]
     pub top_refused: Vec<(String, u64)>,
     pub spend_usd: f64,
-    /// Events whose reason contains "credential exfiltration attempt".
+    /// Events whose `alarm` is `exfiltration`.
     pub exfiltration_attempts: u64,
     pub db_path: String,
 }
@@ -155,9 +152,9 @@ pub(crate) fn summarize(
         .query_row(
             "SELECT coalesce(sum(verdict = 'allow'), 0), coalesce(sum(verdict = 'deny'), 0),
                     coalesce(sum(verdict = 'ask' OR approver IS NOT NULL), 0), total(cost_usd),
-                    coalesce(sum(instr(lower(reason), ?2) > 0), 0)
+                    coalesce(sum(alarm = 'exfiltration'), 0)
              FROM events WHERE run_id = ?1",
-            params![run_id, EXFILTRATION_MARK],
+            params![run_id],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -301,11 +298,6 @@ mod tests {
             .write_json(&dir.path().join("missing/report.json"))
             .unwrap_err();
         assert!(matches!(e, AuditError::Report { .. }), "{e}");
-    }
-
-    #[test]
-    fn the_mark_is_what_the_scanner_writes() {
-        assert_eq!(EXFILTRATION_MARK, crate::secrets::scan::EXFILTRATION);
     }
 
     #[test]

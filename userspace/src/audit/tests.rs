@@ -85,6 +85,11 @@ fn record_complete_and_finish_round_trip() {
         }
         let mut exfil = request("run-1", Verdict::Deny, "paste.evil.test", "POST", "/upload");
         exfil.reason = String::from("credential exfiltration attempt: STRIPE_SECRET_KEY placeholder sent to paste.evil.test");
+        exfil.alarm = Some(crate::decision::Alarm::Exfiltration);
+        // Only the typed alarm counts: the same words in a reason do not.
+        let mut lookalike = request("run-1", Verdict::Deny, "x.test", "GET", "/");
+        lookalike.reason = String::from("credential exfiltration attempt (just words)");
+        w.record(lookalike).await.unwrap();
         w.record(exfil).await.unwrap();
         w.record(request("run-1", Verdict::Ask, "api.stripe.com", "POST", "/v1/refunds"))
             .await
@@ -111,7 +116,7 @@ fn record_complete_and_finish_round_trip() {
         .await
         .unwrap()
     });
-    assert_eq!((summary.allowed, summary.denied, summary.asked), (1, 4, 1));
+    assert_eq!((summary.allowed, summary.denied, summary.asked), (1, 5, 1));
     assert_eq!(summary.exit_code, Some(3));
     assert_eq!(summary.name, "billing-agent");
     assert_eq!(summary.exfiltration_attempts, 1);
@@ -133,7 +138,9 @@ fn record_complete_and_finish_round_trip() {
     let ro = AuditStore::open_read_only(&path).unwrap();
     assert_eq!(ro.summary("run-1").unwrap(), summary);
     let rows = ro.events(&EventFilter::default()).unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
+    let alarms: Vec<_> = rows.iter().filter_map(|r| r.alarm.as_deref()).collect();
+    assert_eq!(alarms, ["exfiltration"]);
     let first = &rows[0];
     assert_eq!(first.host.as_deref(), Some("api.stripe.com"));
     assert_eq!(first.vendor.as_deref(), Some("stripe"));
@@ -159,7 +166,7 @@ fn record_complete_and_finish_round_trip() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].exit_code, Some(3));
     assert!(runs[0].ended_at.is_some());
-    assert_eq!((runs[0].events, runs[0].allowed, runs[0].denied), (6, 1, 4));
+    assert_eq!((runs[0].events, runs[0].allowed, runs[0].denied), (7, 1, 5));
 }
 
 /// Yesterday at 12:00 UTC.

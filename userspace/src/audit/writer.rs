@@ -455,6 +455,7 @@ fn write_batch(
                         r.secrets,
                         r.approver,
                         r.decided_ms,
+                        r.alarm,
                     ])?;
                     *rows += 1;
                     Done::Id(tx.last_insert_rowid())
@@ -533,9 +534,9 @@ fn fail_all(batch: &mut Vec<Msg>, e: &AuditError) {
 const INSERT_EVENT: &str = "INSERT INTO events (
     run_id, at, layer, verdict, pid, comm, host, port, method, path, query_redacted,
     rule, reason, status, bytes_up, bytes_down, latency_ms, cost_usd, reserved_usd,
-    vendor, vendor_txn_id, secrets, approver, decided_ms)
+    vendor, vendor_txn_id, secrets, approver, decided_ms, alarm)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
+            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
 
 const COMPLETE_EVENT: &str = "UPDATE events SET
     status        = coalesce(?2, status),

@@ -13,7 +13,7 @@ use tokio::{
 
 use super::protocol::{Request, Response, Status};
 use crate::{
-    decision::{Decision, DecisionSink, Layer, Verdict},
+    decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
     secrets::{Access, Secrets},
 };
 
@@ -72,11 +72,30 @@ impl Drop for ControlSocket {
 }
 
 async fn handle(stream: UnixStream, ctx: ControlContext) {
-    let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+    let cred = stream.peer_cred().ok();
+    let uid = cred.map_or(u32::MAX, |c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read);
     let response = if uid != 0 {
+        // Only root can open this socket (0600, root's directory); anyone
+        // else here got in some other way, and is treated as an attacker.
+        let pid = cred
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        let mut d = Decision::new(
+            Layer::Control,
+            Verdict::Deny,
+            format!(
+                "the run's control socket was used by uid {uid}{}: only root may answer approvals or control a run",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            ),
+        )
+        .alarm(Alarm::ForgedApproval);
+        if let Some(p) = pid {
+            d = d.process(p, comm_of(p));
+        }
+        ctx.sink.record(&d);
         Response::Error {
             message: String::from("only root may control a run"),
         }
@@ -99,6 +118,12 @@ async fn handle(stream: UnixStream, ctx: ControlContext) {
     let mut out = serde_json::to_string(&response).unwrap_or_default();
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
 }
 
 fn respond(req: Request, ctx: &ControlContext) -> Response {

@@ -21,7 +21,7 @@ use tokio::{
 
 use super::{ResolveError, Resolver};
 use crate::{
-    decision::{Decision, DecisionSink, Layer, Verdict},
+    decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
     policy::Policy,
     secrets::{Secrets, scan},
 };
@@ -136,7 +136,12 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
             "{}: placeholder of {secret} in a DNS name",
             scan::EXFILTRATION
         );
-        record(ctx, Verdict::Deny, name, qtype, reason);
+        ctx.sink.record(
+            &Decision::new(Layer::Dns, Verdict::Deny, reason)
+                .host(name.to_string())
+                .rule(format!("type {qtype}"))
+                .alarm(Alarm::Exfiltration),
+        );
         return Outcome::Refuse(
             ResponseCode::NXDomain,
             EDE_BLOCKED,
