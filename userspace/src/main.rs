@@ -24,6 +24,9 @@ fn main() {
             match enforcer::policy::Policy::load(&file) {
                 Ok(p) => {
                     println!("{}", p.summary());
+                    for w in p.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                     0
                 }
                 Err(e) => {

@@ -117,6 +117,9 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // Everything that can be wrong with the request is checked before the
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
+    for w in policy.warnings() {
+        eprintln!("enforcer: warning: {w}");
+    }
     let resolver_overrides = args
         .resolver
         .iter()

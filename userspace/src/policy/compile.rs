@@ -30,6 +30,14 @@ pub(crate) fn compile(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     let (mut hosts, hosts_complete) = compile_hosts(&raw.host, &file, &mut d);
     let tcp = compile_tcp(&raw.tcp, &hosts, &mut d);
     let secrets = compile_secrets(&raw.secret, &mut hosts, hosts_complete, &mut d);
+    for host in hosts
+        .iter_mut()
+        .filter(|h| !h.secrets.is_empty() && !h.ports_explicit)
+    {
+        // A host that carries secrets is reached over TLS unless the
+        // policy says otherwise.
+        host.ports = vec![443];
+    }
     d.finish(Policy {
         source: path.to_path_buf(),
         run,

@@ -3,8 +3,8 @@
 //! otherwise default deny).
 
 use super::Policy;
+use super::canonical::{Ambiguities, Ambiguous, CanonicalRequest};
 use super::host::{Action, HostMode, HostPolicy, find_host};
-use super::paths::{normalize_request_path, split_request_path};
 
 /// What to do with a connection to an HTTP(S) destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,45 +60,78 @@ pub struct RuleRef {
 pub(crate) const DEFAULT_DENY: &str = "no rule matches; default deny";
 
 impl HostPolicy {
-    /// Decides a request to this host. `path` is the request target's path
-    /// as it will be sent upstream; a query string is ignored. Rules are
-    /// tried in file order and the first whose method set and path glob
-    /// match decides; if none matches, the request is denied.
-    ///
-    /// Conservative paths: a path with a `.` or `..` segment (also
-    /// percent-encoded), an empty segment (`//`), a `\`, a malformed `%`
-    /// escape, or not starting with `/` matches no rule (default deny).
-    /// Escapes of unreserved characters are decoded before matching
-    /// (`%66` = `f`); other escapes (e.g. `%2F`) stay inside their segment.
-    pub fn decide(&self, method: &str, path: &str) -> RequestVerdict {
+    /// What requests to this host may contain although servers disagree:
+    /// everything for a whole-host action (there is no rule to dodge), the
+    /// host's `allow_ambiguous` otherwise.
+    pub fn accepted_ambiguities(&self) -> Ambiguities {
+        if self.rules.is_empty() {
+            Ambiguities::ALL
+        } else {
+            self.ambiguities
+        }
+    }
+
+    /// Parses a request for this host (see [`CanonicalRequest::parse`]).
+    pub fn canonical(
+        &self,
+        method: &str,
+        target: &str,
+        headers: Option<&http::HeaderMap>,
+    ) -> Result<CanonicalRequest, Ambiguous> {
+        CanonicalRequest::parse(method, target, headers, self.accepted_ambiguities())
+    }
+
+    /// Decides a canonical request to this host: rules are tried in file
+    /// order and the first whose method set and path glob match decides; if
+    /// none matches, the request is denied. Unless the host accepts
+    /// `mixed-case`, a path whose case changes which rule matches (a server
+    /// that ignores case would route it under another rule) is ambiguous.
+    pub fn decide_request(&self, req: &CanonicalRequest) -> Result<RequestVerdict, Ambiguous> {
         match self.action {
             Some(Action::Deny) => {
-                return RequestVerdict {
+                return Ok(RequestVerdict {
                     action: Action::Deny,
                     rule: None,
                     reason: format!("host {} is denied (line {})", self.name, self.line),
-                };
+                });
             }
             Some(action) if self.rules.is_empty() => {
-                return RequestVerdict {
+                return Ok(RequestVerdict {
                     action,
                     rule: None,
                     reason: format!("whole host {} (line {}): {action}", self.name, self.line),
-                };
+                });
             }
             _ => {}
         }
-        let normalized = match normalize_request_path(path) {
-            Ok(p) => p,
-            Err(why) => return unmatchable(why.reason()),
-        };
-        let segments = match split_request_path(&normalized) {
-            Ok(s) => s,
-            Err(why) => return unmatchable(why.reason()),
-        };
-        for (index, rule) in self.rules.iter().enumerate() {
-            if rule.methods.matches(method) && rule.path.matches_segments(&segments) {
-                return RequestVerdict {
+        let segments: Vec<&str> = req.segments().collect();
+        let first = self
+            .rules
+            .iter()
+            .position(|r| r.methods.matches(req.method()) && r.path.matches_segments(&segments));
+        let path_has_upper = req.path().bytes().any(|b| b.is_ascii_uppercase());
+        if !self.ambiguities.mixed_case && (path_has_upper || self.rules_have_upper) {
+            let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+            let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+            let folded = self
+                .rules
+                .iter()
+                .position(|r| r.methods.matches(req.method()) && r.path.matches_folded(&lower));
+            if folded != first {
+                let name =
+                    |i: Option<usize>| match i.and_then(|i| self.rules.get(i).map(|r| (i, r))) {
+                        Some((i, r)) => format!("rule {} ({})", i + 1, r.label()),
+                        None => "no rule".to_string(),
+                    };
+                return Err(Ambiguous::MixedCase {
+                    sensitive: name(first),
+                    insensitive: name(folded),
+                });
+            }
+        }
+        Ok(
+            match first.and_then(|i| self.rules.get(i).map(|r| (i, r))) {
+                Some((index, rule)) => RequestVerdict {
                     action: rule.action,
                     rule: Some(RuleRef {
                         index,
@@ -106,22 +139,30 @@ impl HostPolicy {
                         line: rule.line,
                     }),
                     reason: rule.description.clone(),
-                };
-            }
-        }
-        RequestVerdict {
-            action: Action::Deny,
-            rule: None,
-            reason: DEFAULT_DENY.to_string(),
-        }
+                },
+                None => RequestVerdict {
+                    action: Action::Deny,
+                    rule: None,
+                    reason: DEFAULT_DENY.to_string(),
+                },
+            },
+        )
     }
-}
 
-fn unmatchable(why: &str) -> RequestVerdict {
-    RequestVerdict {
-        action: Action::Deny,
-        rule: None,
-        reason: format!("no rule can match: {why}; default deny"),
+    /// Decides `method target` as the proxy would, for tests and
+    /// explanations: an ambiguous request is a deny naming why.
+    pub fn decide(&self, method: &str, target: &str) -> RequestVerdict {
+        match self
+            .canonical(method, target, None)
+            .and_then(|r| self.decide_request(&r))
+        {
+            Ok(v) => v,
+            Err(why) => RequestVerdict {
+                action: Action::Deny,
+                rule: None,
+                reason: format!("ambiguous request refused: {why}"),
+            },
+        }
     }
 }
 

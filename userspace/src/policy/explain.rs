@@ -120,7 +120,14 @@ impl Policy {
                 None,
             ),
             (ConnectionVerdict::Intercept { .. }, Some(h)) => {
-                let verdict = h.decide(method, parsed.path());
+                // The path as written: the `url` crate would resolve dot
+                // segments and escapes that the proxy refuses.
+                let raw_target = url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+                    .unwrap_or_else(|| parsed.path().to_string());
+                let verdict = h.decide(method, &raw_target);
                 let reason = match &verdict.rule {
                     Some(r) => {
                         let label = h

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::canonical::Ambiguities;
 use super::cost::CostRule;
 use super::hosts::HostPattern;
 use super::methods::MethodSet;
@@ -98,8 +99,11 @@ pub struct HostPolicy {
     pub name: String,
     /// Normalized and compiled.
     pub pattern: HostPattern,
-    /// Allowed ports (default `[443, 80]`).
+    /// Allowed ports (default `[443, 80]`, `[443]` for a host that
+    /// carries secrets).
     pub ports: Vec<u16>,
+    /// Whether `ports` was written in the policy.
+    pub ports_explicit: bool,
     /// Whole-host action (`allow` or `deny`); `None` when the host has rules.
     pub action: Option<Action>,
     /// In file order.
@@ -116,6 +120,18 @@ pub struct HostPolicy {
     /// [`super::Policy::secrets_for`]), which may be narrower than this
     /// entry's pattern.
     pub secrets: Vec<String>,
+    /// `intercept = true`: a whole-host allow is intercepted anyway, so
+    /// its requests are parsed and scanned for placeholders.
+    pub intercept: bool,
+    /// `allow_plaintext_secrets = true`: secrets bound to this host are
+    /// injected on plaintext HTTP too (otherwise only over TLS).
+    pub plaintext_secrets: bool,
+    /// What requests to this host may contain although servers disagree
+    /// about it (`allow_ambiguous`).
+    pub ambiguities: Ambiguities,
+    /// Whether some rule's path has an upper-case letter (then a path's
+    /// case may change the decision even when the path is lower case).
+    pub rules_have_upper: bool,
     /// Line of the `[[host]]` header.
     pub line: usize,
 }
@@ -128,10 +144,12 @@ impl HostPolicy {
     }
 
     /// Whether the proxy must intercept TLS to this host: it has rules,
-    /// a spend cap, a rate, a call limit, or a secret to inject.
+    /// a spend cap, a rate, a call limit, a secret to inject, or says
+    /// `intercept = true`.
     pub fn intercepted(&self) -> bool {
         self.action != Some(Action::Deny)
-            && (!self.rules.is_empty()
+            && (self.intercept
+                || !self.rules.is_empty()
                 || self.spend_cap_usd.is_some()
                 || self.daily_cap_usd.is_some()
                 || self.rate.is_some()

@@ -11,6 +11,7 @@
 //! Everything is compiled once at load time; deciding a request does not
 //! parse anything.
 
+mod canonical;
 mod compile;
 mod cost;
 mod decide;
@@ -27,10 +28,12 @@ mod schema;
 mod secrets;
 mod summary;
 mod values;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use canonical::{AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest};
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
 pub use diagnostics::{PolicyError, Problem};
@@ -39,7 +42,7 @@ pub use explain::Explanation;
 pub use host::{Action, HostMode, HostPolicy, Rule};
 pub use hosts::{HostPattern, normalize_name, parse_ip};
 pub use methods::MethodSet;
-pub use paths::{PathGlob, UnmatchablePath};
+pub use paths::PathGlob;
 pub use rate::Rate;
 pub use secrets::{BasicPart, Injection, SecretSource, SecretSpec};
 

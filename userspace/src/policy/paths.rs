@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::canonical::{Ambiguities, CanonicalRequest};
+
 /// Longest path glob accepted, in bytes.
 const MAX_GLOB_LEN: usize = 2048;
 
@@ -21,6 +23,9 @@ const MAX_GLOB_LEN: usize = 2048;
 pub struct PathGlob {
     text: String,
     segments: Vec<Segment>,
+    /// `segments` in ASCII lower case, to see whether a path's case
+    /// changes the decision.
+    folded: Vec<Segment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,29 +39,12 @@ enum Segment {
     Partial(String),
 }
 
-/// Why a request path can never match a rule (so it falls to default deny).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnmatchablePath {
-    /// Not an origin-form path starting with `/`.
-    NotAbsolute,
-    /// Contains a `.` or `..` segment (also percent-encoded).
-    DotSegment,
-    /// Contains an empty segment (`//`).
-    EmptySegment,
-    /// Contains a `%` not followed by two hex digits.
-    BadEscape,
-    /// Contains a `\`, which some servers treat as `/`.
-    Backslash,
-}
-
-impl UnmatchablePath {
-    pub fn reason(self) -> &'static str {
+impl Segment {
+    fn folded(&self) -> Self {
         match self {
-            Self::NotAbsolute => "the path does not start with `/`",
-            Self::DotSegment => "the path contains a `.` or `..` segment",
-            Self::EmptySegment => "the path contains an empty segment (`//`)",
-            Self::BadEscape => "the path contains a malformed `%` escape",
-            Self::Backslash => "the path contains a `\\`",
+            Self::Literal(l) => Self::Literal(l.to_ascii_lowercase()),
+            Self::Partial(p) => Self::Partial(p.to_ascii_lowercase()),
+            other => other.clone(),
         }
     }
 }
@@ -135,9 +123,11 @@ impl PathGlob {
                 segments.push(parsed);
             }
         }
+        let folded = segments.iter().map(Segment::folded).collect();
         Ok(Self {
             text: input.to_string(),
             segments,
+            folded,
         })
     }
 
@@ -146,49 +136,26 @@ impl PathGlob {
         &self.text
     }
 
-    /// Whether a request path (no query string) matches. Paths that
-    /// [`split_request_path`] rejects match nothing.
+    /// Whether a request path matches, as the proxy would decide it (a
+    /// path [`CanonicalRequest::parse`] refuses matches nothing).
     pub fn matches(&self, path: &str) -> bool {
-        match normalize_request_path(path) {
-            Ok(norm) => match split_request_path(&norm) {
-                Ok(segs) => self.matches_segments(&segs),
-                Err(_) => false,
-            },
-            Err(_) => false,
-        }
+        CanonicalRequest::parse("GET", path, None, Ambiguities::default())
+            .is_ok_and(|r| self.matches_segments(&r.segments().collect::<Vec<_>>()))
     }
 
-    /// Matches already split segments (see [`split_request_path`]).
+    /// Whether any literal part of the glob has an upper-case letter.
+    pub(crate) fn has_upper(&self) -> bool {
+        self.text.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
+    /// Matches the segments of a canonical path.
     pub(crate) fn matches_segments(&self, path: &[&str]) -> bool {
-        // Wildcard matching where `**` spans any run of segments and every
-        // other segment spans exactly one: greedy, backtracking to the last
-        // `**`. O(pattern * path), no recursion.
-        let pat = &self.segments;
-        let (mut p, mut s) = (0, 0);
-        let mut resume: Option<(usize, usize)> = None;
-        while s < path.len() {
-            if let Some(seg) = pat.get(p) {
-                if *seg == Segment::Any {
-                    resume = Some((p + 1, s));
-                    p += 1;
-                    continue;
-                }
-                if segment_matches(seg, path[s]) {
-                    p += 1;
-                    s += 1;
-                    continue;
-                }
-            }
-            match resume {
-                Some((rp, rs)) => {
-                    p = rp;
-                    s = rs + 1;
-                    resume = Some((rp, rs + 1));
-                }
-                None => return false,
-            }
-        }
-        pat[p..].iter().all(|seg| *seg == Segment::Any)
+        match_segments(&self.segments, path)
+    }
+
+    /// Matches lower-cased segments against the lower-cased glob.
+    pub(crate) fn matches_folded(&self, lower_path: &[&str]) -> bool {
+        match_segments(&self.folded, lower_path)
     }
 
     /// Whether every path `other` matches is also matched by `self`. Sound
@@ -221,6 +188,37 @@ impl fmt::Display for PathGlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// Wildcard matching where `**` spans any run of segments and every other
+/// segment spans exactly one: greedy, backtracking to the last `**`.
+/// O(pattern * path), no recursion.
+fn match_segments(pat: &[Segment], path: &[&str]) -> bool {
+    let (mut p, mut s) = (0, 0);
+    let mut resume: Option<(usize, usize)> = None;
+    while s < path.len() {
+        if let Some(seg) = pat.get(p) {
+            if *seg == Segment::Any {
+                resume = Some((p + 1, s));
+                p += 1;
+                continue;
+            }
+            if segment_matches(seg, path[s]) {
+                p += 1;
+                s += 1;
+                continue;
+            }
+        }
+        match resume {
+            Some((rp, rs)) => {
+                p = rp;
+                s = rs + 1;
+                resume = Some((rp, rs + 1));
+            }
+            None => return false,
+        }
+    }
+    pat[p..].iter().all(|seg| *seg == Segment::Any)
 }
 
 fn segment_matches(seg: &Segment, s: &str) -> bool {
@@ -272,7 +270,7 @@ fn is_unreserved(b: u8) -> bool {
 /// RFC 3986 normalization of percent-escapes: escapes of unreserved
 /// characters are decoded (`%7E` -> `~`, `%2E` -> `.`), the others get
 /// uppercase hex (`%2f` -> `%2F`). Borrows when there is nothing to do.
-fn normalize_escapes(path: &str) -> Result<Cow<'_, str>, UnmatchablePath> {
+fn normalize_escapes(path: &str) -> Result<Cow<'_, str>, ()> {
     if !path.contains('%') {
         return Ok(Cow::Borrowed(path));
     }
@@ -290,7 +288,7 @@ fn normalize_escapes(path: &str) -> Result<Cow<'_, str>, UnmatchablePath> {
             bytes.get(i + 1).copied().and_then(hex),
             bytes.get(i + 2).copied().and_then(hex),
         ) else {
-            return Err(UnmatchablePath::BadEscape);
+            return Err(());
         };
         // Two hex digits: the value fits in a byte.
         let value = (h * 16 + l) as u8;
@@ -303,42 +301,7 @@ fn normalize_escapes(path: &str) -> Result<Cow<'_, str>, UnmatchablePath> {
         i += 3;
     }
     // Only ASCII bytes were replaced by ASCII bytes.
-    String::from_utf8(out)
-        .map(Cow::Owned)
-        .map_err(|_| UnmatchablePath::BadEscape)
-}
-
-/// Prepares a request path for matching: drops a query string or fragment
-/// if the caller left one, requires a leading `/`, normalizes escapes.
-pub(crate) fn normalize_request_path(path: &str) -> Result<Cow<'_, str>, UnmatchablePath> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    if !path.starts_with('/') {
-        return Err(UnmatchablePath::NotAbsolute);
-    }
-    if path.contains('\\') {
-        return Err(UnmatchablePath::Backslash);
-    }
-    normalize_escapes(path)
-}
-
-/// Splits a normalized path into segments. One trailing `/` is ignored;
-/// `/` alone is zero segments. Empty segments and `.`/`..` segments make the
-/// path unmatchable, since servers disagree about what they mean.
-pub(crate) fn split_request_path(path: &str) -> Result<Vec<&str>, UnmatchablePath> {
-    let body = path.strip_prefix('/').ok_or(UnmatchablePath::NotAbsolute)?;
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if body.is_empty() {
-        return Ok(Vec::new());
-    }
-    let segments: Vec<&str> = body.split('/').collect();
-    for seg in &segments {
-        match *seg {
-            "" => return Err(UnmatchablePath::EmptySegment),
-            "." | ".." => return Err(UnmatchablePath::DotSegment),
-            _ => {}
-        }
-    }
-    Ok(segments)
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| ())
 }
 
 #[cfg(test)]
@@ -403,7 +366,8 @@ mod tests {
     #[test]
     fn query_strings_are_ignored() {
         assert!(g("/v1/x").matches("/v1/x?limit=10"));
-        assert!(g("/v1/x").matches("/v1/x#frag"));
+        // A fragment never reaches a server: a request that carries one is refused.
+        assert!(!g("/v1/x").matches("/v1/x#frag"));
     }
 
     #[test]
@@ -437,10 +401,18 @@ mod tests {
     fn escapes_of_unreserved_characters_are_decoded() {
         assert!(g("/v1/refunds").matches("/v1/re%66unds"));
         assert!(g("/v1/~x").matches("/v1/%7Ex"));
-        assert!(g("/v1/a%2Fb").matches("/v1/a%2fb"));
-        // An encoded slash stays inside its segment.
-        assert!(g("/v1/*").matches("/v1/a%2Fb"));
-        assert!(!g("/v1/a/b").matches("/v1/a%2Fb"));
+        // An encoded slash is refused unless the host opts in; then it
+        // stays inside its segment.
+        assert!(!g("/v1/*").matches("/v1/a%2Fb"));
+        let opted = Ambiguities {
+            encoded_slash: true,
+            ..Ambiguities::default()
+        };
+        let r = CanonicalRequest::parse("GET", "/v1/a%2fb", None, opted).unwrap();
+        let segs: Vec<&str> = r.segments().collect();
+        assert!(g("/v1/*").matches_segments(&segs));
+        assert!(g("/v1/a%2Fb").matches_segments(&segs));
+        assert!(!g("/v1/a/b").matches_segments(&segs));
     }
 
     #[test]

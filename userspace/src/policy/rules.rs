@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use toml::Spanned;
 
+use super::canonical::{AMBIGUITY_NAMES, Ambiguities};
 use super::cost::compile_cost;
 use super::diagnostics::Diagnostics;
 use super::host::{Action, HostPolicy, Rule};
@@ -74,6 +75,7 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         }
     };
 
+    let ports_explicit = h.ports.is_some();
     let ports = match &h.ports {
         None => DEFAULT_PORTS.to_vec(),
         Some(list) => {
@@ -151,6 +153,19 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         compile_count(v, "max_calls", d)
     });
 
+    let intercept = h.intercept.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(v) = &h.intercept
+        && *v.get_ref()
+        && action == Some(Action::Deny)
+    {
+        d.error(v.span(), no_effect("intercept"));
+    }
+    let plaintext_secrets = h
+        .allow_plaintext_secrets
+        .as_ref()
+        .is_some_and(|v| *v.get_ref());
+    let ambiguities = compile_ambiguities(h.allow_ambiguous.as_ref(), d);
+
     let host_label = pattern.as_ref().map_or(name.as_str(), |p| p.as_str());
     let mut rules: Vec<Option<(Rule, std::ops::Range<usize>)>> = Vec::new();
     for (i, r) in h.rule.iter().enumerate() {
@@ -161,19 +176,50 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
     if d.len() != before {
         return None;
     }
+    let rules: Vec<Rule> = rules.into_iter().flatten().map(|(r, _)| r).collect();
     Some(HostPolicy {
         name,
         pattern: pattern?,
         ports,
+        ports_explicit,
         action,
-        rules: rules.into_iter().flatten().map(|(r, _)| r).collect(),
+        rules_have_upper: rules.iter().any(|r| r.path.has_upper()),
+        rules,
         spend_cap_usd,
         daily_cap_usd,
         rate,
         max_calls,
         secrets: Vec::new(),
+        intercept,
+        plaintext_secrets,
+        ambiguities,
         line,
     })
+}
+
+/// `allow_ambiguous = ["encoded-slash", ...]`.
+fn compile_ambiguities(
+    raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    d: &mut Diagnostics,
+) -> Ambiguities {
+    let mut out = Ambiguities::default();
+    for name in raw.map(Spanned::get_ref).into_iter().flatten() {
+        if !out.enable(name.get_ref()) {
+            d.error(
+                name.span(),
+                format!(
+                    "allow_ambiguous: unknown entry `{}`; expected one of {}",
+                    name.get_ref().escape_default(),
+                    AMBIGUITY_NAMES
+                        .iter()
+                        .map(|n| format!("\"{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+    out
 }
 
 fn compile_rule(

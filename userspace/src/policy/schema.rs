@@ -97,6 +97,9 @@ pub(crate) struct RawHost {
     pub daily_cap_usd: Option<Spanned<Usd>>,
     pub rate: Option<Spanned<RateText>>,
     pub max_calls: Option<Spanned<Count>>,
+    pub intercept: Option<Spanned<bool>>,
+    pub allow_plaintext_secrets: Option<Spanned<bool>>,
+    pub allow_ambiguous: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub rule: Vec<Spanned<RawRule>>,
 }

@@ -122,13 +122,16 @@ fn request_decisions_first_match_and_default_deny() {
         ("DELETE", "/v1/customers/cus_1"),
         ("GET", "/v1/customers"),
         ("GET", "/v1/customers/cus_1/sources"),
-        ("get", "/v1/customers/cus_1"),
         ("GET", "/v1/charges"),
     ] {
         let v = stripe.decide(m, path);
         assert!(v.is_default_deny(), "{m} {path}: {v:?}");
         assert_eq!(v.reason, "no rule matches; default deny");
     }
+    // A lower-case method is not another method: it is refused as ambiguous.
+    let v = stripe.decide("get", "/v1/customers/cus_1");
+    assert_eq!(v.action, Action::Deny);
+    assert!(v.reason.contains("send `GET`"), "{}", v.reason);
 }
 
 #[test]
@@ -155,7 +158,7 @@ name = "api.example.com"
 }
 
 #[test]
-fn dot_segments_and_double_slashes_fall_to_default_deny() {
+fn ambiguous_paths_are_refused_before_any_rule() {
     let p = parse(
         r#"
 [[host]]
@@ -178,8 +181,105 @@ name = "api.example.com"
     ] {
         let v = h.decide("GET", bad);
         assert!(v.is_default_deny(), "{bad}: {v:?}");
-        assert!(v.reason.starts_with("no rule can match"), "{}", v.reason);
+        assert!(
+            v.reason.starts_with("ambiguous request refused"),
+            "{}",
+            v.reason
+        );
     }
+}
+
+#[test]
+fn a_path_whose_case_changes_the_rule_is_ambiguous() {
+    let p = parse(
+        r#"
+[[host]]
+name = "api.example.com"
+  [[host.rule]]
+  method = "*"
+  path = "/v1/admin/**"
+  action = "deny"
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/Files/*"
+  action = "ask"
+  [[host.rule]]
+  method = "*"
+  path = "/v1/**"
+  action = "allow"
+
+[[host]]
+name = "case.example.com"
+allow_ambiguous = ["mixed-case"]
+  [[host.rule]]
+  method = "*"
+  path = "/v1/admin/**"
+  action = "deny"
+  [[host.rule]]
+  method = "*"
+  path = "/**"
+  action = "allow"
+"#,
+    );
+    let h = &p.hosts[0];
+    // Ids in mixed case that no rule cares about are fine.
+    assert_eq!(
+        h.decide("GET", "/v1/customers/cus_AbC").action,
+        Action::Allow
+    );
+    assert_eq!(h.decide("POST", "/v1/Files/x").action, Action::Ask);
+    for target in ["/v1/Admin/users", "/V1/ADMIN", "/v1/files/x", "/v1/FILES/x"] {
+        let method = if target.to_ascii_lowercase().contains("files") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let v = h.decide(method, target);
+        assert_eq!(v.action, Action::Deny, "{target}");
+        assert!(v.reason.contains("ignoring case"), "{target}: {}", v.reason);
+    }
+    // Opted in: decided as sent.
+    assert_eq!(
+        p.hosts[1].decide("GET", "/v1/Admin/users").action,
+        Action::Allow
+    );
+}
+
+#[test]
+fn opt_ins_are_validated_and_change_what_is_accepted() {
+    let p = parse(
+        r#"
+[[host]]
+name = "gitlab.example.com"
+allow_ambiguous = ["encoded-slash", "semicolons"]
+  [[host.rule]]
+  method = "GET"
+  path = "/api/v4/projects/*"
+  action = "allow"
+"#,
+    );
+    let h = &p.hosts[0];
+    assert_eq!(
+        h.decide("GET", "/api/v4/projects/group%2Fproj").action,
+        Action::Allow
+    );
+    assert_eq!(
+        h.decide("GET", "/api/v4/projects/a;b").action,
+        Action::Allow
+    );
+    assert!(
+        h.decide("GET", "/api/v4/projects/../x")
+            .reason
+            .contains("ambiguous")
+    );
+    let err = Policy::parse(
+        "[[host]]\nname = \"a.example.com\"\nallow_ambiguous = [\"dot-segments\"]\naction = \"allow\"\n",
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown entry `dot-segments`"), "{err}");
+    assert!(err.contains("\"encoded-slash\""), "{err}");
 }
 
 #[test]
@@ -301,11 +401,13 @@ action = "allow"
         p.connection("b.svc.example.com", 443),
         ConnectionVerdict::Intercept { host: 2 }
     );
-    // Whole-host allow under interception allows every request.
-    let v = p.hosts[1].decide("DELETE", "/../x");
+    // Whole-host allow under interception allows every request, in any
+    // form but a dot segment (refused everywhere).
+    let v = p.hosts[1].decide("DELETE", "/a;b//c%2Fd");
     assert_eq!(v.action, Action::Allow);
     assert!(v.rule.is_none());
     assert!(!v.is_default_deny());
+    assert_eq!(p.hosts[1].decide("DELETE", "/../x").action, Action::Deny);
 }
 
 #[test]
