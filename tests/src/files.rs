@@ -53,23 +53,30 @@ pub fn audit_db() -> PathBuf {
 /// The probe binary, copied where `nobody` can execute it.
 pub fn probe() -> PathBuf {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
-    PROBE
-        .get_or_init(|| {
-            // Integration tests run from target/<profile>/deps; cargo builds the
-            // package's binaries into target/<profile>.
-            let exe = std::env::current_exe().expect("current exe");
-            let src = exe
-                .parent()
-                .and_then(Path::parent)
-                .map(|d| d.join("enforcer-probe"))
-                .filter(|p| p.exists())
-                .expect("enforcer-probe binary next to the test binary");
-            let dst = scratch_dir().join("enforcer-probe");
-            fs::copy(&src, &dst).expect("copy probe");
-            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod probe");
-            dst
-        })
-        .clone()
+    PROBE.get_or_init(|| agent_binary("enforcer-probe")).clone()
+}
+
+/// The WebSocket client (`enforcer-ws`), copied where `nobody` can execute it.
+pub fn ws_client() -> PathBuf {
+    static WS: OnceLock<PathBuf> = OnceLock::new();
+    WS.get_or_init(|| agent_binary("enforcer-ws")).clone()
+}
+
+/// One of this package's binaries, copied into the scratch dir.
+fn agent_binary(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; cargo builds the
+    // package's binaries into target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let src = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} binary next to the test binary"));
+    let dst = scratch_dir().join(name);
+    fs::copy(&src, &dst).expect("copy binary");
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod binary");
+    dst
 }
 
 /// The enforcer binary under test: $ENFORCER_BIN, or the workspace's target dir.

@@ -12,6 +12,7 @@ pub mod servers;
 pub mod terminal;
 pub mod vendor;
 pub mod world;
+pub mod ws;
 
 pub use launch::{Launch, Outcome};
 pub use netns::TestHost;

@@ -191,7 +191,7 @@ where
         async move { Ok::<_, Infallible>(respond(req, tls, id, &seen).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await;
 }
 
@@ -203,8 +203,11 @@ async fn respond(
     req: Request<Incoming>,
     tls: bool,
     id: u64,
-    seen: &Mutex<Vec<Seen>>,
+    seen: &Arc<Mutex<Vec<Seen>>>,
 ) -> Response<Body> {
+    if req.uri().path().starts_with("/ws/") {
+        return websocket(req, tls, id, Arc::clone(seen));
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -304,6 +307,122 @@ async fn respond(
     };
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
+    resp
+}
+
+// ---- WebSocket endpoints ----
+
+/// `/ws/echo` echoes every message (each received message is recorded as
+/// a `Seen` with method `WS` and the message as its body); `/ws/auth`
+/// sends back the Authorization header it received, split over three
+/// frames, then closes.
+fn websocket(
+    req: Request<Incoming>,
+    tls: bool,
+    id: u64,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Response<Body> {
+    use crate::ws;
+    use tokio::io::AsyncWriteExt as _;
+    let path = req.uri().path().to_string();
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(ws::accept_key)
+    else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let extensions = req
+        .headers()
+        .get("sec-websocket-extensions")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let record = move |body: Vec<u8>| Seen {
+        method: "WS".into(),
+        path: path.clone(),
+        host: host.clone(),
+        version: String::new(),
+        tls,
+        connection: id,
+        body_bytes: body.len() as u64,
+        authorization: Some(authorization.clone()),
+        query: None,
+        headers: extensions
+            .iter()
+            .map(|e| ("sec-websocket-extensions".to_string(), e.clone()))
+            .collect(),
+        body_sample: body,
+    };
+    let auth_echo = req.uri().path() == "/ws/auth";
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        if auth_echo {
+            let value = record(Vec::new())
+                .authorization
+                .unwrap_or_default()
+                .into_bytes();
+            let (a, b) = (value.len() / 3, 2 * value.len() / 3);
+            let mut out = ws::encode(ws::TEXT, false, None, &value[..a]);
+            out.extend(ws::encode(ws::PING, true, None, b"p"));
+            out.extend(ws::encode(ws::CONTINUATION, false, None, &value[a..b]));
+            out.extend(ws::encode(ws::CONTINUATION, true, None, &value[b..]));
+            out.extend(ws::encode(ws::CLOSE, true, None, b""));
+            let _ = io.write_all(&out).await;
+            return;
+        }
+        let mut message = Vec::new();
+        loop {
+            let Ok(frame) = ws::read_frame_async(&mut io).await else {
+                return;
+            };
+            match frame.opcode {
+                ws::CLOSE => {
+                    let _ = io.write_all(&ws::encode(ws::CLOSE, true, None, b"")).await;
+                    return;
+                }
+                ws::TEXT | ws::CONTINUATION => {
+                    message.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let m = std::mem::take(&mut message);
+                        if let Ok(mut v) = seen.lock() {
+                            v.push(record(m.clone()));
+                        }
+                        if io
+                            .write_all(&ws::encode(ws::TEXT, true, None, &m))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("upgrade", "websocket".parse().expect("header"));
+    h.insert("connection", "upgrade".parse().expect("header"));
+    h.insert("sec-websocket-accept", key.parse().expect("header"));
     resp
 }
 

@@ -12,16 +12,19 @@ use tokio::net::TcpListener;
 use super::{
     context::{Conn, ProxyContext, Via},
     http as proxy_http, intercept,
-    sniff::host_without_port,
+    prefixed::Prefixed,
+    sniff::{self, FirstBytes, host_without_port},
     tunnel,
     upstream::Body,
 };
 use crate::{
-    decision::{Decision, Layer, Verdict},
+    decision::{Alarm, Decision, Layer, Verdict},
     policy::ConnectionVerdict,
 };
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A tunnel that says nothing we can classify within this is dropped.
+const SNIFF_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Accepts proxy clients until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: ProxyContext) {
@@ -81,15 +84,19 @@ fn refused(
             .host(name)
             .port(port),
     );
-    let conn = Conn {
+    proxy_http::refusal(ctx, &refused_conn(name, port), method, path, None, reason)
+}
+
+/// The connection a refusal is about (no `[[host]]` governs it).
+fn refused_conn(name: &str, port: u16) -> Conn {
+    Conn {
         name: name.to_string(),
         port,
         tls: false,
         host: usize::MAX,
         via: Via::Explicit,
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
-    proxy_http::refusal(ctx, &conn, method, path, None, reason)
+    }
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Response<Body> {
@@ -142,7 +149,20 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
             "{}: placeholder of {secret} in the CONNECT host",
             crate::secrets::scan::EXFILTRATION
         );
-        return refused(&ctx, &name, port, "CONNECT", "", &reason);
+        ctx.sink.record(
+            &Decision::new(Layer::Connection, Verdict::Deny, reason.clone())
+                .host(&name)
+                .port(port)
+                .alarm(Alarm::Exfiltration),
+        );
+        return proxy_http::refusal(
+            &ctx,
+            &refused_conn(&name, port),
+            "CONNECT",
+            "",
+            None,
+            &reason,
+        );
     }
     let verdict = ctx.policy.connection(&name, port);
     if let ConnectionVerdict::Refuse { reason } = &verdict {
@@ -153,23 +173,63 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
         let Ok(upgraded) = upgrade.await else {
             return;
         };
-        let io = TokioIo::new(upgraded);
-        match verdict {
-            ConnectionVerdict::Refuse { .. } => {}
-            ConnectionVerdict::PassThrough { host } => {
+        let mut io = TokioIo::new(upgraded);
+        // What the tunnel speaks decides how it is handled, as on the
+        // transparent path: TLS by its server name, plaintext HTTP parsed.
+        let (first, seen) = sniff::read_first(&mut io, SNIFF_DEADLINE).await;
+        let io = Prefixed::new(seen, io);
+        let host = match verdict {
+            ConnectionVerdict::Refuse { .. } => return,
+            ConnectionVerdict::PassThrough { host } | ConnectionVerdict::Intercept { host } => host,
+        };
+        let pass_through = matches!(verdict, ConnectionVerdict::PassThrough { .. });
+        match first {
+            FirstBytes::Tls { sni: Some(sni) } if sni != name => {
+                // A CDN routes by SNI: another name inside an allowed
+                // tunnel would be domain fronting.
+                ctx.sink.record(
+                    &Decision::new(
+                        Layer::Connection,
+                        Verdict::Deny,
+                        format!("TLS server name {sni} inside a CONNECT tunnel to {name}"),
+                    )
+                    .host(&name)
+                    .port(port),
+                );
+                let mut io = io;
+                let _ =
+                    tokio::io::AsyncWriteExt::write_all(&mut io, &sniff::TLS_ACCESS_DENIED).await;
+            }
+            FirstBytes::Tls { .. } if pass_through => {
                 tunnel::pass_through(io, &ctx, &name, port, host).await;
             }
-            ConnectionVerdict::Intercept { host } => {
+            FirstBytes::Tls { .. } | FirstBytes::Http { .. } => {
+                let tls = matches!(first, FirstBytes::Tls { .. });
                 ctx.record_interception(&name, port, host);
                 let conn = Conn {
                     name,
                     port,
-                    tls: true,
+                    tls,
                     host,
                     via: Via::Explicit,
                     peer,
                 };
-                intercept::intercept(io, conn, ctx).await;
+                if tls {
+                    intercept::intercept(io, conn, ctx).await;
+                } else {
+                    proxy_http::serve(io, std::sync::Arc::new(conn), ctx).await;
+                }
+            }
+            FirstBytes::Other => {
+                ctx.sink.record(
+                    &Decision::new(
+                        Layer::Connection,
+                        Verdict::Deny,
+                        "CONNECT tunnel that speaks neither TLS nor HTTP (raw TCP needs a [[tcp]] rule)",
+                    )
+                    .host(&name)
+                    .port(port),
+                );
             }
         }
     });

@@ -18,7 +18,7 @@ use super::{
     upstream::Body,
 };
 use crate::{
-    policy::{CostRule, CostSource},
+    policy::{CanonicalRequest, CostRule, CostSource},
     spend::{
         Cost, DailyReservation, Limited, OverCap, Reservation, SpendControl, SpendError, Tripped,
         response,
@@ -129,15 +129,6 @@ impl Stop {
     }
 }
 
-/// Methods that only read: the loop breaker does not count them (polling
-/// the same resource is normal).
-fn is_read(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
-}
-
 /// A request that passed the checks: its body (replayed in full when the
 /// checks read it) and, when its rule has a cost, its charge.
 pub struct Admitted {
@@ -152,6 +143,7 @@ pub type Refused = (Stop, Option<Request<Body>>);
 /// `rule` is the deciding rule's index in its host.
 pub async fn admit(
     req: Request<Body>,
+    canon: &CanonicalRequest,
     conn: &Conn,
     ctx: &ProxyContext,
     rule: Option<usize>,
@@ -169,7 +161,8 @@ pub async fn admit(
             CostSource::FormField(_) | CostSource::JsonPointer(_)
         )
     });
-    let breaker = spend.breaker.as_ref().filter(|_| !is_read(req.method()));
+    // Reads are not counted: polling the same resource is normal.
+    let breaker = spend.breaker.as_ref().filter(|_| !canon.is_read());
     let (parts, body) = req.into_parts();
     let (prefix, unread) = if cost_in_body || breaker.is_some() {
         match buffer::read_prefix(body, buffer::LIMIT).await {
@@ -181,8 +174,11 @@ pub async fn admit(
     };
     let data = prefix.as_ref().map_or(&[][..], |p| &p.data()[..]);
     if let Some(b) = breaker {
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Err(t) = b.observe(parts.method.as_str(), target, data) {
+        let target = match canon.query() {
+            Some(q) => format!("{}?{q}", canon.path()),
+            None => canon.path().to_string(),
+        };
+        if let Err(t) = b.observe(canon.method(), &target, data) {
             return Err((Stop::Tripped(t), None));
         }
     }

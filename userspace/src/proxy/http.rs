@@ -22,12 +22,13 @@ use super::{
     gate::{self, Admitted, Charge, Settled},
     sniff::host_without_port,
     upstream::{Body, BoxError, UpstreamError},
+    websocket,
 };
 use crate::{
     approval,
     audit::{EventId, Outcome as AuditOutcome},
-    decision::{Decision, Layer, Verdict},
-    policy::Action,
+    decision::{Alarm, Decision, Layer, Verdict},
+    policy::{Action, Ambiguous, CanonicalRequest, HostPolicy},
     secrets::{self, inject::Injected, scan},
 };
 
@@ -136,6 +137,7 @@ fn decision(
     d.approver = outcome.approver.clone();
     d.decided_ms = outcome.decided_ms;
     d.reserved_usd = outcome.reserved_usd;
+    d.alarm = outcome.alarm;
     d
 }
 
@@ -199,6 +201,9 @@ struct Outcome {
     decided_ms: Option<f64>,
     /// What was reserved under the spend caps.
     reserved_usd: Option<f64>,
+    /// Refused as ambiguous (a 400, not a 403), and what would accept it.
+    ambiguous: Option<(Ambiguous, String)>,
+    alarm: Option<Alarm>,
 }
 
 impl Outcome {
@@ -211,7 +216,36 @@ impl Outcome {
             approver: None,
             decided_ms: None,
             reserved_usd: None,
+            ambiguous: None,
+            alarm: None,
         }
+    }
+
+    /// A placeholder headed where its secret does not belong.
+    fn exfiltration(reason: String) -> Self {
+        let mut o = Self::refused(Verdict::Deny, None, reason);
+        o.alarm = Some(Alarm::Exfiltration);
+        o
+    }
+
+    /// A request servers would disagree about, refused before any rule.
+    fn ambiguous(host: &HostPolicy, why: Ambiguous) -> Self {
+        let hint = match why.opt_in() {
+            Some(name) => format!(
+                "if {} really needs this, add allow_ambiguous = [\"{name}\"] to its [[host]] (line {})",
+                host.name, host.line
+            ),
+            None => {
+                "no policy setting accepts this: send the request in its plain form".to_string()
+            }
+        };
+        let mut o = Self::refused(
+            Verdict::Deny,
+            None,
+            format!("ambiguous request refused: {why}"),
+        );
+        o.ambiguous = Some((why, hint));
+        o
     }
 }
 
@@ -234,17 +268,22 @@ pub async fn handle(req: Request<Incoming>, conn: &Conn, ctx: &ProxyContext) -> 
         Ok(p) => p,
         Err(outcome) => return refuse(ctx, conn, &at, *outcome, req).await,
     };
-    let Admitted { req, charge } = match gate::admit(req, conn, ctx, passed.rule_index).await {
-        Ok(a) => a,
-        Err((stop, req)) => {
-            let outcome = Outcome::refused(Verdict::Deny, passed.rule.clone(), stop.reason());
-            record(ctx, conn, Verdict::Deny, &method, &target, &outcome);
-            if let Some(req) = req {
-                drain(req.into_body()).await;
+    if let Some(reason) = cleartext_secret(&req, conn, ctx) {
+        let outcome = Outcome::refused(Verdict::Deny, passed.rule.clone(), reason);
+        return refuse(ctx, conn, &at, outcome, req).await;
+    }
+    let Admitted { req, charge } =
+        match gate::admit(req, &passed.canon, conn, ctx, passed.rule_index).await {
+            Ok(a) => a,
+            Err((stop, req)) => {
+                let outcome = Outcome::refused(Verdict::Deny, passed.rule.clone(), stop.reason());
+                record(ctx, conn, Verdict::Deny, &method, &target, &outcome);
+                if let Some(req) = req {
+                    drain(req.into_body()).await;
+                }
+                return stop.response(ctx, conn, &method, &path);
             }
-            return stop.response(ctx, conn, &method, &path);
-        }
-    };
+        };
     let mut outcome = Outcome {
         verdict: Verdict::Allow,
         rule: passed.rule.clone(),
@@ -253,6 +292,8 @@ pub async fn handle(req: Request<Incoming>, conn: &Conn, ctx: &ProxyContext) -> 
         approver: None,
         decided_ms: None,
         reserved_usd: charge.as_ref().map(Charge::reserved_usd),
+        ambiguous: None,
+        alarm: None,
     };
     let mut req = req;
     if passed.ask {
@@ -315,6 +356,21 @@ async fn refuse(
 ) -> Response<Body> {
     record(ctx, conn, outcome.verdict, at.method, at.target, &outcome);
     drain(req.into_body()).await;
+    if let Some((why, hint)) = &outcome.ambiguous {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({
+                "error": "ambiguous request refused by enforcer",
+                "run": &*ctx.run_id,
+                "host": conn.name,
+                "method": at.method,
+                "path": at.path,
+                "kind": why.kind(),
+                "reason": why.to_string(),
+                "hint": hint,
+            }),
+        );
+    }
     refusal(
         ctx,
         conn,
@@ -327,6 +383,8 @@ async fn refuse(
 
 /// What the policy said about a request that may go ahead.
 struct Passed {
+    /// The request as every later check sees it.
+    canon: CanonicalRequest,
     rule: Option<String>,
     /// Index of the deciding rule in its host (None: whole-host decision).
     rule_index: Option<usize>,
@@ -335,11 +393,21 @@ struct Passed {
     ask: bool,
 }
 
+/// A placeholder where no secret ever belongs (the method token or a
+/// header name): which secret's.
+fn placeholder_in_names<'a, B>(req: &Request<B>, ctx: &'a ProxyContext) -> Option<&'a str> {
+    scan::in_name(&ctx.secrets, req.method().as_str()).or_else(|| {
+        req.headers()
+            .keys()
+            .find_map(|k| scan::in_name(&ctx.secrets, k.as_str()))
+    })
+}
+
 /// The checks a request must pass, in order: its Host is the connection's
-/// name; it carries no placeholder of a secret bound elsewhere; the host's
-/// rules allow it (or ask a human).
+/// name; it carries no placeholder of a secret bound elsewhere; it is
+/// canonical (nothing servers disagree about); the host's rules allow it
+/// (or ask a human).
 fn check<B>(req: &Request<B>, conn: &Conn, ctx: &ProxyContext) -> Result<Passed, Box<Outcome>> {
-    let method = req.method().as_str();
     let path = req.uri().path();
     if let Some(host) = request_host(req)
         && host != conn.name
@@ -351,15 +419,15 @@ fn check<B>(req: &Request<B>, conn: &Conn, ctx: &ProxyContext) -> Result<Passed,
         return Err(Box::new(Outcome::refused(Verdict::Deny, None, reason)));
     }
     let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
-    if let Some(secret) =
-        scan::in_head(&ctx.secrets, &ctx.policy, &conn.name, target, req.headers())
-    {
+    let leaked = scan::in_head(&ctx.secrets, &ctx.policy, &conn.name, target, req.headers())
+        .or_else(|| placeholder_in_names(req, ctx));
+    if let Some(secret) = leaked {
         let reason = format!(
             "{}: placeholder of {secret} sent to {}",
             scan::EXFILTRATION,
             conn.name
         );
-        return Err(Box::new(Outcome::refused(Verdict::Deny, None, reason)));
+        return Err(Box::new(Outcome::exfiltration(reason)));
     }
     let Some(host) = ctx.policy.hosts.get(conn.host) else {
         return Err(Box::new(Outcome::refused(
@@ -368,7 +436,13 @@ fn check<B>(req: &Request<B>, conn: &Conn, ctx: &ProxyContext) -> Result<Passed,
             "no policy entry for this host",
         )));
     };
-    let verdict = host.decide(method, path);
+    let decided = host
+        .canonical(req.method().as_str(), target, Some(req.headers()))
+        .and_then(|canon| host.decide_request(&canon).map(|v| (canon, v)));
+    let (canon, verdict) = match decided {
+        Ok(d) => d,
+        Err(why) => return Err(Box::new(Outcome::ambiguous(host, why))),
+    };
     let rule = verdict.rule.as_ref().map(|r| r.description.clone());
     let rule_index = verdict.rule.as_ref().map(|r| r.index);
     match verdict.action {
@@ -378,6 +452,7 @@ fn check<B>(req: &Request<B>, conn: &Conn, ctx: &ProxyContext) -> Result<Passed,
             verdict.reason,
         ))),
         action => Ok(Passed {
+            canon,
             rule,
             rule_index,
             reason: verdict.reason,
@@ -417,6 +492,31 @@ async fn ask(
             (conn.host, passed.rule_index.unwrap_or(usize::MAX)),
         )
         .await
+}
+
+/// Why a request must not go out: it carries the placeholder of a secret
+/// bound to this host, on a plaintext connection, and the host does not
+/// say `allow_plaintext_secrets = true` (the real key would cross the
+/// network in cleartext).
+fn cleartext_secret(req: &Request<Body>, conn: &Conn, ctx: &ProxyContext) -> Option<String> {
+    if conn.tls
+        || ctx
+            .policy
+            .hosts
+            .get(conn.host)
+            .is_some_and(|h| h.plaintext_secrets)
+    {
+        return None;
+    }
+    let secret = ctx
+        .policy
+        .secrets_for(&conn.name)
+        .find(|s| scan::carries_placeholder(&ctx.secrets, &s.name, req.uri(), req.headers()))?;
+    Some(format!(
+        "{} is only sent over TLS and this request to {} is plaintext HTTP: use https://, \
+         or set allow_plaintext_secrets = true on the host if the key may cross the network in cleartext",
+        secret.name, conn.name
+    ))
 }
 
 /// Swaps placeholders for real values (bound secrets only, live credentials only).
@@ -530,6 +630,8 @@ async fn forward(
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     if let Some(v) = upgrade_value.filter(|_| upgrade) {
+        // Compressed frames could not be scanned: offer no extension.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         parts.headers.insert(header::UPGRADE, v);
         parts
             .headers
@@ -567,14 +669,50 @@ async fn forward(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let guards = websocket_guards(conn, ctx, &injected);
+        let (ctx, conn, target, method) = (ctx.clone(), conn.clone(), path.clone(), method.clone());
         tokio::spawn(async move {
-            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                let mut c = TokioIo::new(c);
-                let mut u = TokioIo::new(u);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
+                return;
+            };
+            let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+            let (moved, result) = if guards.is_empty() {
+                let (mut c, mut u) = (c, u);
+                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                let (up, down) = r.unwrap_or_default();
+                (
+                    websocket::Moved {
+                        to_upstream: up,
+                        to_client: down,
+                    },
+                    Ok(()),
+                )
+            } else {
+                websocket::relay(c, u, &guards).await
+            };
+            ctx.sink.complete(
+                id,
+                AuditOutcome {
+                    bytes_up: Some(moved.to_upstream),
+                    bytes_down: Some(moved.to_client),
+                    ..AuditOutcome::default()
+                },
+            );
+            if let Err(e) = result {
+                let mut outcome =
+                    Outcome::refused(Verdict::Deny, None, format!("WebSocket closed: {e}"));
+                if let websocket::WsError::Placeholder(secret) = &e {
+                    outcome = Outcome::exfiltration(format!(
+                        "{}: placeholder of {secret} in a WebSocket frame to {} (connection closed)",
+                        scan::EXFILTRATION,
+                        conn.name
+                    ));
+                }
+                record(&ctx, &conn, Verdict::Deny, &method, &target, &outcome);
             }
         });
-        let (parts, _) = resp.into_parts();
+        let (mut parts, _) = resp.into_parts();
+        secrets::redact::headers(&mut parts.headers, &injected.redact);
         return Response::from_parts(parts, full(Bytes::new()));
     }
     let (mut parts, mut body) = resp.into_parts();
@@ -630,6 +768,29 @@ async fn forward(
     )
 }
 
+/// What a WebSocket on this connection must be watched for: placeholders of
+/// secrets bound to other hosts (agent to vendor), and the real values
+/// injected into the upgrade request (vendor to agent).
+fn websocket_guards(conn: &Conn, ctx: &ProxyContext, injected: &Injected) -> websocket::Guards {
+    let foreign = ctx
+        .secrets
+        .iter()
+        .filter(|s| {
+            ctx.policy
+                .secrets
+                .get(s.spec)
+                .is_none_or(|spec| !spec.matches_host(&conn.name))
+        })
+        .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
+        .collect();
+    let redact = injected
+        .redact
+        .iter()
+        .map(|(real, placeholder)| (real.as_bytes().to_vec(), placeholder.as_bytes().to_vec()))
+        .collect();
+    websocket::Guards { foreign, redact }
+}
+
 /// Writes a settled charge onto the request's audit row.
 fn complete_cost(ctx: &ProxyContext, id: Option<EventId>, settled: Option<&Settled>) {
     if let Some(s) = settled {
@@ -679,7 +840,7 @@ async fn upstream_failed(
             Verdict::Deny,
             method,
             path,
-            &Outcome::refused(Verdict::Deny, None, reason.clone()),
+            &Outcome::exfiltration(reason.clone()),
         );
         return refusal(ctx, conn, method, path, None, &reason);
     }

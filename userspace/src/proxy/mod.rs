@@ -11,11 +11,13 @@ pub mod gate;
 pub mod http;
 pub mod intercept;
 pub mod listeners;
+pub mod prefixed;
 pub mod relay;
 pub mod sniff;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
+pub mod websocket;
 
 pub use context::ProxyContext;
 pub use listeners::Listeners;

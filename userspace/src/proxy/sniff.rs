@@ -121,6 +121,32 @@ pub async fn sniff(stream: &TcpStream, deadline: Duration) -> FirstBytes {
     }
 }
 
+/// Reads from `io` until its first bytes can be classified or `deadline`
+/// passes. Returns what was read, to be served again ([`super::prefixed`]).
+pub async fn read_first<IO>(io: &mut IO, deadline: Duration) -> (FirstBytes, Vec<u8>)
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::with_capacity(1024);
+    let started = tokio::time::Instant::now();
+    loop {
+        let remaining = deadline.saturating_sub(started.elapsed());
+        if remaining.is_zero() || buf.len() >= MAX_SNIFF {
+            return (FirstBytes::Other, buf);
+        }
+        let mut chunk = [0u8; 4096];
+        let want = chunk.len().min(MAX_SNIFF - buf.len());
+        match tokio::time::timeout(remaining, io.read(&mut chunk[..want])).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (FirstBytes::Other, buf),
+        }
+        if let Progress::Done(what) = classify(&buf) {
+            return (what, buf);
+        }
+    }
+}
+
 /// A TLS alert record: fatal access_denied (sent when a name is refused).
 pub const TLS_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 

@@ -24,7 +24,7 @@ use super::{
     tunnel,
 };
 use crate::{
-    decision::{Decision, Layer, Verdict},
+    decision::{Alarm, Decision, Layer, Verdict},
     dns::names,
     policy::ConnectionVerdict,
 };
@@ -166,7 +166,12 @@ fn exfiltration_in_name(ctx: &ProxyContext, name: &str, port: u16) -> bool {
         "{}: placeholder of {secret} in the server name",
         crate::secrets::scan::EXFILTRATION
     );
-    deny(ctx, name.to_string(), port, reason);
+    ctx.sink.record(
+        &Decision::new(Layer::Connection, Verdict::Deny, reason)
+            .host(name)
+            .port(port)
+            .alarm(Alarm::Exfiltration),
+    );
     true
 }
 
@@ -190,10 +195,12 @@ async fn by_name(
                 refuse_http(client, &ctx, name, port, reason).await;
             }
         }
-        ConnectionVerdict::PassThrough { host } => {
+        ConnectionVerdict::PassThrough { host } if tls => {
             tunnel::pass_through(client, &ctx, &name, port, host).await;
         }
-        ConnectionVerdict::Intercept { host } => {
+        // Plaintext HTTP is always parsed, even to a whole-host allow: it
+        // costs little, and its requests are scanned for placeholders.
+        ConnectionVerdict::PassThrough { host } | ConnectionVerdict::Intercept { host } => {
             ctx.record_interception(&name, port, host);
             let conn = Conn {
                 name,
@@ -326,5 +333,11 @@ async fn relay_tcp(
     .host(shown)
     .port(port)
     .rule(rule);
-    tunnel::relay_allowed(client, upstream, ctx, allow).await;
+    // A raw TCP destination holds no secret: every placeholder is foreign.
+    let watch = ctx
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
+        .collect();
+    tunnel::relay_allowed(client, upstream, ctx, allow, watch).await;
 }

@@ -13,12 +13,20 @@ use tokio::{
 use super::{context::ProxyContext, dial, relay};
 use crate::{
     audit::Outcome,
-    decision::{Decision, Layer, Verdict},
+    decision::{Alarm, Decision, Layer, Verdict},
 };
 
 /// Commits `allow`, relays `client` <-> `upstream`, records the traffic.
-pub async fn relay_allowed<IO>(client: IO, upstream: TcpStream, ctx: &ProxyContext, allow: Decision)
-where
+/// `watch` lists placeholders (name, value) the client must not send
+/// (plain protocols: a `[[tcp]]` destination holds no secret); a client
+/// that sends one is cut off, and the attempt recorded.
+pub async fn relay_allowed<IO>(
+    client: IO,
+    upstream: TcpStream,
+    ctx: &ProxyContext,
+    allow: Decision,
+    watch: Vec<(String, Vec<u8>)>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let id = match ctx.sink.commit(&allow).await {
@@ -32,7 +40,25 @@ where
         }
     };
     let started = Instant::now();
-    let moved = relay::relay(client, upstream).await.unwrap_or_default();
+    let moved = match relay::relay(relay::Watched::new(client, watch), upstream).await {
+        Ok(moved) => moved,
+        Err(e) => {
+            if let Some(secret) = relay::PlaceholderSeen::in_error(&e) {
+                let reason = format!(
+                    "{}: placeholder of {secret} sent to {} (connection closed)",
+                    crate::secrets::scan::EXFILTRATION,
+                    allow.destination()
+                );
+                let mut d = Decision::new(Layer::Connection, Verdict::Deny, reason)
+                    .alarm(Alarm::Exfiltration);
+                d.host = allow.host.clone();
+                d.port = allow.port;
+                d.rule = allow.rule.clone();
+                ctx.sink.record(&d);
+            }
+            relay::Transferred::default()
+        }
+    };
     ctx.sink.complete(
         id,
         Outcome {
@@ -63,7 +89,8 @@ where
             .host(name)
             .port(port)
             .rule(rule);
-            relay_allowed(client, upstream, ctx, allow).await;
+            // TLS end to end: nothing to watch in the bytes.
+            relay_allowed(client, upstream, ctx, allow, Vec::new()).await;
         }
         Err(e) => ctx.sink.record(
             &Decision::new(

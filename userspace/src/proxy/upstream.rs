@@ -25,9 +25,14 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle pooled connections are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+type Pool = Client<HttpsConnector<HttpConnector<HyperResolver>>, Body>;
+
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector<HyperResolver>>, Body>,
+    /// HTTP/2 where the server offers it, else HTTP/1.1.
+    client: Pool,
+    /// HTTP/1.1 only: an `Upgrade` (WebSocket) exists only there.
+    http1: Pool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -50,18 +55,28 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+        let pool = |https| {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .build(https)
+        };
+        let both = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
+            .wrap_connector(http.clone());
+        let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(https);
-        Self { client }
+        Self {
+            client: pool(both),
+            http1: pool(http1),
+        }
     }
 
     /// Sends `req` (whose URI is absolute) and waits for the response headers.
@@ -69,7 +84,12 @@ impl Upstream {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(req)).await {
+        let client = if req.headers().contains_key(http::header::UPGRADE) {
+            &self.http1
+        } else {
+            &self.client
+        };
+        match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(req)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(UpstreamError::Timeout(RESPONSE_TIMEOUT)),
         }
