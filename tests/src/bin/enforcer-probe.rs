@@ -743,6 +743,10 @@ mod isolation {
             "iso-victim" => victim(arg(rest, 0), arg(rest, 1)),
             "iso-attack" => attack(rest),
             "iso-own-child" => own_child(),
+            "iso-shm-hold" => shm_hold(arg(rest, 0), arg(rest, 1)),
+            "iso-shm-read" => shm_read(arg(rest, 0), arg(rest, 1)),
+            "iso-key-hold" => key_hold(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
+            "iso-key-read" => key_read(arg(rest, 0), arg(rest, 1)),
             other => Err(format!("usage unknown action {other}")),
         }
     }
@@ -1094,6 +1098,136 @@ mod isolation {
             Ok(String::from("own child reachable"))
         } else {
             Err(format!("own child unreachable: {}", failed.join(" ")))
+        }
+    }
+
+    fn wait_for(done: &str) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !std::path::Path::new(done).exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(String::from("timed out waiting for the done file"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `iso-shm-hold VAR DONE_FILE`: puts $VAR in a System V shared memory
+    /// segment only its user may read (0600), prints `ready shm=ID`, and
+    /// removes the segment once DONE_FILE exists.
+    fn shm_hold(var: &str, done: &str) -> Result<String, String> {
+        let secret = std::env::var(var).map_err(|_| format!("usage ${var} is not set"))?;
+        // SAFETY: a new private segment, attached, written within its size,
+        // detached and removed.
+        unsafe {
+            let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+            if id < 0 {
+                return Err(last_err());
+            }
+            let p = libc::shmat(id, std::ptr::null(), 0);
+            if p as isize == -1 {
+                return Err(last_err());
+            }
+            std::ptr::copy_nonoverlapping(secret.as_ptr(), p.cast::<u8>(), secret.len().min(4096));
+            println!("ready shm={id}");
+            let _ = std::io::stdout().flush();
+            let waited = wait_for(done);
+            libc::shmdt(p);
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            waited.map(|()| String::from("shm removed"))
+        }
+    }
+
+    /// `iso-shm-read ID MARKER`: attaches segment ID (and reports whether
+    /// /proc/sysvipc/shm lists it).
+    fn shm_read(id: &str, marker: &str) -> Result<String, String> {
+        let id: i32 = id.parse().map_err(|_| "usage bad id")?;
+        let listed = std::fs::read_to_string("/proc/sysvipc/shm")
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .any(|l| l.split_whitespace().nth(1) == Some(&id.to_string()))
+            })
+            .unwrap_or(false);
+        // SAFETY: attach read-only, read within the segment's 4096 bytes, detach.
+        unsafe {
+            let p = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
+            if p as isize == -1 {
+                let e = last_err();
+                let listed = if listed { "listed" } else { "not listed" };
+                return Err(format!("{listed}, not attached: {e}"));
+            }
+            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), marker.len());
+            let got = bytes == marker.as_bytes();
+            libc::shmdt(p);
+            if got {
+                Ok(String::from("GOT the secret from the segment"))
+            } else {
+                Ok(String::from("GOT attached, other bytes"))
+            }
+        }
+    }
+
+    const KEY_SPEC_USER_KEYRING: i32 = -4;
+    const KEYCTL_INVALIDATE: i32 = 21;
+    const KEYCTL_SEARCH: i32 = 10;
+    const KEYCTL_READ: i32 = 11;
+
+    /// `iso-key-hold DESC VAR DONE_FILE`: adds $VAR as a `user` key named
+    /// DESC to its user keyring, prints `ready key=ID`, and invalidates it
+    /// once DONE_FILE exists.
+    fn key_hold(desc: &str, var: &str, done: &str) -> Result<String, String> {
+        let secret = std::env::var(var).map_err(|_| format!("usage ${var} is not set"))?;
+        let desc_c = std::ffi::CString::new(desc).map_err(|_| "usage bad description")?;
+        // SAFETY: add_key with valid strings and payload.
+        let id = unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                desc_c.as_ptr(),
+                secret.as_ptr(),
+                secret.len(),
+                KEY_SPEC_USER_KEYRING,
+            )
+        };
+        if id < 0 {
+            return Err(last_err());
+        }
+        println!("ready key={id}");
+        let _ = std::io::stdout().flush();
+        let waited = wait_for(done);
+        // SAFETY: invalidating our own key.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id) };
+        waited.map(|()| String::from("key invalidated"))
+    }
+
+    /// `iso-key-read DESC MARKER`: searches its user keyring for DESC and
+    /// reads the key.
+    fn key_read(desc: &str, marker: &str) -> Result<String, String> {
+        let desc_c = std::ffi::CString::new(desc).map_err(|_| "usage bad description")?;
+        // SAFETY: keyctl search and read into a buffer of the size we pass.
+        unsafe {
+            let id = syscall_result(libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_SEARCH,
+                KEY_SPEC_USER_KEYRING,
+                c"user".as_ptr(),
+                desc_c.as_ptr(),
+                0,
+            ))?;
+            let mut buf = [0u8; 256];
+            let n = syscall_result(libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_READ,
+                id,
+                buf.as_mut_ptr(),
+                buf.len(),
+            ))?;
+            let got = &buf[..(n as usize).min(buf.len())];
+            Ok(format!(
+                "GOT key {id}, secret: {}",
+                got == marker.as_bytes()
+            ))
         }
     }
 }
