@@ -174,6 +174,38 @@ fn another_run_of_the_same_user_can_read_nothing_of_a_run() {
     leftovers::assert_run_gone(&victim_run);
 }
 
+#[test]
+fn a_run_cannot_make_another_dump_its_memory() {
+    // A crash dump is the victim's memory in a file of the user's (or in
+    // systemd-coredump, which shows it to that user); another run could
+    // raise the victim's core limit, then crash it (say, by lowering its
+    // RLIMIT_AS, which a process of the same user may do).
+    let done = done_file("core-victim");
+    let mut victim = Launch::probe(DENY_ALL, &["iso-victim", "HELD_SECRET", &path(&done)])
+        .env("HELD_SECRET", "sk_live_COREDUMPSECRET0123456789")
+        .spawn();
+    let run = victim.run_id();
+    let mut stdout = BufReader::new(victim.take_stdout());
+    let ready = read_ready(&mut stdout);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", ready.pid)).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core limit");
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "core dumps are off, for good: {core}"
+    );
+    refused_in_a_run(&["iso-raise-core", &ready.pid]);
+    std::fs::write(&done, "").expect("write done file");
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    let out = victim.wait(Duration::from_secs(30));
+    assert_eq!(out.code(), 0, "{rest} {out:?}");
+    leftovers::assert_run_gone(&run);
+}
+
 /// A process of the agent's user outside any run. Dropped early (a failed
 /// assertion), it is told to finish (so it removes what it holds) and then
 /// killed.

@@ -747,6 +747,7 @@ mod isolation {
             "iso-shm-read" => shm_read(arg(rest, 0), arg(rest, 1)),
             "iso-key-hold" => key_hold(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
             "iso-key-read" => key_read(arg(rest, 0), arg(rest, 1)),
+            "iso-raise-core" => raise_core(arg(rest, 0)),
             other => Err(format!("usage unknown action {other}")),
         }
     }
@@ -1229,5 +1230,27 @@ mod isolation {
                 got == marker.as_bytes()
             ))
         }
+    }
+
+    /// `iso-raise-core PID`: raises PID's core dump limit to unlimited, the
+    /// first step to making it dump its memory into a file of the user's.
+    fn raise_core(pid: &str) -> Result<String, String> {
+        let pid: i32 = pid.parse().map_err(|_| "usage bad pid")?;
+        let unlimited = libc::rlimit64 {
+            rlim_cur: libc::RLIM64_INFINITY,
+            rlim_max: libc::RLIM64_INFINITY,
+        };
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 with pointers to live structs.
+        let r = unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &unlimited, &mut old) };
+        syscall_result(libc::c_long::from(r)).map(|_| {
+            format!(
+                "GOT core limit of {pid} raised from {}/{}",
+                old.rlim_cur, old.rlim_max
+            )
+        })
     }
 }

@@ -298,6 +298,12 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
             libc::abort()
         };
         let errno = || -> i64 { i64::from(*libc::__errno_location()) };
+        // Until exec this process is a copy of enforcer's memory (real keys,
+        // the run CA's key): not dumpable, so not even a process of the
+        // agent's user outside any run can read it once we are that user,
+        // whatever fs.suid_dumpable says. exec makes the agent dumpable
+        // again (to its own run: see `isolation`).
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // Signals: default dispositions for what Rust ignores (SIGPIPE), empty mask.
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;

@@ -49,6 +49,11 @@
 //!   uid's user and persistent keyrings (Kerberos `KEYRING:` caches, fscrypt
 //!   and ecryptfs keys). A second, tiny seccomp filter answers `add_key`,
 //!   `request_key` and `keyctl` with ENOSYS, as for a kernel without keys.
+//! - Core dumps: a crashing agent would write its memory into a file of the
+//!   user's (or to systemd-coredump, which shows it to that user), and a
+//!   process of the same user may raise another's core limit (`prlimit`, no
+//!   LSM hook of Landlock's) and make it crash (by lowering its RLIMIT_AS).
+//!   The agent's hard RLIMIT_CORE is 0, which only root could raise again.
 //!
 //! Fail closed: what this kernel cannot provide is found in the parent,
 //! before the run exists, and refuses the launch with a message that names
@@ -337,8 +342,9 @@ pub struct ApplyError {
     pub landlock: bool,
 }
 
-/// Enters the run's Landlock domain and installs the keyring filter.
-/// Raw system calls only: called in the child between clone and exec.
+/// Enters the run's Landlock domain, turns core dumps off for good and
+/// installs the keyring filter. Raw system calls only: called in the child
+/// between clone and exec.
 ///
 /// # Safety
 /// Must be called in the single-threaded child, after no_new_privs is set.
@@ -360,6 +366,18 @@ pub unsafe fn apply(c: &ChildIsolation<'_>) -> Result<(), ApplyError> {
             }
             libc::syscall(libc::SYS_close, c.ruleset);
         }
+        // Lowering a limit cannot fail for a valid resource.
+        let no_core = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_CORE,
+            &no_core as *const libc::rlimit64,
+            std::ptr::null_mut::<libc::rlimit64>(),
+        );
         let prog = SockFprog {
             len: c.keyring_filter.len() as u16,
             filter: c.keyring_filter.as_ptr(),
