@@ -103,6 +103,7 @@ const ATTACKS: &[&str] = &[
     "process_vm_writev",
     "pidfd_getfd",
     "kcmp",
+    "perf_event_open",
     "ptrace-attach",
     "ptrace-seize",
     "kill-0",

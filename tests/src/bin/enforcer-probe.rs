@@ -974,6 +974,28 @@ mod isolation {
             ))
             .map(|r| format!("compared: {r}"))
         });
+        // SAFETY: perf_event_open with a zeroed attr of the size we pass; a
+        // descriptor we get is closed. Sampling another process reads its
+        // registers and user stack.
+        report("perf_event_open", unsafe {
+            let mut attr = [0u64; 16];
+            // type PERF_TYPE_SOFTWARE (1), size 128; config CPU_CLOCK (0);
+            // flags: disabled, exclude_kernel, exclude_hv.
+            attr[0] = 1 | (128 << 32);
+            attr[5] = 1 | (1 << 5) | (1 << 6);
+            syscall_result(libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                pid,
+                -1,
+                -1,
+                0,
+            ))
+            .map(|fd| {
+                libc::close(fd as RawFd);
+                String::from("opened a perf event on it")
+            })
+        });
         // SAFETY: ptrace on the victim; if it lets us in we let go at once.
         report("ptrace-attach", unsafe {
             syscall_result(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0)).map(|_| {
