@@ -12,8 +12,8 @@
 //! - Any Landlock domain restricts ptrace access (`PTRACE_MODE_READ` and
 //!   `ATTACH`) to processes in the same domain or one nested in it. That one
 //!   check is what guards `/proc/PID/{environ,mem,maps,auxv,fd/*,fdinfo/*,
-//!   cwd,root,exe}`, `ptrace`, `process_vm_readv/writev`, `pidfd_getfd` and
-//!   `kcmp`. Each run restricts itself on its own, so two runs are sibling
+//!   cwd,root,exe}`, `ptrace`, `process_vm_readv/writev`, `pidfd_getfd`,
+//!   `kcmp` and `perf_event_open` on another process. Each run restricts itself on its own, so two runs are sibling
 //!   domains and neither reaches the other; processes outside every domain
 //!   (the user's shell, editor, ssh-agent) are out of reach too.
 //! - `LANDLOCK_SCOPE_SIGNAL` (ABI 6) refuses signals (`kill`, `tgkill`,
