@@ -13,9 +13,10 @@
 //!   `ATTACH`) to processes in the same domain or one nested in it. That one
 //!   check is what guards `/proc/PID/{environ,mem,maps,auxv,fd/*,fdinfo/*,
 //!   cwd,root,exe}`, `ptrace`, `process_vm_readv/writev`, `pidfd_getfd`,
-//!   `kcmp` and `perf_event_open` on another process. Each run restricts itself on its own, so two runs are sibling
-//!   domains and neither reaches the other; processes outside every domain
-//!   (the user's shell, editor, ssh-agent) are out of reach too.
+//!   `kcmp` and `perf_event_open` on another process. Each run restricts
+//!   itself on its own, so two runs are sibling domains and neither reaches
+//!   the other; processes outside every domain (the user's shell, editor,
+//!   ssh-agent) are out of reach too.
 //! - `LANDLOCK_SCOPE_SIGNAL` (ABI 6) refuses signals (`kill`, `tgkill`,
 //!   `pidfd_send_signal`, `F_SETOWN` targets) to processes outside the
 //!   domain. Signals the kernel generates are not checked: terminal job
