@@ -109,6 +109,12 @@ pub struct LaunchArgs {
     /// Allow the agent to run as root. A root agent can undo its confinement; avoid.
     #[arg(long)]
     pub allow_root: bool,
+    /// Start even if this kernel cannot isolate the run from the user's other
+    /// processes (needs Landlock ABI 6+ and IPC namespaces). Without that
+    /// isolation, other processes of the agent's user, other runs included,
+    /// can read the agent's environment, memory and connections; avoid.
+    #[arg(long)]
+    pub allow_unisolated: bool,
     /// How long the run's credentials stay usable (e.g. 30m, 3h); overrides
     /// the policy's `[run] ttl`. After it, placeholders stop working.
     #[arg(long, value_name = "DURATION")]

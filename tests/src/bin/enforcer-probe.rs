@@ -56,6 +56,8 @@ fn main() {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         )),
+        // Run isolation (issue 11): see `mod isolation` at the end.
+        a if a.starts_with("iso-") => isolation::run(a, rest),
         other => Err(format!("usage unknown action {other}")),
     };
     match result {
@@ -716,4 +718,561 @@ fn connect_bench(target: &str, n: &str) -> Result<String, String> {
         "ns_per_op {}",
         t.elapsed().as_nanos() / u128::from(n.max(1))
     ))
+}
+
+// ---------------------------------------------------------------------------
+// Run isolation (issue 11). A victim that holds a secret in its environment
+// and in memory and keeps a socket open, and an attacker that tries every way
+// a process of the same user can reach into another one. Kept apart from the
+// network probes above.
+// ---------------------------------------------------------------------------
+mod isolation {
+    use std::{
+        io::{Read as _, Write as _},
+        os::{
+            fd::{AsRawFd as _, RawFd},
+            unix::fs::OpenOptionsExt as _,
+        },
+        time::Duration,
+    };
+
+    use super::{arg, errno_text, last_err};
+
+    pub fn run(action: &str, rest: &[String]) -> Result<String, String> {
+        match action {
+            "iso-victim" => victim(arg(rest, 0), arg(rest, 1)),
+            "iso-attack" => attack(rest),
+            "iso-own-child" => own_child(),
+            "iso-shm-hold" => shm_hold(arg(rest, 0), arg(rest, 1)),
+            "iso-shm-read" => shm_read(arg(rest, 0), arg(rest, 1)),
+            "iso-key-hold" => key_hold(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
+            "iso-key-read" => key_read(arg(rest, 0), arg(rest, 1)),
+            "iso-raise-core" => raise_core(arg(rest, 0)),
+            other => Err(format!("usage unknown action {other}")),
+        }
+    }
+
+    /// `iso-victim VAR DONE_FILE`: keeps the value of $VAR in memory, in a
+    /// private deleted file it holds open, and a TCP connection open (to
+    /// $HTTP_PROXY when set, else to a loopback listener of its own), prints `ready pid=.. fd=.. addr=.. len=..
+    /// secret=..` (for the test to know what to look for),
+    /// waits until DONE_FILE exists, then checks that nothing was done to
+    /// it (no tracer, socket, environment and memory as they were).
+    fn victim(var: &str, done: &str) -> Result<String, String> {
+        let secret = std::env::var(var).map_err(|_| format!("usage ${var} is not set"))?;
+        let held: Vec<u8> = secret.clone().into_bytes();
+        let (_listener, stream) = match std::env::var("HTTP_PROXY")
+            .ok()
+            .and_then(|p| p.strip_prefix("http://").map(String::from))
+        {
+            Some(proxy) => {
+                let a: std::net::SocketAddr = proxy
+                    .trim_end_matches('/')
+                    .parse()
+                    .map_err(|_| format!("usage bad HTTP_PROXY {proxy}"))?;
+                (
+                    None,
+                    std::net::TcpStream::connect(a).map_err(|e| errno_text(&e))?,
+                )
+            }
+            None => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| errno_text(&e))?;
+                let a = l.local_addr().map_err(|e| errno_text(&e))?;
+                (
+                    Some(l),
+                    std::net::TcpStream::connect(a).map_err(|e| errno_text(&e))?,
+                )
+            }
+        };
+        let fd = stream.as_raw_fd();
+        // A private file with the secret, reachable only through our fd.
+        let held_path = format!("{done}.held");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&held_path)
+            .map_err(|e| errno_text(&e))?;
+        (&file)
+            .write_all(secret.as_bytes())
+            .map_err(|e| errno_text(&e))?;
+        std::fs::remove_file(&held_path).map_err(|e| errno_text(&e))?;
+        println!(
+            "ready pid={} fd={fd} file={} addr={:#x} len={} secret={secret}",
+            std::process::id(),
+            file.as_raw_fd(),
+            held.as_ptr() as usize,
+            held.len()
+        );
+        let _ = std::io::stdout().flush();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !std::path::Path::new(done).exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(String::from("timed out waiting for the done file"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| errno_text(&e))?;
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string();
+        // SAFETY: fcntl on a descriptor we own.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        let env_same = std::env::var(var).ok().as_deref() == Some(secret.as_str());
+        let mem_same = held == secret.as_bytes();
+        if tracer == "0" && open && env_same && mem_same {
+            Ok(String::from("victim intact"))
+        } else {
+            Err(format!(
+                "victim disturbed tracer={tracer} socket_open={open} env_same={env_same} \
+                 mem_same={mem_same}"
+            ))
+        }
+    }
+
+    fn field<'a>(rest: &'a [String], key: &str) -> Result<&'a str, String> {
+        rest.iter()
+            .find_map(|a| a.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .ok_or_else(|| format!("usage missing {key}=..."))
+    }
+
+    fn syscall_result(r: libc::c_long) -> Result<libc::c_long, String> {
+        if r < 0 { Err(last_err()) } else { Ok(r) }
+    }
+
+    /// `iso-attack pid=P fd=N file=F addr=A len=L marker=M`: every way into
+    /// process P (N: a socket, F: a file only it can reach), one line each (`attack NAME refused ...` or `attack NAME GOT ...`);
+    /// fails if any got through. SIGKILL comes last.
+    fn attack(rest: &[String]) -> Result<String, String> {
+        let pid: i32 = field(rest, "pid")?.parse().map_err(|_| "usage bad pid")?;
+        let fd: i32 = field(rest, "fd")?.parse().map_err(|_| "usage bad fd")?;
+        let file: i32 = field(rest, "file")?.parse().map_err(|_| "usage bad file")?;
+        let addr = usize::from_str_radix(field(rest, "addr")?.trim_start_matches("0x"), 16)
+            .map_err(|_| "usage bad addr")?;
+        let len: usize = field(rest, "len")?.parse().map_err(|_| "usage bad len")?;
+        let marker = field(rest, "marker")?.as_bytes().to_vec();
+        let contains = |hay: &[u8]| hay.windows(marker.len()).any(|w| w == marker.as_slice());
+        let proc_ = |what: &str| format!("/proc/{pid}/{what}");
+        let mut got = Vec::new();
+        let mut report = |name: &str, r: Result<String, String>| {
+            match r {
+                Ok(detail) => {
+                    println!("attack {name} GOT {detail}");
+                    got.push(name.to_string());
+                }
+                Err(e) => println!("attack {name} refused {e}"),
+            }
+            let _ = std::io::stdout().flush();
+        };
+        let read = |path: String| {
+            std::fs::read(&path)
+                .map(|b| format!("{} bytes, secret inside: {}", b.len(), contains(&b)))
+                .map_err(|e| errno_text(&e))
+        };
+        let link = |path: String| {
+            std::fs::read_link(&path)
+                .map(|l| l.display().to_string())
+                .map_err(|e| errno_text(&e))
+        };
+        report("environ", read(proc_("environ")));
+        report("task-environ", read(proc_(&format!("task/{pid}/environ"))));
+        report("cmdline-free-of-secret", {
+            // Readable by design (as for any user); it must not hold the secret.
+            match std::fs::read(proc_("cmdline")) {
+                Ok(b) if contains(&b) => Ok(String::from("secret in cmdline")),
+                Ok(_) => Err(String::from("no secret")),
+                Err(e) => Err(errno_text(&e)),
+            }
+        });
+        report(
+            "mem",
+            std::fs::File::open(proc_("mem"))
+                .map_err(|e| errno_text(&e))
+                .map(|f| {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut buf = vec![0u8; len];
+                    match f.read_at(&mut buf, addr as u64) {
+                        Ok(_) => format!("opened, secret read: {}", contains(&buf)),
+                        Err(e) => format!("opened, read {}", errno_text(&e)),
+                    }
+                }),
+        );
+        report("maps", read(proc_("maps")));
+        report("auxv", read(proc_("auxv")));
+        report("fd-link", link(proc_(&format!("fd/{fd}"))));
+        report("fdinfo", read(proc_(&format!("fdinfo/{fd}"))));
+        report(
+            "fd-open",
+            std::fs::File::open(proc_(&format!("fd/{file}")))
+                .and_then(|mut f| {
+                    let mut b = Vec::new();
+                    f.read_to_end(&mut b).map(|_| b)
+                })
+                .map(|b| format!("reopened its private file, secret inside: {}", contains(&b)))
+                .map_err(|e| errno_text(&e)),
+        );
+        report("cwd", link(proc_("cwd")));
+        report("root", link(proc_("root")));
+        report("exe", link(proc_("exe")));
+        // SAFETY: process_vm_* with iovecs over our own buffer; the remote
+        // side is checked by the kernel.
+        report("process_vm_readv", unsafe {
+            let mut buf = vec![0u8; len];
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            let remote = libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len,
+            };
+            syscall_result(libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) as libc::c_long)
+                .map(|n| format!("{n} bytes, secret read: {}", contains(&buf)))
+        });
+        // SAFETY: as above; writes the victim's own bytes back if it can.
+        report("process_vm_writev", unsafe {
+            let mut buf = marker.clone();
+            buf.resize(len, 0);
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: len.min(marker.len()),
+            };
+            let remote = libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len.min(marker.len()),
+            };
+            syscall_result(libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) as libc::c_long)
+                .map(|n| format!("wrote {n} bytes"))
+        });
+        // SAFETY: raw pidfd system calls; descriptors we get are closed.
+        report("pidfd_getfd", unsafe {
+            syscall_result(libc::syscall(libc::SYS_pidfd_open, pid, 0)).and_then(|pidfd| {
+                let r = syscall_result(libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0));
+                libc::close(pidfd as RawFd);
+                r.map(|stolen| {
+                    let l = std::fs::read_link(format!("/proc/self/fd/{stolen}"))
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    libc::close(stolen as RawFd);
+                    format!("took fd {fd}: {l}")
+                })
+            })
+        });
+        // SAFETY: kcmp compares two processes' file tables; no memory is passed.
+        report("kcmp", unsafe {
+            syscall_result(libc::syscall(
+                libc::SYS_kcmp,
+                std::process::id(),
+                pid,
+                2, // KCMP_FILES
+                0,
+                0,
+            ))
+            .map(|r| format!("compared: {r}"))
+        });
+        // SAFETY: perf_event_open with a zeroed attr of the size we pass; a
+        // descriptor we get is closed. Sampling another process reads its
+        // registers and user stack.
+        report("perf_event_open", unsafe {
+            let mut attr = [0u64; 16];
+            // type PERF_TYPE_SOFTWARE (1), size 128; config CPU_CLOCK (0);
+            // flags: disabled, exclude_kernel, exclude_hv.
+            attr[0] = 1 | (128 << 32);
+            attr[5] = 1 | (1 << 5) | (1 << 6);
+            syscall_result(libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                pid,
+                -1,
+                -1,
+                0,
+            ))
+            .map(|fd| {
+                libc::close(fd as RawFd);
+                String::from("opened a perf event on it")
+            })
+        });
+        // SAFETY: ptrace on the victim; if it lets us in we let go at once.
+        report("ptrace-attach", unsafe {
+            syscall_result(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0)).map(|_| {
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, libc::__WALL);
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                String::from("attached")
+            })
+        });
+        // SAFETY: as above.
+        report("ptrace-seize", unsafe {
+            syscall_result(libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0)).map(|_| {
+                let mut st = 0;
+                libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
+                libc::waitpid(pid, &mut st, libc::__WALL);
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                String::from("seized")
+            })
+        });
+        // SAFETY: signal 0 only checks permission.
+        report("kill-0", unsafe {
+            syscall_result(libc::kill(pid, 0) as libc::c_long).map(|_| String::from("may signal"))
+        });
+        // SAFETY: pidfd_send_signal with signal 0: a permission check.
+        report("pidfd_send_signal-0", unsafe {
+            syscall_result(libc::syscall(libc::SYS_pidfd_open, pid, 0)).and_then(|pidfd| {
+                let r = syscall_result(libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    0,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ));
+                libc::close(pidfd as RawFd);
+                r.map(|_| String::from("may signal"))
+            })
+        });
+        // SAFETY: the real thing, last.
+        report("kill-SIGKILL", unsafe {
+            syscall_result(libc::kill(pid, libc::SIGKILL) as libc::c_long)
+                .map(|_| String::from("killed"))
+        });
+        if got.is_empty() {
+            Ok(String::from("every attack refused"))
+        } else {
+            Err(format!("got through: {}", got.join(" ")))
+        }
+    }
+
+    /// `iso-own-child`: what a debugger or a supervisor does to its own
+    /// child (read its environment and memory, trace it, signal it) must
+    /// keep working inside a run.
+    fn own_child() -> Result<String, String> {
+        let marker = b"own-child-marker";
+        // SAFETY: fork in a single-threaded program; the child only sleeps.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            return Err(last_err());
+        }
+        if child == 0 {
+            std::thread::sleep(Duration::from_secs(30));
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut failed = Vec::new();
+        let mut check = |name: &str, ok: Result<(), String>| match ok {
+            Ok(()) => println!("own-child {name} ok"),
+            Err(e) => {
+                println!("own-child {name} failed {e}");
+                failed.push(name.to_string());
+            }
+        };
+        check(
+            "environ",
+            std::fs::read(format!("/proc/{child}/environ"))
+                .map(drop)
+                .map_err(|e| errno_text(&e)),
+        );
+        // SAFETY: reading our own marker from the child's copy of our memory.
+        check("process_vm_readv", unsafe {
+            let mut buf = [0u8; 16];
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: marker.as_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            syscall_result(libc::process_vm_readv(child, &local, 1, &remote, 1, 0) as libc::c_long)
+                .and_then(|_| {
+                    if &buf == marker {
+                        Ok(())
+                    } else {
+                        Err(String::from("wrong bytes"))
+                    }
+                })
+        });
+        // SAFETY: tracing our own child, then letting it go.
+        check("ptrace-attach", unsafe {
+            syscall_result(libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0)).map(|_| {
+                let mut st = 0;
+                libc::waitpid(child, &mut st, libc::__WALL);
+                libc::ptrace(libc::PTRACE_DETACH, child, 0, 0);
+            })
+        });
+        // SAFETY: signalling our own child.
+        check("kill-SIGTERM", unsafe {
+            syscall_result(libc::kill(child, libc::SIGTERM) as libc::c_long).map(drop)
+        });
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, &mut st, 0) };
+        check(
+            "terminated",
+            if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM {
+                Ok(())
+            } else {
+                Err(format!("status {st:#x}"))
+            },
+        );
+        if failed.is_empty() {
+            Ok(String::from("own child reachable"))
+        } else {
+            Err(format!("own child unreachable: {}", failed.join(" ")))
+        }
+    }
+
+    fn wait_for(done: &str) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !std::path::Path::new(done).exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(String::from("timed out waiting for the done file"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `iso-shm-hold VAR DONE_FILE`: puts $VAR in a System V shared memory
+    /// segment only its user may read (0600), prints `ready shm=ID`, and
+    /// removes the segment once DONE_FILE exists.
+    fn shm_hold(var: &str, done: &str) -> Result<String, String> {
+        let secret = std::env::var(var).map_err(|_| format!("usage ${var} is not set"))?;
+        // SAFETY: a new private segment, attached, written within its size,
+        // detached and removed.
+        unsafe {
+            let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+            if id < 0 {
+                return Err(last_err());
+            }
+            let p = libc::shmat(id, std::ptr::null(), 0);
+            if p as isize == -1 {
+                return Err(last_err());
+            }
+            std::ptr::copy_nonoverlapping(secret.as_ptr(), p.cast::<u8>(), secret.len().min(4096));
+            println!("ready shm={id}");
+            let _ = std::io::stdout().flush();
+            let waited = wait_for(done);
+            libc::shmdt(p);
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            waited.map(|()| String::from("shm removed"))
+        }
+    }
+
+    /// `iso-shm-read ID MARKER`: attaches segment ID (and reports whether
+    /// /proc/sysvipc/shm lists it).
+    fn shm_read(id: &str, marker: &str) -> Result<String, String> {
+        let id: i32 = id.parse().map_err(|_| "usage bad id")?;
+        let listed = std::fs::read_to_string("/proc/sysvipc/shm")
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .any(|l| l.split_whitespace().nth(1) == Some(&id.to_string()))
+            })
+            .unwrap_or(false);
+        // SAFETY: attach read-only, read within the segment's 4096 bytes, detach.
+        unsafe {
+            let p = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
+            if p as isize == -1 {
+                let e = last_err();
+                let listed = if listed { "listed" } else { "not listed" };
+                return Err(format!("{listed}, not attached: {e}"));
+            }
+            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), marker.len());
+            let got = bytes == marker.as_bytes();
+            libc::shmdt(p);
+            if got {
+                Ok(String::from("GOT the secret from the segment"))
+            } else {
+                Ok(String::from("GOT attached, other bytes"))
+            }
+        }
+    }
+
+    const KEY_SPEC_USER_KEYRING: i32 = -4;
+    const KEYCTL_INVALIDATE: i32 = 21;
+    const KEYCTL_SEARCH: i32 = 10;
+    const KEYCTL_READ: i32 = 11;
+
+    /// `iso-key-hold DESC VAR DONE_FILE`: adds $VAR as a `user` key named
+    /// DESC to its user keyring, prints `ready key=ID`, and invalidates it
+    /// once DONE_FILE exists.
+    fn key_hold(desc: &str, var: &str, done: &str) -> Result<String, String> {
+        let secret = std::env::var(var).map_err(|_| format!("usage ${var} is not set"))?;
+        let desc_c = std::ffi::CString::new(desc).map_err(|_| "usage bad description")?;
+        // SAFETY: add_key with valid strings and payload.
+        let id = unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                desc_c.as_ptr(),
+                secret.as_ptr(),
+                secret.len(),
+                KEY_SPEC_USER_KEYRING,
+            )
+        };
+        if id < 0 {
+            return Err(last_err());
+        }
+        println!("ready key={id}");
+        let _ = std::io::stdout().flush();
+        let waited = wait_for(done);
+        // SAFETY: invalidating our own key.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id) };
+        waited.map(|()| String::from("key invalidated"))
+    }
+
+    /// `iso-key-read DESC MARKER`: searches its user keyring for DESC and
+    /// reads the key.
+    fn key_read(desc: &str, marker: &str) -> Result<String, String> {
+        let desc_c = std::ffi::CString::new(desc).map_err(|_| "usage bad description")?;
+        // SAFETY: keyctl search and read into a buffer of the size we pass.
+        unsafe {
+            let id = syscall_result(libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_SEARCH,
+                KEY_SPEC_USER_KEYRING,
+                c"user".as_ptr(),
+                desc_c.as_ptr(),
+                0,
+            ))?;
+            let mut buf = [0u8; 256];
+            let n = syscall_result(libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_READ,
+                id,
+                buf.as_mut_ptr(),
+                buf.len(),
+            ))?;
+            let got = &buf[..(n as usize).min(buf.len())];
+            Ok(format!(
+                "GOT key {id}, secret: {}",
+                got == marker.as_bytes()
+            ))
+        }
+    }
+
+    /// `iso-raise-core PID`: raises PID's core dump limit to unlimited, the
+    /// first step to making it dump its memory into a file of the user's.
+    fn raise_core(pid: &str) -> Result<String, String> {
+        let pid: i32 = pid.parse().map_err(|_| "usage bad pid")?;
+        let unlimited = libc::rlimit64 {
+            rlim_cur: libc::RLIM64_INFINITY,
+            rlim_max: libc::RLIM64_INFINITY,
+        };
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 with pointers to live structs.
+        let r = unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &unlimited, &mut old) };
+        syscall_result(libc::c_long::from(r)).map(|_| {
+            format!(
+                "GOT core limit of {pid} raised from {}/{}",
+                old.rlim_cur, old.rlim_max
+            )
+        })
+    }
 }

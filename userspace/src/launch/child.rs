@@ -1,9 +1,11 @@
 //! Starting the agent. clone3(CLONE_INTO_CGROUP) creates the child directly
 //! inside the run's cgroup (no migration: that costs 10+ ms and leaves a
 //! window), and before exec, in code of ours, the child drops to the target
-//! user with their groups, sets no_new_privs, installs the seccomp filter,
-//! hands its listener to the enforcer and marks every inherited fd beyond
-//! stdio close-on-exec.
+//! user with their groups, sets no_new_privs, isolates itself from the
+//! user's other processes (see `isolation`: a Landlock domain of its own, a
+//! keyring filter; the clone gives it an IPC namespace of its own), installs
+//! the seccomp filter, hands its listener to the enforcer and marks every
+//! inherited fd beyond stdio close-on-exec.
 //!
 //! The child is a raw clone of a multi-threaded process that glibc knows
 //! nothing about, so it only makes raw system calls on memory prepared
@@ -20,7 +22,7 @@ use std::{
     path::PathBuf,
 };
 
-use super::{seccomp, target_user::TargetUser};
+use super::{isolation, seccomp, target_user::TargetUser};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
@@ -49,6 +51,8 @@ pub struct ChildSpec<'a> {
     /// The run's cgroup directory (the child is created inside it).
     pub cgroup: BorrowedFd<'a>,
     pub seccomp: seccomp::FilterOptions,
+    /// What isolates the run from the user's other processes.
+    pub isolation: &'a isolation::Isolation,
     /// A pseudo-terminal for the agent: its fd, and which of fds 0..2 it
     /// becomes. The agent then runs in a session of its own with it as the
     /// controlling terminal.
@@ -66,7 +70,7 @@ pub struct Started {
 }
 
 /// Stages of the child's setup, reported through the error pipe.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 11] = [
     "dropping supplementary groups",
     "setting the group id",
     "setting the user id",
@@ -76,7 +80,13 @@ const STAGES: [&str; 9] = [
     "handing over the seccomp listener",
     "attaching the agent's terminal",
     "executing the program",
+    "entering the run's Landlock domain",
+    "installing the keyring filter",
 ];
+/// The stage whose failure is the program's own (not found, not executable).
+const EXEC_STAGE: usize = 8;
+const LANDLOCK_STAGE: usize = 9;
+const KEYRING_STAGE: usize = 10;
 
 #[repr(C)]
 #[derive(Default)]
@@ -131,6 +141,7 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
     let mut envp: Vec<*const libc::c_char> = envp_owned.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
     let filter = seccomp::build(spec.seccomp);
+    let isolation = spec.isolation.for_child();
     let groups: Vec<libc::gid_t> = spec.user.groups.clone();
     let (uid, gid) = (spec.user.uid, spec.user.gid);
     let (err_read, err_write) = pipe().map_err(ChildError::Clone)?;
@@ -138,7 +149,7 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
 
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
+        flags: CLONE_INTO_CGROUP | CLONE_PIDFD | spec.isolation.clone_flags(),
         pidfd: (&mut pidfd as *mut RawFd) as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: spec.cgroup.as_raw_fd() as u64,
@@ -161,6 +172,7 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
             uid,
             gid,
             filter: &filter,
+            isolation,
             listener_sock: theirs.as_raw_fd(),
             err_pipe: err_write.as_raw_fd(),
             terminal: spec.terminal,
@@ -185,7 +197,7 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         reap(pid);
         let source = io::Error::from_raw_os_error(errno);
-        if stage == STAGES.len() - 1 {
+        if stage == EXEC_STAGE {
             return Err(ChildError::Spawn {
                 program: spec.program,
                 source,
@@ -263,6 +275,7 @@ struct ChildSetup<'a> {
     uid: u32,
     gid: u32,
     filter: &'a [seccomp::SockFilter],
+    isolation: isolation::ChildIsolation<'a>,
     listener_sock: RawFd,
     err_pipe: RawFd,
     terminal: Option<(RawFd, [bool; 3])>,
@@ -285,6 +298,12 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
             libc::abort()
         };
         let errno = || -> i64 { i64::from(*libc::__errno_location()) };
+        // Until exec this process is a copy of enforcer's memory (real keys,
+        // the run CA's key): not dumpable, so not even a process of the
+        // agent's user outside any run can read it once we are that user,
+        // whatever fs.suid_dumpable says. exec makes the agent dumpable
+        // again (to its own run: see `isolation`).
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // Signals: default dispositions for what Rust ignores (SIGPIPE), empty mask.
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
@@ -334,6 +353,19 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
         if libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(4, errno());
         }
+        // As the target user, before anything of the agent's runs: from
+        // here on nothing of this process tree can reach another run or
+        // the user's other processes.
+        if let Err(e) = isolation::apply(&s.isolation) {
+            fail(
+                if e.landlock {
+                    LANDLOCK_STAGE
+                } else {
+                    KEYRING_STAGE
+                },
+                i64::from(e.errno),
+            );
+        }
         let listener = match seccomp::install(s.filter) {
             Ok(fd) => fd,
             Err(e) => fail(5, i64::from(e)),
@@ -352,7 +384,7 @@ unsafe fn child_main(s: &ChildSetup<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
         libc::syscall(libc::SYS_execve, s.program, s.argv, s.envp);
-        fail(8, errno())
+        fail(EXEC_STAGE, errno())
     }
 }
 

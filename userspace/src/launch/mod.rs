@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod command;
+pub mod isolation;
 pub mod seccomp;
 pub mod signals;
 pub mod supervisor;
@@ -62,6 +63,8 @@ pub enum LaunchError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Child(#[from] child::ChildError),
+    #[error(transparent)]
+    Isolation(#[from] isolation::IsolationError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
@@ -168,6 +171,13 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         .split_first()
         .ok_or(command::CommandError::Empty)?;
     let program = command::resolve(cmd, std::env::var_os("PATH").as_deref())?;
+    // What isolates this run from the user's other processes (other runs
+    // included) is checked before anything exists: a kernel that cannot
+    // provide it stops the launch here, unless the user says otherwise.
+    let isolation = isolation::Isolation::prepare(&user.name, args.allow_unisolated)?;
+    if !isolation.missing.is_empty() {
+        eprintln!("{}", isolation::warning(&user.name, &isolation.missing));
+    }
     if user.is_root() {
         eprintln!(
             "enforcer: WARNING: the agent runs as ROOT (--allow-root). A root agent can detach \
@@ -285,6 +295,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         trust_env: trust.env(),
         upstream_tls,
         user,
+        isolation,
         program,
         argv0: cmd.clone(),
         args: cmd_args.to_vec(),
@@ -338,6 +349,7 @@ struct Plan {
     trust_env: Vec<(String, PathBuf)>,
     upstream_tls: rustls::ClientConfig,
     user: target_user::TargetUser,
+    isolation: isolation::Isolation,
     program: PathBuf,
     argv0: OsString,
     args: Vec<OsString>,
@@ -459,6 +471,7 @@ async fn supervise(
             unix_sockets: !unix.is_empty(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
+        isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
     };
     eprintln!(
