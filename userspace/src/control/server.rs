@@ -13,7 +13,7 @@ use tokio::{
 
 use super::protocol::{Request, Response, Status};
 use crate::{
-    decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     secrets::{Access, Secrets},
 };
 
@@ -85,13 +85,12 @@ async fn handle(stream: UnixStream, ctx: ControlContext) {
             .and_then(|p| u32::try_from(p).ok());
         let mut d = Decision::new(
             Layer::Control,
-            Verdict::Deny,
+            Cause::ForgedApproval,
             format!(
                 "the run's control socket was used by uid {uid}{}: only root may answer approvals or control a run",
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             ),
-        )
-        .alarm(Alarm::ForgedApproval);
+        );
         if let Some(p) = pid {
             d = d.process(p, comm_of(p));
         }
@@ -145,9 +144,9 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 }
                 .to_string(),
                 ttl_left_secs: ctx.secrets.ttl_left().map(|d| d.as_secs()),
-                allowed: t.allowed,
-                denied: t.denied,
-                asked: t.asked,
+                allowed: t.counts.requests_allowed,
+                denied: t.counts.refused(),
+                asked: t.counts.requests_asked,
                 spent_usd: ctx.spend.ledger.run_spent() as f64
                     / crate::spend::MICROS_PER_USD as f64,
                 tripped: ctx
@@ -179,7 +178,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Control,
-                        Verdict::Allow,
+                        Cause::Allowed,
                         format!("loop breaker reset by root ({cleared} call(s))"),
                     )
                     .host("run"),
@@ -217,8 +216,8 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Control,
-                        Verdict::Deny,
-                        "credentials revoked by root (enforcer revoke)",
+                        Cause::CredentialsRevoked,
+                        "by root (enforcer revoke): placeholders no longer work",
                     )
                     .host("run"),
                 );

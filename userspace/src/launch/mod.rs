@@ -23,7 +23,7 @@ use crate::{
     approval::{ApprovalHub, ApproverMode, terminal::Terminal},
     cli::Approver,
     cli::LaunchArgs,
-    decision::{Decision, DecisionSink, Layer, LogMode, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer, LogMode},
     dns::{self, Resolver},
     kernel::{
         Enforcement, KernelConfig, RunCgroup,
@@ -395,7 +395,8 @@ async fn supervise(
 
     let record_kernel = {
         let sink = sink.clone();
-        move |e: KernelEvent| sink.record(&kernel_decision(&e))
+        let resolver = Arc::clone(&plan.resolver);
+        move |e: KernelEvent| sink.record(&kernel_decision(&e, &resolver.names))
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events_task(ring, record_kernel.clone()));
@@ -578,14 +579,28 @@ async fn events_task(
     }
 }
 
-fn kernel_decision(e: &KernelEvent) -> Decision {
+/// The decision for a refusal the kernel (or the seccomp supervisor)
+/// reported. getaddrinfo's UDP `connect()` to an address the resolver
+/// handed out (it sorts addresses that way; no datagram follows) is a
+/// benign probe: refused all the same, but not counted or printed.
+fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
     let reason =
         if e.reason_code == enforcer_common::Reason::UnixPathRefused as u32 && e.path.is_none() {
             "unix sockets are refused: the policy lists none ([local] unix_sockets)"
         } else {
             e.reason
         };
-    let mut d = Decision::new(Layer::Kernel, Verdict::Deny, reason).process(e.pid, e.comm.clone());
+    let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
+        && e.addr.is_some_and(|a| names.name_for(a).is_some());
+    let (cause, reason) = if sort_probe {
+        (
+            Cause::BenignProbe,
+            "getaddrinfo's UDP connect() to sort the addresses the resolver gave (refused; no datagram is sent)",
+        )
+    } else {
+        (Cause::Kernel, reason)
+    };
+    let mut d = Decision::new(Layer::Kernel, cause, reason).process(e.pid, e.comm.clone());
     if let Some(a) = e.addr {
         d = d.host(a.to_string());
         if e.port != 0 {
@@ -686,6 +701,7 @@ fn approvers(
         }
         Approver::Terminal | Approver::Socket | Approver::None => None,
     };
+    hub.set_terminal(terminal.is_some());
     if approver == Approver::None && asks {
         eprintln!(
             "enforcer: note: --approver none: every request that needs an approval is denied"
@@ -735,12 +751,9 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<(), La
                 started_at: None,
                 ended_at: None,
                 exit_code: Some(code),
-                allowed: t.allowed,
-                denied: t.denied,
-                asked: t.asked,
+                counts: t.counts,
                 top_refused: t.top_refused(crate::audit::TOP_REFUSED),
                 spend_usd: 0.0,
-                exfiltration_attempts: t.exfiltration_attempts,
                 db_path: String::from("(none: --no-audit)"),
             }
         }
@@ -799,11 +812,11 @@ fn plan_ca_lifetime(policy: &Policy) -> Duration {
 async fn expiry(left: Duration, kill: bool, cgroup: PathBuf, sink: DecisionSink) {
     tokio::time::sleep(left).await;
     let reason = if kill {
-        "credentials expired (TTL); --kill-on-expiry: ending the run"
+        "the run's TTL has passed; --kill-on-expiry: ending the run"
     } else {
-        "credentials expired (TTL): placeholders no longer work"
+        "the run's TTL has passed: placeholders no longer work"
     };
-    sink.record(&Decision::new(Layer::Control, Verdict::Deny, reason).host("run"));
+    sink.record(&Decision::new(Layer::Control, Cause::CredentialsExpired, reason).host("run"));
     if kill {
         let _ = tokio::task::spawn_blocking(move || {
             crate::kernel::cgroup::kill_all(&cgroup, Duration::from_secs(10))

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     approval::ApprovalHub,
-    decision::{Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     dns::Resolver,
     kernel::origdst::OrigDstTable,
     policy::Policy,
@@ -37,18 +37,19 @@ impl ProxyContext {
     /// Records that a connection to `name:port` is intercepted under the
     /// `[[host]]` entry `host`: its requests are decided one by one.
     pub fn record_interception(&self, name: &str, port: u16, host: usize) {
+        let entry = self.policy.hosts.get(host);
         self.sink.record(
             &Decision::new(
                 Layer::Connection,
-                Verdict::Allow,
+                Cause::Intercepted,
                 "intercepted: requests are checked one by one",
             )
             .host(name.to_string())
             .port(port)
-            .rule(format!(
-                "host {}",
-                self.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-            )),
+            .rule(
+                format!("host {}", entry.map_or("?", |h| h.name.as_str())),
+                entry.map(|h| h.line),
+            ),
         );
     }
 }

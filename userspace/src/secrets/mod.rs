@@ -198,6 +198,18 @@ impl Secrets {
         self.revoked_at.lock().ok().and_then(|a| *a)
     }
 
+    /// `text` with every placeholder shown as `<NAME>` (for people: the
+    /// approval prompt, previews).
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.list {
+            if out.contains(&s.placeholder) {
+                out = out.replace(&s.placeholder, &format!("<{}>", s.name));
+            }
+        }
+        out
+    }
+
     /// Longest placeholder (for streaming scans).
     pub fn longest_placeholder(&self) -> usize {
         self.list
