@@ -154,6 +154,24 @@ impl Server {
                     let c = unsafe { OwnedFd::from_raw_fd(c) };
                     let cred = peer_cred(&c);
                     accepted.lock().expect("lock").push(cred);
+                    // The client's line first (closing before it arrives
+                    // would fail its write), then the answer.
+                    let tv = libc::timeval {
+                        tv_sec: 2,
+                        tv_usec: 0,
+                    };
+                    let mut buf = [0u8; 256];
+                    // SAFETY: setsockopt with a timeval; recv into our buffer.
+                    unsafe {
+                        libc::setsockopt(
+                            c.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_RCVTIMEO,
+                            (&tv as *const libc::timeval).cast(),
+                            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                        );
+                        libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                    }
                     let line = format!("uid={} gid={}\n", cred.uid, cred.gid);
                     // SAFETY: write on our own socket.
                     unsafe { libc::write(c.as_raw_fd(), line.as_ptr().cast(), line.len()) };

@@ -4,10 +4,12 @@
 
 pub mod child;
 pub mod command;
+pub mod connector;
 pub mod seccomp;
 pub mod signals;
 pub mod supervisor;
 pub mod target_user;
+pub mod unix_list;
 pub mod watchdog;
 
 use std::{
@@ -63,6 +65,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Child(#[from] child::ChildError),
     #[error(transparent)]
+    UnixList(#[from] unix_list::UnixListError),
+    #[error(transparent)]
+    Connector(#[from] connector::ConnectorError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
@@ -89,7 +95,7 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
             | Self::BadDuration { .. }
@@ -159,6 +165,17 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
                 gids: &gids,
             },
         )?;
+    }
+    // Listed unix sockets are resolved now, before the agent exists.
+    let (unix, notes) = unix_list::UnixAllowlist::resolve(
+        &policy.local.unix_sockets,
+        unix_list::AgentIds {
+            uid: user.uid,
+            gids: &gids,
+        },
+    )?;
+    for n in notes {
+        eprintln!("enforcer: note: {n}");
     }
     let (cmd, cmd_args) = args
         .command
@@ -291,6 +308,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         approvals,
         terminal,
         spend,
+        unix,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
@@ -345,6 +363,8 @@ struct Plan {
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
     spend: Arc<crate::spend::SpendControl>,
+    /// The policy's unix sockets, resolved at start.
+    unix: unix_list::UnixAllowlist,
 }
 
 enum Outcome {
@@ -361,6 +381,16 @@ async fn supervise(
     sink: DecisionSink,
     t0: std::time::Instant,
 ) -> Result<Outcome, LaunchError> {
+    // The connector (supervised connects, as the agent) starts first: its
+    // exec overlaps with loading the kernel programs.
+    let connector = if plan.unix.is_empty() {
+        None
+    } else {
+        Some(connector::Connector::spawn(
+            cgroup.dir().as_fd(),
+            &plan.user,
+        )?)
+    };
     let listeners = Listeners::bind()
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
@@ -442,9 +472,19 @@ async fn supervise(
         return Err(LaunchError::Interrupted);
     }
 
-    let unix = Arc::new(supervisor::UnixAllowlist::from_policy(
-        &plan.policy.local.unix_sockets,
-    ));
+    let connects = match connector {
+        Some(c) => {
+            if let Err(e) = c.wait_ready(Duration::from_secs(5)) {
+                enforcement.detach()?;
+                return Err(e.into());
+            }
+            Some(Arc::new(supervisor::Connects {
+                list: plan.unix.clone(),
+                connector: c,
+            }))
+        }
+        None => None,
+    };
     let spec = child::ChildSpec {
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
@@ -453,7 +493,7 @@ async fn supervise(
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
-            unix_sockets: !unix.is_empty(),
+            unix_sockets: connects.is_some(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
@@ -500,12 +540,11 @@ async fn supervise(
     // The seccomp supervisor runs on its own thread (it blocks in ioctl).
     let (stop_read, stop_write) = stop_pipe().map_err(io_err("cannot create a pipe"))?;
     let supervisor_thread = {
-        let record = record_kernel.clone();
-        let unix = Arc::clone(&unix);
+        let record: supervisor::Report = Arc::new(record_kernel.clone());
         let listener = started.listener;
         std::thread::Builder::new()
             .name("seccomp".into())
-            .spawn(move || supervisor::serve(listener, stop_read, unix, record))
+            .spawn(move || supervisor::serve(listener, stop_read, connects, record))
             .map_err(io_err("cannot start the seccomp supervisor"))?
     };
 
@@ -563,12 +602,17 @@ async fn events_task(
 }
 
 fn kernel_decision(e: &KernelEvent) -> Decision {
-    let reason =
-        if e.reason_code == enforcer_common::Reason::UnixPathRefused as u32 && e.path.is_none() {
-            "unix sockets are refused: the policy lists none ([local] unix_sockets)"
-        } else {
-            e.reason
-        };
+    let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
+    let reason = if unix_refused && e.path.is_none() {
+        // socket() or socketpair(): a datagram type, or any unix socket
+        // when none is listed.
+        match e.sock_type & 0xf {
+            1 | 5 => "unix sockets are refused: the policy lists none ([local] unix_sockets)",
+            _ => "unix datagram sockets are refused (where each datagram goes cannot be checked)",
+        }
+    } else {
+        e.reason
+    };
     let mut d = Decision::new(Layer::Kernel, Verdict::Deny, reason).process(e.pid, e.comm.clone());
     if let Some(a) = e.addr {
         d = d.host(a.to_string());
