@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_e2e::{Launch, files};
+use enforcer_e2e::{Launch, TestHost, files};
 
 /// uid and gid of `nobody`, the agent.
 fn nobody() -> (u32, u32) {
@@ -64,10 +64,19 @@ fn policy(sockets: &[String]) -> String {
 
 const DENY_ALL: &str = "[run]\nname = \"deny-all\"\n";
 
+/// Who connected, as the server saw it.
+#[derive(Debug, Clone)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    /// The peer pid's cgroup when it connected.
+    cgroup: String,
+}
+
 /// A stream (or seqpacket) listener of the test's that answers each
 /// connection with what SO_PEERCRED says about its peer.
 struct Server {
-    accepted: Arc<Mutex<Vec<libc::ucred>>>,
+    accepted: Arc<Mutex<Vec<Peer>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: Option<PathBuf>,
@@ -131,7 +140,7 @@ impl Server {
     fn serve(fd: OwnedFd) -> Self {
         // SAFETY: fcntl on our own fd.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let accepted: Arc<Mutex<Vec<libc::ucred>>> = Arc::default();
+        let accepted: Arc<Mutex<Vec<Peer>>> = Arc::default();
         let stop: Arc<AtomicBool> = Arc::default();
         let thread = {
             let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
@@ -153,7 +162,12 @@ impl Server {
                     // SAFETY: accept4 returned a new fd we own.
                     let c = unsafe { OwnedFd::from_raw_fd(c) };
                     let cred = peer_cred(&c);
-                    accepted.lock().expect("lock").push(cred);
+                    accepted.lock().expect("lock").push(Peer {
+                        uid: cred.uid,
+                        gid: cred.gid,
+                        cgroup: std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid))
+                            .unwrap_or_default(),
+                    });
                     // The client's line first (closing before it arrives
                     // would fail its write), then the answer.
                     let tv = libc::timeval {
@@ -186,7 +200,7 @@ impl Server {
         }
     }
 
-    fn accepted(&self) -> Vec<libc::ucred> {
+    fn accepted(&self) -> Vec<Peer> {
         self.accepted.lock().expect("lock").clone()
     }
 
@@ -432,6 +446,120 @@ fn the_server_sees_the_agents_uid_not_root() {
     let got = server.accepted();
     assert_eq!(got.len(), 1, "{out:?}");
     assert_eq!((got[0].uid, got[0].gid), (uid, gid), "SO_PEERCRED");
+    // The peer process is one of the run's (the connector, in the run's
+    // cgroup), not enforcer (in the invoking user's session).
+    let run_id = out.run_id.as_deref().expect("run id");
+    assert!(
+        got[0].cgroup.contains(&format!("/enforcer/{run_id}")),
+        "the peer's cgroup: {}",
+        got[0].cgroup
+    );
+}
+
+#[test]
+fn the_agent_cannot_take_over_the_connector() {
+    // It shares the agent's uid; ptrace, its memory, environment and
+    // descriptors must still be out of reach.
+    let srv = dir("srv-takeover", 0o755, None);
+    let listed = s(&srv.join("app.sock"));
+    let out = Launch::probe(
+        &policy(std::slice::from_ref(&listed)),
+        &["unix-connector-takeover"],
+    )
+    .run();
+    out.assert_clean();
+    assert!(out.stdout.starts_with("ok untouched"), "{out:?}");
+}
+
+#[test]
+fn a_killed_connector_fails_closed() {
+    let srv = dir("srv-killed", 0o755, None);
+    let listed = srv.join("app.sock");
+    let server = Server::at(&listed, 0o666);
+    let out = Launch::probe(
+        &policy(&[s(&listed)]),
+        &["unix-kill-connector", &s(&listed)],
+    )
+    .run();
+    out.assert_clean();
+    server.assert_untouched("after the connector was killed");
+    if out.stdout.starts_with("err setup kill EPERM") {
+        // Signals out of the agent's domain are refused (Landlock scoping):
+        // the agent cannot kill the connector at all.
+        return;
+    }
+    assert!(out.stdout.starts_with("err EPERM"), "{out:?}");
+    assert!(out.stderr.contains("connector"), "{}", out.stderr);
+}
+
+#[test]
+fn a_restarted_server_is_reached_at_its_new_inode() {
+    // Listed paths are resolved at each connect, not pinned at start.
+    let srv = dir("srv-restart", 0o755, None);
+    let listed = srv.join("app.sock");
+    let go = srv.join("restarted");
+    let first = Server::at(&listed, 0o666);
+    let running = Launch::probe(
+        &policy(&[s(&listed)]),
+        &["unix-talk-after", &s(&listed), &s(&go)],
+    )
+    .spawn();
+    assert!(
+        enforcer_e2e::leftovers::eventually(20, || !first.accepted().is_empty()),
+        "the first connect never arrived"
+    );
+    drop(first);
+    let second = Server::at(&listed, 0o666);
+    std::fs::write(&go, "").expect("signal the agent");
+    let out = running.wait(Duration::from_secs(30));
+    out.assert_clean();
+    assert!(
+        out.stdout.starts_with("ok first connected reply uid=")
+            && out.stdout.contains("second connected reply uid="),
+        "{out:?}"
+    );
+    assert_eq!(second.accepted().len(), 1);
+}
+
+#[test]
+fn tcp_still_works_through_the_connector_and_refusals_are_reported() {
+    // Listing a unix socket makes every connect supervised, inet included.
+    let host = TestHost::new();
+    let srv = dir("srv-tcp", 0o755, None);
+    let listed = s(&srv.join("app.sock"));
+    let p = format!(
+        "{}\n[[tcp]]\nhost = \"{}\"\nport = {}\n",
+        policy(std::slice::from_ref(&listed)),
+        host.v4,
+        host.tcp_port
+    );
+    let target = host.tcp4().to_string();
+    let out = Launch::probe(&p, &["tcp-echo", &target, "hello"]).run();
+    out.assert_clean();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("ok peer {target} reply vendor-echo hello"),
+        "{out:?}"
+    );
+    let local = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = local.local_addr().expect("addr").port();
+    local.set_nonblocking(true).expect("nonblocking");
+    let unlisted = format!("127.0.0.1:{port}");
+    let out = Launch::probe(&p, &["tcp-peer", &unlisted]).run();
+    out.assert_clean();
+    assert!(out.stdout.starts_with("err EPERM"), "{out:?}");
+    // The kernel's report names the process that called connect(): the
+    // connector, on the agent's behalf.
+    assert!(
+        out.stderr
+            .contains(&format!("refused kernel {unlisted} by agent-connect[")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        local.accept().is_err(),
+        "the unlisted loopback port was reached"
+    );
 }
 
 #[test]

@@ -753,6 +753,9 @@ fn unix_attack(action: &str, rest: &[String]) -> Option<Result<String, String>> 
         "unix-dgram-socket" => unix_dgram_socket(arg(rest, 0), arg(rest, 1)),
         "unix-stream-pair" => unix_stream_pair(arg(rest, 0), arg(rest, 1)),
         "unix-backlog" => unix_backlog(arg(rest, 0), arg(rest, 1)),
+        "unix-talk-after" => unix_talk_after(arg(rest, 0), arg(rest, 1)),
+        "unix-connector-takeover" => unix_connector_takeover(),
+        "unix-kill-connector" => unix_kill_connector(arg(rest, 0)),
         _ => return None,
     })
 }
@@ -1000,4 +1003,105 @@ fn unix_backlog(full: &str, other: &str) -> Result<String, String> {
             "blocked: the other connect did not finish within 5 s",
         )),
     }
+}
+
+/// Talks to PATH, waits (up to 20 s) for FILE to exist, talks again.
+fn unix_talk_after(path: &str, file: &str) -> Result<String, String> {
+    let first = unix_talk(path, "")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("setup {file} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = unix_talk(path, "")?;
+    Ok(format!("first {first}; second {second}"))
+}
+
+/// Pids of processes named `agent-connect` in our cgroup (our run's connector).
+fn connector_pids() -> Vec<i32> {
+    let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "agent-connect")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c == mine)
+        })
+        .collect()
+}
+
+/// Tries every way the agent's uid could take the connector over: ptrace,
+/// its memory, its environment, its descriptors.
+fn unix_connector_takeover() -> Result<String, String> {
+    let pids = connector_pids();
+    let Some(&pid) = pids.first() else {
+        return Err(String::from("setup no connector found"));
+    };
+    let mut took = Vec::new();
+    let mut seen = Vec::new();
+    // SAFETY: ptrace(PTRACE_SEIZE) on another process; detached below on success.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+    if r == 0 {
+        took.push("ptrace");
+        // SAFETY: detach what we attached.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    } else {
+        seen.push(format!("ptrace={}", short_err()));
+    }
+    for what in ["mem", "environ", "fd/3"] {
+        match std::fs::File::open(format!("/proc/{pid}/{what}")) {
+            Ok(_) => took.push(what),
+            Err(e) => seen.push(format!("{what}={}", short(&errno_text(&e)))),
+        }
+    }
+    // SAFETY: pidfd_open and pidfd_getfd; we close what we get.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            seen.push(format!("pidfd={}", short_err()));
+        } else {
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, 3, 0);
+            if fd >= 0 {
+                took.push("pidfd_getfd");
+                libc::close(fd as i32);
+            } else {
+                seen.push(format!("getfd={}", short_err()));
+            }
+            libc::close(pidfd as i32);
+        }
+    }
+    if took.is_empty() {
+        Ok(format!("untouched {}", seen.join(" ")))
+    } else {
+        Err(format!("took over the connector: {}", took.join(", ")))
+    }
+}
+
+fn short(text: &str) -> String {
+    text.split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn short_err() -> String {
+    short(&last_err())
+}
+
+/// Kills the run's connector, then talks to PATH.
+fn unix_kill_connector(path: &str) -> Result<String, String> {
+    let pids = connector_pids();
+    if pids.is_empty() {
+        return Err(String::from("setup no connector found"));
+    }
+    for pid in &pids {
+        // SAFETY: kill(2).
+        if unsafe { libc::kill(*pid, libc::SIGKILL) } != 0 {
+            return Err(format!("setup kill {}", last_err()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unix_talk(path, "")
 }

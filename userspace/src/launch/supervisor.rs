@@ -363,6 +363,11 @@ fn supervise_connect(
         Err(e) => return deny(notif.id, e.raw_os_error().unwrap_or(libc::ENOTSOCK)),
     };
     let target = if domain == libc::AF_UNIX {
+        // As unix_validate_addr(): the connector's own (shorter) address
+        // must not make a connect work that the kernel would refuse.
+        if len > std::mem::size_of::<libc::sockaddr_un>() {
+            return deny(notif.id, libc::EINVAL);
+        }
         unix_target(&addr)
     } else {
         None
