@@ -73,6 +73,8 @@ const MAGIC: [u8; 4] = *b"ENC1";
 const HEADER: usize = 4 + 1 + 1 + 2 + ADDR_MAX + 4;
 const REPLY: usize = 24;
 const READY: u8 = b'R';
+/// Followed by a message: the connector could not start.
+const FAILED: u8 = b'E';
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -227,15 +229,18 @@ impl Connector {
                 "no word from it in time",
             )));
         }
-        let mut b = [0u8; 1];
+        let mut b = [0u8; 512];
         // SAFETY: recv into our buffer.
-        let n = unsafe { libc::recv(self.control.as_raw_fd(), b.as_mut_ptr().cast(), 1, 0) };
-        if n == 1 && b[0] == READY {
-            Ok(())
-        } else {
-            Err(ConnectorError::NotReady(String::from(
+        let n = unsafe { libc::recv(self.control.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) };
+        let got = usize::try_from(n).map_or(&b[..0], |n| &b[..n]);
+        match got.split_first() {
+            Some((&READY, [])) => Ok(()),
+            Some((&FAILED, why)) => Err(ConnectorError::NotReady(
+                String::from_utf8_lossy(why).into_owned(),
+            )),
+            _ => Err(ConnectorError::NotReady(String::from(
                 "it exited before taking the agent's credentials",
-            )))
+            ))),
         }
     }
 
@@ -340,8 +345,9 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     }
 }
 
-/// The child between clone3 and exec: the channel becomes fd 3, stdin and
-/// stdout /dev/null, everything else closes on exec, signals unblocked.
+/// The child between clone3 and exec: the channel becomes fd 3, stdio
+/// /dev/null (a process with the agent's uid has no business holding the
+/// user's terminal), everything else closes on exec, signals unblocked.
 ///
 /// # Safety
 /// Only in a child freshly created by clone3 without CLONE_VM.
@@ -369,7 +375,7 @@ unsafe fn exec_child(
         }
         let null = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, devnull, libc::O_RDWR);
         if null >= 0 {
-            for fd in [0, 1] {
+            for fd in [0, 1, 2] {
                 if null != fd {
                     libc::syscall(libc::SYS_dup3, null, fd, 0);
                 }
@@ -500,21 +506,27 @@ enum BecomeError {
 
 /// The connector's main: `args` are what follows [`ARG`]. Returns the exit code.
 pub fn main(args: &[OsString]) -> i32 {
-    let ids = match parse_ids(args) {
-        Ok(ids) => ids,
-        Err(e) => {
-            eprintln!("enforcer: unix connector: {e}");
-            return 2;
-        }
-    };
-    if let Err(e) = become_agent(&ids) {
-        eprintln!("enforcer: unix connector: cannot take the agent's credentials: {e}");
-        return 1;
+    // SAFETY: fcntl only asks whether fd 3 is open.
+    if unsafe { libc::fcntl(CONTROL_FD, libc::F_GETFD) } < 0 {
+        eprintln!("enforcer: {ARG} is started by enforcer launch only");
+        return 2;
     }
     // SAFETY: fd 3 is the channel enforcer left us (see exec_child).
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
-    // SAFETY: send one byte on our channel.
-    if unsafe { libc::send(control.as_raw_fd(), [READY].as_ptr().cast(), 1, 0) } != 1 {
+    let say = |msg: &[u8]| {
+        // SAFETY: send our buffer on our channel.
+        unsafe {
+            libc::send(control.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) == msg.len() as isize
+        }
+    };
+    let started = parse_ids(args).and_then(|ids| become_agent(&ids));
+    if let Err(e) = started {
+        let mut msg = vec![FAILED];
+        msg.extend_from_slice(format!("cannot take the agent's credentials: {e}").as_bytes());
+        say(&msg);
+        return 1;
+    }
+    if !say(&[READY]) {
         return 1;
     }
     let active = Arc::new(AtomicUsize::new(0));

@@ -14,10 +14,11 @@
 //! used: never SECCOMP_USER_NOTIF_FLAG_CONTINUE (a sibling thread could
 //! dup2 another socket onto the fd or rewrite the address after the check).
 //!
-//! Deciding a unix path: enforcer resolves every listed path from the
-//! agent's root without symlinks (see [`super::unix_list`]) and drops
-//! enforcer's own sockets from the result; the connector must land on one
-//! of those identities when it resolves the agent's `sun_path` as the agent.
+//! Deciding a unix path: enforcer resolves every listed path without
+//! symlinks (see [`super::unix_list`]), holds those inodes open until the
+//! connect is done and drops enforcer's own sockets from the result; the
+//! connector must land on one of those identities when it resolves the
+//! agent's `sun_path` as the agent, from the agent's root and cwd.
 //! Abstract names must match a listed one exactly.
 
 use std::{
@@ -408,7 +409,12 @@ fn supervise_connect(
             })
         }
         (Some(UnixTarget::Path(path)), Some((root, cwd))) => {
-            let listed = connects.list.identities(root.as_fd());
+            // Held until the connect is done: the listed inodes stay pinned.
+            let pinned = connects.list.identities();
+            let listed: Vec<Result<Identity, i32>> = pinned
+                .iter()
+                .map(|r| r.as_ref().map(|(id, _)| *id).map_err(|e| *e))
+                .collect();
             let own = unix_list::own_sockets();
             let allowed: Vec<Identity> = listed
                 .iter()

@@ -1,8 +1,8 @@
 //! The unix sockets a policy lists, as enforcer resolves them. A listed path
 //! is made canonical once, at run start, before the agent exists (root's
 //! symlinks are followed then; anyone else's are refused); at each connect
-//! it is resolved again from the agent's root with no symlinks at all, so a
-//! symlink the agent plants at or above a listed path leads nowhere. What a
+//! it is resolved again, from enforcer's root, with no symlinks at all, so
+//! a symlink the agent plants at or above a listed path leads nowhere. What a
 //! listed path names is a socket's identity (device and inode): the agent's
 //! own resolution of its `sun_path` must land on one of those. Enforcer's
 //! own sockets (everything under /run/enforcer: control and approval
@@ -200,21 +200,29 @@ impl UnixAllowlist {
             .position(|p| p.written == path || p.canonical.as_bytes() == path)
     }
 
-    /// What each listed path names right now, seen from the agent's root
-    /// `root`, with no symlink anywhere on the way: an identity or an errno
-    /// (ENOENT: nothing there; ELOOP: a symlink stands on the path).
-    pub fn identities(&self, root: BorrowedFd<'_>) -> Vec<Result<Identity, i32>> {
+    /// What each listed path names right now: an identity, with the O_PATH
+    /// descriptor that pins it (no other socket can take its inode number
+    /// while the caller holds it), or an errno (ENOENT: nothing there;
+    /// ELOOP: a symlink stands on the path). Resolved from enforcer's own
+    /// root, with no symlink anywhere on the way: what an agent mounts in a
+    /// namespace of its own (possible only with user namespaces allowed)
+    /// does not change what a listed path names.
+    pub fn identities(&self) -> Vec<Result<(Identity, OwnedFd), i32>> {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        // SAFETY: AT_FDCWD is a valid dirfd for absolute paths.
+        let here = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
         self.paths
             .iter()
             .map(|p| {
                 let fd = openat2(
-                    root,
+                    here,
                     &p.canonical,
                     libc::O_PATH | libc::O_CLOEXEC,
-                    libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
+                    libc::RESOLVE_NO_SYMLINKS,
                 )
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                Identity::of_fd(fd.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+                .map_err(errno)?;
+                let id = Identity::of_fd(fd.as_fd()).map_err(errno)?;
+                Ok((id, fd))
             })
             .collect()
     }
@@ -507,8 +515,11 @@ mod tests {
                 .collect(),
             abstract_names: Vec::new(),
         };
-        let root = std::fs::File::open("/").unwrap();
-        let got = list.identities(std::os::fd::AsFd::as_fd(&root));
+        let got: Vec<Result<Identity, i32>> = list
+            .identities()
+            .into_iter()
+            .map(|r| r.map(|(id, _)| id))
+            .collect();
         let m = std::fs::metadata(&sock).unwrap();
         assert_eq!(got[0], Ok(Identity::of(&m)));
         assert_eq!(got[1], Err(libc::ELOOP));
