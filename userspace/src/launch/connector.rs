@@ -529,7 +529,7 @@ pub fn main(args: &[OsString]) -> i32 {
     if !say(&[READY]) {
         return 1;
     }
-    let active = Arc::new(AtomicUsize::new(0));
+    let mut workers = Workers::new();
     loop {
         let job = match receive(&control) {
             Ok(Received::Job(job)) => job,
@@ -539,24 +539,64 @@ pub fn main(args: &[OsString]) -> i32 {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return 1,
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_JOBS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        workers.dispatch(job);
+    }
+}
+
+/// The connector's threads: every job gets a thread that is free for it
+/// (an idle one, or a new one up to [`MAX_JOBS`]), so a connect that blocks
+/// never delays another.
+struct Workers {
+    jobs: std::sync::mpsc::Sender<Box<Job>>,
+    queue: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Box<Job>>>>,
+    /// Threads waiting for a job and not yet promised one.
+    idle: Arc<AtomicUsize>,
+    threads: usize,
+}
+
+impl Workers {
+    fn new() -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel();
+        Self {
+            jobs,
+            queue: Arc::new(std::sync::Mutex::new(queue)),
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+        }
+    }
+
+    fn dispatch(&mut self, job: Box<Job>) {
+        // Promise the job an idle thread, or start one.
+        let promised = self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !promised && (self.threads >= MAX_JOBS || self.spawn().is_err()) {
             send_reply(&job.reply, Reply::Failed(libc::EAGAIN));
-            continue;
+            return;
         }
-        let done = Arc::clone(&active);
-        // A failed spawn drops the job: enforcer sees the reply channel
-        // close and refuses the connect.
-        let spawned = std::thread::Builder::new()
-            .stack_size(64 * 1024)
+        // The receiving end lives as long as any thread; if none is left
+        // the job is dropped, which enforcer sees as a refusal.
+        let _ = self.jobs.send(job);
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let queue = Arc::clone(&self.queue);
+        let idle = Arc::clone(&self.idle);
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
             .spawn(move || {
-                let r = perform(&job);
-                send_reply(&job.reply, r);
-                done.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
-        }
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = next else { return };
+                    let r = perform(&job);
+                    send_reply(&job.reply, r);
+                    drop(job);
+                    idle.fetch_add(1, Ordering::SeqCst);
+                }
+            })?;
+        self.threads += 1;
+        Ok(())
     }
 }
 

@@ -23,7 +23,10 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -518,7 +521,7 @@ fn shown_path(path: &[u8], cwd: &OwnedFd) -> String {
         return unix_list::printable(path);
     }
     match std::fs::read_link(format!("/proc/self/fd/{}", cwd.as_raw_fd())) {
-        Ok(dir) => dir.join(unix_list::path_of(path)).display().to_string(),
+        Ok(dir) => unix_list::printable(dir.join(unix_list::path_of(path)).as_os_str().as_bytes()),
         Err(_) => unix_list::printable(path),
     }
 }

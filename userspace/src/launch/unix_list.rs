@@ -389,12 +389,25 @@ fn collect_sockets(dir: &Path, depth: u32, found: &mut HashSet<Identity>) {
     }
 }
 
-/// A path for messages.
+/// A path for messages: abstract names as `@name`, control characters
+/// escaped (an agent's address must not write lines into the log).
 pub fn printable(path: &[u8]) -> String {
-    match path.first() {
-        Some(0) => format!("@{}", String::from_utf8_lossy(&path[1..])),
-        _ => String::from_utf8_lossy(path).into_owned(),
-    }
+    let (prefix, body) = match path.split_first() {
+        Some((0, rest)) => ("@", rest),
+        _ => ("", path),
+    };
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    format!("{prefix}{text}")
 }
 
 /// `bytes` as a path (no NUL inside).
@@ -411,6 +424,17 @@ mod tests {
             uid: 65534,
             gids: &[65534],
         }
+    }
+
+    #[test]
+    fn printable_paths_cannot_write_lines() {
+        assert_eq!(printable(b"\0bus"), "@bus");
+        assert_eq!(printable(b"/run/a.sock"), "/run/a.sock");
+        assert_eq!(
+            printable(b"/x\nenforcer: allowed"),
+            "/x\\nenforcer: allowed"
+        );
+        assert_eq!(printable(b"\0a\0b"), "@a\\u{0}b");
     }
 
     #[test]
