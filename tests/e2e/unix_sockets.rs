@@ -729,6 +729,24 @@ fn a_non_main_thread_reaches_a_listed_socket() {
     assert_eq!(server.accepted().len(), 1);
 }
 
+#[test]
+fn connects_complete_under_a_storm_of_signals() {
+    // Go preempts goroutines with SIGURG. A signal must not withdraw a
+    // connect the supervisor has started on (the retry would find the
+    // socket already connected: EISCONN).
+    let srv = dir("srv-signals", 0o755, None);
+    let listed = srv.join("app.sock");
+    let server = Server::at(&listed, 0o666);
+    let out = Launch::probe(
+        &policy(&[s(&listed)]),
+        &["unix-signal-storm", &s(&listed), "300"],
+    )
+    .run();
+    out.assert_clean();
+    assert!(out.stdout.starts_with("ok 300 connected"), "{out:?}");
+    drop(server);
+}
+
 // --- A blocked connect must not stall the run's supervisor. ---
 
 #[test]

@@ -756,6 +756,7 @@ fn unix_attack(action: &str, rest: &[String]) -> Option<Result<String, String>> 
         "unix-talk-after" => unix_talk_after(arg(rest, 0), arg(rest, 1)),
         "unix-connector-takeover" => unix_connector_takeover(),
         "unix-kill-connector" => unix_kill_connector(arg(rest, 0)),
+        "unix-signal-storm" => unix_signal_storm(arg(rest, 0), arg(rest, 1)),
         _ => return None,
     })
 }
@@ -1104,4 +1105,51 @@ fn unix_kill_connector(path: &str) -> Result<String, String> {
     }
     std::thread::sleep(Duration::from_millis(300));
     unix_talk(path, "")
+}
+
+extern "C" fn on_sigurg(_: libc::c_int) {}
+
+/// N connects to PATH while another thread sends this one SIGURG nonstop
+/// (as Go's scheduler does, with an SA_RESTART handler): every connect must
+/// succeed once, not fail half-done.
+fn unix_signal_storm(path: &str, n: &str) -> Result<String, String> {
+    let n: u32 = n.parse().map_err(|_| String::from("usage bad count"))?;
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = zeroed();
+        sa.sa_sigaction = on_sigurg as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+    let pid = std::process::id() as libc::pid_t;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: tgkill to our own main thread.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, me, libc::SIGURG) };
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            sent
+        })
+    };
+    let mut failures: std::collections::BTreeMap<String, u32> = Default::default();
+    for _ in 0..n {
+        match unix_stream_to(path) {
+            Ok(fd) => close_fd(fd),
+            Err(e) => *failures.entry(short(&e)).or_default() += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = storm.join().unwrap_or(0);
+    if failures.is_empty() {
+        Ok(format!("{n} connected under {sent} signals"))
+    } else {
+        Err(format!("failed {failures:?} under {sent} signals"))
+    }
 }
