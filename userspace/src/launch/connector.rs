@@ -15,8 +15,8 @@
 //! connector instead is a fresh exec of enforcer's own binary (no copy of
 //! enforcer's memory, so none of its secrets), created inside the run's
 //! cgroup, that drops to the agent's uid, gid and groups for good before it
-//! takes any job (if it cannot, it exits and every supervised connect is
-//! refused), and is then non-dumpable: the agent shares its uid but cannot
+//! takes any job (if it cannot, it says why and the launch fails), and is
+//! then non-dumpable: the agent shares its uid but cannot
 //! ptrace it, read its memory or take its descriptors. The agent can kill
 //! it; then its own connects fail, nothing else does.
 //!
@@ -28,8 +28,8 @@
 //! descriptor, requires that descriptor's identity to be one of those
 //! enforcer sent, and connects through `/proc/self/fd/N`: the inode checked
 //! is the inode reached, and the kernel's permission checks apply. Every job
-//! runs on a thread of its own, so one connect blocked on a full backlog
-//! stalls nothing else.
+//! gets a thread that is free for it, so one connect blocked on a full
+//! backlog stalls nothing else.
 
 use std::{
     ffi::{CString, OsString},
