@@ -430,6 +430,60 @@ fn listing_enforcers_own_sockets_is_refused_at_launch() {
     }
 }
 
+/// A bind mount the test made; unmounted on drop.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_control_socket_appearing_at_a_listed_path_is_refused_at_connect() {
+    // Whatever puts one of enforcer's own sockets at a listed path after the
+    // run started (here root, with a bind mount), the connect refuses that
+    // inode.
+    let srv = dir("srv-own", 0o755, None);
+    let listed = srv.join("app.sock");
+    std::fs::write(&listed, "").expect("mount point");
+    let go = srv.join("go");
+    let running = Launch::probe(
+        &policy(&[s(&listed)]),
+        &[
+            "unix-wait-then-talk",
+            &s(&go),
+            &s(&listed),
+            r#"{"op":"status"}"#,
+        ],
+    )
+    .spawn();
+    let run_id = running.run_id();
+    let control = format!("/run/enforcer/runs/{run_id}.sock");
+    assert!(
+        enforcer_e2e::leftovers::eventually(20, || Path::new(&control).exists()),
+        "no control socket at {control}"
+    );
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&control)
+        .arg(&listed)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "bind mount");
+    let mount = BindMount(listed.clone());
+    std::fs::write(&go, "").expect("signal the agent");
+    let out = running.wait(Duration::from_secs(30));
+    drop(mount);
+    out.assert_clean();
+    assert!(
+        !out.stdout.contains("run_id") && out.stdout.starts_with("err EPERM"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("enforcer's own"), "{}", out.stderr);
+    assert_reported(&out.stderr, &s(&listed));
+}
+
 #[test]
 fn the_server_sees_the_agents_uid_not_root() {
     let srv = dir("srv", 0o755, None);

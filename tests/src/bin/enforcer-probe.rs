@@ -757,6 +757,7 @@ fn unix_attack(action: &str, rest: &[String]) -> Option<Result<String, String>> 
         "unix-connector-takeover" => unix_connector_takeover(),
         "unix-kill-connector" => unix_kill_connector(arg(rest, 0)),
         "unix-signal-storm" => unix_signal_storm(arg(rest, 0), arg(rest, 1)),
+        "unix-wait-then-talk" => unix_wait_then_talk(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
         _ => return None,
     })
 }
@@ -1152,4 +1153,16 @@ fn unix_signal_storm(path: &str, n: &str) -> Result<String, String> {
     } else {
         Err(format!("failed {failures:?} under {sent} signals"))
     }
+}
+
+/// Waits (up to 20 s) for FILE to exist, then talks to PATH with MESSAGE.
+fn unix_wait_then_talk(file: &str, path: &str, msg: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("setup {file} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unix_talk(path, msg)
 }
