@@ -321,8 +321,12 @@ impl Drop for Receiver {
     }
 }
 
+/// An abstract name no other test (of any process) binds.
 fn unique_abstract(tag: &str) -> String {
-    format!("enforcer-e2e-{}-{tag}", std::process::id())
+    use std::sync::atomic::AtomicU32;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!("enforcer-e2e-{}-{n}-{tag}", std::process::id())
 }
 
 fn s(p: &Path) -> String {
