@@ -4,6 +4,13 @@ use clap::Parser as _;
 use enforcer::cli::{Cli, Command, PolicyCommand};
 
 fn main() {
+    // The run's unix connector is this binary, re-executed: it must not
+    // parse a command line or start anything before dropping privileges.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(enforcer::launch::connector::ARG)) {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        std::process::exit(enforcer::launch::connector::main(&rest));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

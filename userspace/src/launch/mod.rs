@@ -4,11 +4,13 @@
 
 pub mod child;
 pub mod command;
+pub mod connector;
 pub mod isolation;
 pub mod seccomp;
 pub mod signals;
 pub mod supervisor;
 pub mod target_user;
+pub mod unix_list;
 pub mod watchdog;
 
 use std::{
@@ -66,6 +68,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Isolation(#[from] isolation::IsolationError),
     #[error(transparent)]
+    UnixList(#[from] unix_list::UnixListError),
+    #[error(transparent)]
+    Connector(#[from] connector::ConnectorError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
@@ -92,7 +98,7 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
             | Self::BadDuration { .. }
@@ -165,6 +171,17 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
                 gids: &gids,
             },
         )?;
+    }
+    // Listed unix sockets are resolved now, before the agent exists.
+    let (unix, notes) = unix_list::UnixAllowlist::resolve(
+        &policy.local.unix_sockets,
+        unix_list::AgentIds {
+            uid: user.uid,
+            gids: &gids,
+        },
+    )?;
+    for n in notes {
+        eprintln!("enforcer: note: {n}");
     }
     let (cmd, cmd_args) = args
         .command
@@ -305,6 +322,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         approvals,
         terminal,
         spend,
+        unix,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
@@ -360,6 +378,8 @@ struct Plan {
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
     spend: Arc<crate::spend::SpendControl>,
+    /// The policy's unix sockets, resolved at start.
+    unix: unix_list::UnixAllowlist,
 }
 
 enum Outcome {
@@ -376,6 +396,16 @@ async fn supervise(
     sink: DecisionSink,
     t0: std::time::Instant,
 ) -> Result<Outcome, LaunchError> {
+    // The connector (supervised connects, as the agent) starts first: its
+    // exec overlaps with loading the kernel programs.
+    let connector = if plan.unix.is_empty() {
+        None
+    } else {
+        Some(connector::Connector::spawn(
+            cgroup.dir().as_fd(),
+            &plan.user,
+        )?)
+    };
     let listeners = Listeners::bind()
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
@@ -458,9 +488,19 @@ async fn supervise(
         return Err(LaunchError::Interrupted);
     }
 
-    let unix = Arc::new(supervisor::UnixAllowlist::from_policy(
-        &plan.policy.local.unix_sockets,
-    ));
+    let connects = match connector {
+        Some(c) => {
+            if let Err(e) = c.wait_ready(Duration::from_secs(5)) {
+                enforcement.detach()?;
+                return Err(e.into());
+            }
+            Some(Arc::new(supervisor::Connects {
+                list: plan.unix.clone(),
+                connector: c,
+            }))
+        }
+        None => None,
+    };
     let spec = child::ChildSpec {
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
@@ -469,7 +509,7 @@ async fn supervise(
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
-            unix_sockets: !unix.is_empty(),
+            unix_sockets: connects.is_some(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
         isolation: &plan.isolation,
@@ -517,12 +557,11 @@ async fn supervise(
     // The seccomp supervisor runs on its own thread (it blocks in ioctl).
     let (stop_read, stop_write) = stop_pipe().map_err(io_err("cannot create a pipe"))?;
     let supervisor_thread = {
-        let record = record_kernel.clone();
-        let unix = Arc::clone(&unix);
+        let record: supervisor::Report = Arc::new(record_kernel.clone());
         let listener = started.listener;
         std::thread::Builder::new()
             .name("seccomp".into())
-            .spawn(move || supervisor::serve(listener, stop_read, unix, record))
+            .spawn(move || supervisor::serve(listener, stop_read, connects, record))
             .map_err(io_err("cannot start the seccomp supervisor"))?
     };
 
@@ -584,12 +623,17 @@ async fn events_task(
 /// handed out (it sorts addresses that way; no datagram follows) is a
 /// benign probe: refused all the same, but not counted or printed.
 fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
-    let reason =
-        if e.reason_code == enforcer_common::Reason::UnixPathRefused as u32 && e.path.is_none() {
-            "unix sockets are refused: the policy lists none ([local] unix_sockets)"
-        } else {
-            e.reason
-        };
+    let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
+    let reason = if unix_refused && e.path.is_none() {
+        // socket() or socketpair(): a datagram type, or any unix socket
+        // when none is listed.
+        match e.sock_type & 0xf {
+            1 | 5 => "unix sockets are refused: the policy lists none ([local] unix_sockets)",
+            _ => "unix datagram sockets are refused (where each datagram goes cannot be checked)",
+        }
+    } else {
+        e.reason
+    };
     let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
         && e.addr.is_some_and(|a| names.name_for(a).is_some());
     let (cause, reason) = if sort_probe {
