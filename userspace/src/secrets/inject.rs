@@ -2,10 +2,9 @@
 //! bound to the request's host, only in the place the policy says (a header,
 //! HTTP basic credentials, a query parameter), only while credentials are live.
 
-use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 
-use super::{Access, Secret, Secrets};
+use super::{Access, Secret, Secrets, basic};
 use crate::policy::{BasicPart, Injection, Policy};
 
 /// What injection did to a request.
@@ -52,7 +51,7 @@ pub fn inject(
     for s in bound(secrets, policy, host) {
         let swapped = match &s.injection {
             Injection::Header { name, format } => header(headers, name, format, s, access),
-            Injection::Basic(part) => basic(headers, *part, s, access),
+            Injection::Basic(part) => basic_auth(headers, *part, s, access),
             Injection::Query(param) => query(uri, param, s, access),
         }?;
         if swapped {
@@ -101,7 +100,7 @@ fn header(
     Ok(true)
 }
 
-fn basic(
+fn basic_auth(
     headers: &mut HeaderMap,
     part: BasicPart,
     s: &Secret,
@@ -109,29 +108,22 @@ fn basic(
 ) -> Result<bool, NotLive> {
     let Some(decoded) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|v| basic::decode(v.as_bytes()))
     else {
         return Ok(false);
     };
-    let (user, pass) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+    let (user, pass) = match decoded.iter().position(|b| *b == b':') {
+        Some(i) => (&decoded[..i], &decoded[i + 1..]),
+        None => (&decoded[..], &b""[..]),
+    };
+    let p = s.placeholder.as_bytes();
     let (user, pass) = match part {
-        BasicPart::User if user == s.placeholder => (s.value(), pass),
-        BasicPart::Password if pass == s.placeholder => (user, s.value()),
+        BasicPart::User if user == p => (s.value().as_bytes(), pass),
+        BasicPart::Password if pass == p => (user, s.value().as_bytes()),
         _ => return Ok(false),
     };
     check(access, s)?;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    let Ok(mut v) = HeaderValue::from_str(&format!("Basic {encoded}")) else {
+    let Ok(mut v) = HeaderValue::from_str(&basic::header_value(user, pass)) else {
         return Ok(false);
     };
     v.set_sensitive(true);
@@ -167,5 +159,77 @@ fn query(uri: &mut Uri, param: &str, s: &Secret, access: Access) -> Result<bool,
             Ok(true)
         }
         Err(_) => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::secrets::scan;
+
+    const REAL: &str = "bk_live_B4s1c/Pass+word=0123456789abcdef";
+
+    fn setup() -> (Policy, Secrets) {
+        let policy = Policy::parse(
+            r#"
+[[secret]]
+name = "BASIC_KEY"
+from = "env:UNUSED"
+hosts = ["api.a.test"]
+basic = "password"
+
+[[host]]
+name = "api.a.test"
+action = "allow"
+
+[[host]]
+name = "other.b.test"
+action = "allow"
+"#,
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let secrets = Secrets::for_tests(&policy, &[REAL]);
+        (policy, secrets)
+    }
+
+    /// Injection, approval and leak detection read Basic credentials the
+    /// same way, whatever the case of the scheme.
+    #[test]
+    fn one_basic_reader_for_injection_and_detection_in_any_case() {
+        let (policy, secrets) = setup();
+        let placeholder = secrets.iter().next().unwrap().placeholder.clone();
+        let token = STANDARD.encode(format!("me:{placeholder}"));
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            let value = HeaderValue::from_str(&format!("{scheme} {token}")).unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.clone());
+            let mut uri: Uri = "/v1/x".parse().unwrap();
+            assert!(
+                scan::carries_placeholder(&secrets, "BASIC_KEY", &uri, &headers),
+                "{scheme}: approval"
+            );
+            assert_eq!(
+                scan::in_head(&secrets, &policy, "other.b.test", "/x", &headers),
+                Some("BASIC_KEY"),
+                "{scheme}: detection"
+            );
+            let done = inject(&mut headers, &mut uri, "api.a.test", &policy, &secrets).unwrap();
+            assert_eq!(
+                done.names,
+                vec!["BASIC_KEY".to_string()],
+                "{scheme}: injection"
+            );
+            assert_eq!(
+                headers[header::AUTHORIZATION],
+                format!("Basic {}", STANDARD.encode(format!("me:{REAL}"))).as_str()
+            );
+            assert!(!done.redact.is_empty());
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! passes, and only while the run's credentials are live (not expired, not
 //! revoked). A placeholder seen anywhere else is an exfiltration attempt.
 
+pub mod basic;
 pub mod inject;
 pub mod matcher;
 pub mod placeholder;
@@ -140,6 +141,31 @@ impl Secrets {
             revoked: AtomicBool::new(false),
             revoked_at: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Secrets with these values (in the policy's order), for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(policy: &Policy, values: &[&str]) -> Self {
+        let list = policy
+            .secrets
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (spec, v))| Secret {
+                name: spec.name.clone(),
+                placeholder: placeholder::generate(v, spec.placeholder_prefix.as_deref()),
+                value: Zeroizing::new((*v).to_string()),
+                spec: i,
+                injection: spec.injection.clone(),
+            })
+            .collect();
+        Self {
+            list,
+            started: Instant::now(),
+            ttl: None,
+            revoked: AtomicBool::new(false),
+            revoked_at: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
