@@ -12,6 +12,7 @@ pub mod private;
 pub mod redact;
 pub mod scan;
 pub mod source;
+pub mod variants;
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
