@@ -5,6 +5,7 @@
 //! revoked). A placeholder seen anywhere else is an exfiltration attempt.
 
 pub mod basic;
+pub mod decode;
 pub mod inject;
 pub mod matcher;
 pub mod placeholder;
