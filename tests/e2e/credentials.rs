@@ -512,6 +512,9 @@ echo "--- gzip"
 curl -sS -m 20 --compressed -D - -H "Authorization: Bearer $VENDOR_KEY" https://api.vendor.test/v1/echo/gzip; echo
 curl -sS -m 20 --compressed -D - -u "someone:$BASIC_KEY" https://other.vendor.test/v1/echo/gzip; echo
 curl -sS -m 20 --compressed -D - --get --data-urlencode "api_key=$QUERY_KEY" https://open.vendor.test/v1/echo/gzip; echo
+echo "--- reason"
+curl -sS -m 20 --http1.1 -D - -H "Authorization: Bearer $VENDOR_KEY" https://ws.vendor.test/v1/echo/reason; echo
+curl -sS -m 20 --http1.1 -D - --get --data-urlencode "api_key=$QUERY_KEY" https://ws.vendor.test/v1/echo/reason; echo
 echo "--- upgrade"
 U='-H Connection:Upgrade -H Upgrade:websocket -H Sec-WebSocket-Version:13 -H Sec-WebSocket-Key:dGhlIHNhbXBsZSBub25jZQ=='
 curl -sS -m 5 --http1.1 -D - $U -H "Authorization: Bearer $VENDOR_KEY" --get --data-urlencode "api_key=$QUERY_KEY" https://ws.vendor.test/v1/echo/upgrade; echo
@@ -519,6 +522,7 @@ echo "--- end"
 "#;
         let out = w.launch(&policy(), &["/bin/sh", "-c", script]).run();
         out.assert_clean();
+        eprintln!("what the agent saw:\n{}", out.stdout);
         let placeholder = |name: &str| {
             out.stdout
                 .lines()
@@ -552,7 +556,12 @@ echo "--- end"
             "{seen:?}"
         );
         // ...and every echo reached the agent: the gzip and upgrade answers too.
-        for (marker, n) in [("\"echoes\":[", 6), ("x-echo-0:", 4), ("HTTP/1.1 101", 1)] {
+        for (marker, n) in [
+            ("\"echoes\":[", 6),
+            ("x-echo-0:", 4),
+            ("HTTP/1.1 101", 1),
+            ("HTTP/1.1 401 Invalid key", 2),
+        ] {
             assert!(
                 out.stdout.matches(marker).count() >= n,
                 "{marker} seen {} times: {}",
@@ -578,8 +587,8 @@ echo "--- end"
         for expected in [
             format!("\"authorization\":\"Bearer {header_p}\""),
             format!(
-                "\"authorization\":\"{}\"",
-                format!("Basic {}", STANDARD.encode(format!("someone:{basic_p}")))
+                "\"authorization\":\"Basic {}\"",
+                STANDARD.encode(format!("someone:{basic_p}"))
             ),
             format!(
                 "\"b64\":\"{}\"",

@@ -615,6 +615,7 @@ pub mod echo {
     /// `/v1/echo/encoded`: the credentials in every encoding, in the body.
     /// `/v1/echo/gzip`: the same, gzip-compressed whatever the request asked.
     /// `/v1/echo/headers`: the credentials in response headers.
+    /// `/v1/echo/reason`: a 401 whose HTTP/1 reason phrase holds them.
     /// `/v1/echo/upgrade`: a 101 whose headers carry the credentials.
     pub fn respond(
         path: &str,
@@ -625,6 +626,15 @@ pub mod echo {
         let m = material(authorization, query);
         match path {
             "/v1/echo/encoded" => Some(json(encoded(&m))),
+            "/v1/echo/reason" => {
+                let mut resp = json("{}");
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                let reason = format!("Invalid key {}", m.first().map_or("", |(_, s)| s.as_str()));
+                if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+                    resp.extensions_mut().insert(r);
+                }
+                Some(resp)
+            }
             "/v1/echo/gzip" => {
                 let mut resp = json(gzip(encoded(&m).as_bytes()));
                 resp.headers_mut()

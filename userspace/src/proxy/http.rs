@@ -574,8 +574,12 @@ async fn forward(
                 let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
             }
         });
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, full(Bytes::new()));
+        let (mut parts, _) = resp.into_parts();
+        // Headers only: a 101 has no body.
+        return match secrets::redact::response(&mut parts, full(Bytes::new()), &injected.redact) {
+            Ok(body) => Response::from_parts(parts, body),
+            Err(e) => unscannable(conn, &e),
+        };
     }
     let (mut parts, mut body) = resp.into_parts();
     let mut settled: Option<Settled> = None;
@@ -615,18 +619,29 @@ async fn forward(
         vendor_txn_id: settled.and_then(|s| s.vendor_txn_id),
         ..AuditOutcome::default()
     };
-    strip_hop_by_hop(&mut parts.headers);
     // The outcome is written once, with the byte count, when the body ends.
-    let body = CountBody::new(body, ctx.sink.clone(), id, outcome);
-    if injected.redact.is_empty() {
-        return Response::from_parts(parts, body.boxed());
-    }
-    secrets::redact::headers(&mut parts.headers, &injected.redact);
-    // The length may change when a value and its placeholder differ in size.
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(
-        parts,
-        secrets::redact::RedactBody::new(body, &injected.redact).boxed(),
+    let body = CountBody::new(body, ctx.sink.clone(), id, outcome).boxed();
+    // Real values the upstream echoes (in any encoding, compressed or not)
+    // become placeholders; a body that cannot be decoded is not passed on.
+    let body = match secrets::redact::response(&mut parts, body, &injected.redact) {
+        Ok(body) => body,
+        Err(e) => return unscannable(conn, &e),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// The answer when a response that must be redacted cannot be read.
+fn unscannable(conn: &Conn, e: &secrets::redact::Unscannable) -> Response<Body> {
+    tracing::warn!("{}: response refused: {e}", conn.name);
+    json_response(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({
+            "error": "upstream response refused: enforcer cannot scan it for the real credential",
+            "host": conn.name,
+            "encoding": e.encoding(),
+            "reason": e.to_string(),
+        }),
     )
 }
 

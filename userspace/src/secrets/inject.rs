@@ -1,10 +1,12 @@
 //! Swapping placeholders for real values on the way out: only for secrets
 //! bound to the request's host, only in the place the policy says (a header,
-//! HTTP basic credentials, a query parameter), only while credentials are live.
+//! HTTP basic credentials, a query parameter), only while credentials are
+//! live. Each injection also records what the response must not echo: the
+//! value and the exact wire form it went out in, with their placeholders.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 
-use super::{Access, Secret, Secrets, basic};
+use super::{Access, Secret, Secrets, basic, redact::Redaction};
 use crate::policy::{BasicPart, Injection, Policy};
 
 /// What injection did to a request.
@@ -12,9 +14,13 @@ use crate::policy::{BasicPart, Injection, Policy};
 pub struct Injected {
     /// Names of the secrets injected (for the audit row).
     pub names: Vec<String>,
-    /// (real value, placeholder) pairs to redact from the response.
-    pub redact: Vec<(String, String)>,
+    /// Every encoding of the injected values the response must not show.
+    pub redact: Redaction,
 }
+
+/// What one injection wrote: (real, placeholder) wire forms besides the
+/// value itself, or None when nothing was injected.
+type Wrote = Option<Vec<(Vec<u8>, Vec<u8>)>>;
 
 /// Why a request carrying a bound placeholder cannot get its credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +55,14 @@ pub fn inject(
     let mut done = Injected::default();
     let access = secrets.access();
     for s in bound(secrets, policy, host) {
-        let swapped = match &s.injection {
+        let wrote = match &s.injection {
             Injection::Header { name, format } => header(headers, name, format, s, access),
             Injection::Basic(part) => basic_auth(headers, *part, s, access),
             Injection::Query(param) => query(uri, param, s, access),
         }?;
-        if swapped {
+        if let Some(wire) = wrote {
             done.names.push(s.name.clone());
-            done.redact
-                .push((s.value().to_string(), s.placeholder.clone()));
+            done.redact.add(s.value(), &s.placeholder, &wire);
         }
     }
     Ok(done)
@@ -80,24 +85,25 @@ fn header(
     format: &str,
     s: &Secret,
     access: Access,
-) -> Result<bool, NotLive> {
+) -> Result<Wrote, NotLive> {
     let Ok(hname) = HeaderName::from_bytes(name.as_bytes()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let carries = headers
         .get(&hname)
         .is_some_and(|v| memchr::memmem::find(v.as_bytes(), s.placeholder.as_bytes()).is_some());
     if !carries {
-        return Ok(false);
+        return Ok(None);
     }
     check(access, s)?;
     let value = format.replace("{}", s.value());
     let Ok(mut v) = HeaderValue::from_str(&value) else {
-        return Ok(false);
+        return Ok(None);
     };
     v.set_sensitive(true);
     headers.insert(hname, v);
-    Ok(true)
+    let shown = format.replace("{}", &s.placeholder);
+    Ok(Some(vec![(value.into_bytes(), shown.into_bytes())]))
 }
 
 fn basic_auth(
@@ -105,41 +111,44 @@ fn basic_auth(
     part: BasicPart,
     s: &Secret,
     access: Access,
-) -> Result<bool, NotLive> {
+) -> Result<Wrote, NotLive> {
     let Some(decoded) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| basic::decode(v.as_bytes()))
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let (user, pass) = match decoded.iter().position(|b| *b == b':') {
         Some(i) => (&decoded[..i], &decoded[i + 1..]),
         None => (&decoded[..], &b""[..]),
     };
     let p = s.placeholder.as_bytes();
-    let (user, pass) = match part {
-        BasicPart::User if user == p => (s.value().as_bytes(), pass),
-        BasicPart::Password if pass == p => (user, s.value().as_bytes()),
-        _ => return Ok(false),
+    let (user, pass, shown) = match part {
+        BasicPart::User if user == p => (s.value().as_bytes(), pass, basic::encode_token(p, pass)),
+        BasicPart::Password if pass == p => {
+            (user, s.value().as_bytes(), basic::encode_token(user, p))
+        }
+        _ => return Ok(None),
     };
     check(access, s)?;
-    let Ok(mut v) = HeaderValue::from_str(&basic::header_value(user, pass)) else {
-        return Ok(false);
+    let token = basic::encode_token(user, pass);
+    let Ok(mut v) = HeaderValue::from_str(&format!("Basic {token}")) else {
+        return Ok(None);
     };
     v.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, v);
-    Ok(true)
+    Ok(Some(vec![(token.into_bytes(), shown.into_bytes())]))
 }
 
-fn query(uri: &mut Uri, param: &str, s: &Secret, access: Access) -> Result<bool, NotLive> {
+fn query(uri: &mut Uri, param: &str, s: &Secret, access: Access) -> Result<Wrote, NotLive> {
     let Some(q) = uri.query() else {
-        return Ok(false);
+        return Ok(None);
     };
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
         .into_owned()
         .collect();
     if !pairs.iter().any(|(k, v)| k == param && *v == s.placeholder) {
-        return Ok(false);
+        return Ok(None);
     }
     check(access, s)?;
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
@@ -153,12 +162,18 @@ fn query(uri: &mut Uri, param: &str, s: &Secret, access: Access) -> Result<bool,
     let new_pq = format!("{}?{}", uri.path(), ser.finish());
     let mut parts = std::mem::take(uri).into_parts();
     parts.path_and_query = new_pq.parse().ok();
+    let form = |v: &str| -> Vec<u8> {
+        url::form_urlencoded::byte_serialize(v.as_bytes())
+            .collect::<String>()
+            .into_bytes()
+    };
     match Uri::from_parts(parts) {
         Ok(u) => {
             *uri = u;
-            Ok(true)
+            // The value as it went out, form-encoded, e.g. inside an echoed query string.
+            Ok(Some(vec![(form(s.value()), form(&s.placeholder))]))
         }
-        Err(_) => Ok(false),
+        Err(_) => Ok(None),
     }
 }
 
@@ -231,5 +246,28 @@ action = "allow"
             );
             assert!(!done.redact.is_empty());
         }
+    }
+
+    #[test]
+    fn the_response_gets_back_the_agents_own_basic_token() {
+        let (policy, secrets) = setup();
+        let placeholder = secrets.iter().next().unwrap().placeholder.clone();
+        let agent = STANDARD.encode(format!("me:{placeholder}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {agent}")).unwrap(),
+        );
+        let mut uri: Uri = "/v1/x".parse().unwrap();
+        let done = inject(&mut headers, &mut uri, "api.a.test", &policy, &secrets).unwrap();
+        let echoed = format!(
+            "{{\"authorization\":\"{}\"}}",
+            headers[header::AUTHORIZATION].to_str().unwrap()
+        );
+        let out = done.redact.bytes(echoed.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{{\"authorization\":\"Basic {agent}\"}}")
+        );
     }
 }
