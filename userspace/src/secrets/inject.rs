@@ -62,7 +62,7 @@ pub fn inject(
         }?;
         if let Some(wire) = wrote {
             done.names.push(s.name.clone());
-            done.redact.add(s.value(), &s.placeholder, &wire);
+            done.redact.add_secret(s, wire);
         }
     }
     Ok(done)

@@ -72,6 +72,8 @@ pub struct Secret {
     /// Index of its `[[secret]]` in the policy.
     pub spec: usize,
     pub injection: Injection,
+    /// The encodings of the value that responses must not echo.
+    cores: redact::CoreCache,
 }
 
 impl std::fmt::Debug for Secret {
@@ -134,6 +136,7 @@ impl Secrets {
                 value,
                 spec: i,
                 injection: spec.injection.clone(),
+                cores: redact::CoreCache::default(),
             });
         }
         Ok(Self {
@@ -159,6 +162,7 @@ impl Secrets {
                 value: Zeroizing::new((*v).to_string()),
                 spec: i,
                 injection: spec.injection.clone(),
+                cores: redact::CoreCache::default(),
             })
             .collect();
         Self {

@@ -22,10 +22,19 @@ use base64::{
 };
 
 /// A real value's encoding and the same encoding of its placeholder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Core {
     pub real: Vec<u8>,
     pub placeholder: Vec<u8>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("real", &format_args!("<{} bytes>", self.real.len()))
+            .field("placeholder", &String::from_utf8_lossy(&self.placeholder))
+            .finish()
+    }
 }
 
 /// The cores of a secret's own value: literal, hex, base64 whole and aligned.
