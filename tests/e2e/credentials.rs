@@ -512,6 +512,8 @@ echo "--- gzip"
 curl -sS -m 20 --compressed -D - -H "Authorization: Bearer $VENDOR_KEY" https://api.vendor.test/v1/echo/gzip; echo
 curl -sS -m 20 --compressed -D - -u "someone:$BASIC_KEY" https://other.vendor.test/v1/echo/gzip; echo
 curl -sS -m 20 --compressed -D - --get --data-urlencode "api_key=$QUERY_KEY" https://open.vendor.test/v1/echo/gzip; echo
+echo "--- zstd"
+curl -sS -m 20 -w '\n@@ %{http_code}\n' -H "Authorization: Bearer $VENDOR_KEY" https://api.vendor.test/v1/echo/zstd; echo
 echo "--- reason"
 curl -sS -m 20 --http1.1 -D - -H "Authorization: Bearer $VENDOR_KEY" https://ws.vendor.test/v1/echo/reason; echo
 curl -sS -m 20 --http1.1 -D - --get --data-urlencode "api_key=$QUERY_KEY" https://ws.vendor.test/v1/echo/reason; echo
@@ -582,6 +584,17 @@ echo "--- end"
                 out.stdout
             );
         }
+        // A coding enforcer cannot decode is refused, by name, not relayed.
+        let zstd = out
+            .stdout
+            .split("--- zstd")
+            .nth(1)
+            .and_then(|s| s.split("--- reason").next())
+            .unwrap_or_default();
+        assert!(
+            zstd.contains("@@ 502") && zstd.contains("\"encoding\":\"zstd\""),
+            "{zstd}"
+        );
         // The plain echoes show the placeholders, and the encoded ones show
         // the placeholder in the same encoding.
         for expected in [

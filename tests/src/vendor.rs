@@ -614,6 +614,7 @@ pub mod echo {
 
     /// `/v1/echo/encoded`: the credentials in every encoding, in the body.
     /// `/v1/echo/gzip`: the same, gzip-compressed whatever the request asked.
+    /// `/v1/echo/zstd`: the same, labelled `Content-Encoding: zstd`.
     /// `/v1/echo/headers`: the credentials in response headers.
     /// `/v1/echo/reason`: a 401 whose HTTP/1 reason phrase holds them.
     /// `/v1/echo/upgrade`: a 101 whose headers carry the credentials.
@@ -626,6 +627,14 @@ pub mod echo {
         let m = material(authorization, query);
         match path {
             "/v1/echo/encoded" => Some(json(encoded(&m))),
+            "/v1/echo/zstd" => {
+                // Labelled with a coding enforcer does not decode (the bytes
+                // are the plain echo: whoever ignores the label reads the key).
+                let mut resp = json(encoded(&m));
+                resp.headers_mut()
+                    .insert("content-encoding", "zstd".parse().expect("header"));
+                Some(resp)
+            }
             "/v1/echo/reason" => {
                 let mut resp = json("{}");
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
