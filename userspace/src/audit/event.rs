@@ -159,6 +159,9 @@ pub enum Failure {
     ClientGone,
     /// Anything else the HTTP client reports.
     Protocol,
+    /// Its answer had to be scanned for a real credential and could not
+    /// be (an encoding enforcer cannot decode): not passed on.
+    Unscannable,
 }
 
 impl Failure {
@@ -172,6 +175,7 @@ impl Failure {
             Self::Timeout => "timeout",
             Self::ClientGone => "client-gone",
             Self::Protocol => "protocol",
+            Self::Unscannable => "unscannable",
         }
     }
 }

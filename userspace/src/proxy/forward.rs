@@ -135,34 +135,37 @@ pub async fn forward(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        relay_websocket(
-            client_upgrade,
-            upstream_upgrade,
-            conn,
-            ctx,
-            &injected,
-            id,
-            d,
-        );
         let (mut parts, _) = resp.into_parts();
-        secrets::redact::headers(&mut parts.headers, &injected.redact);
-        return Response::from_parts(parts, full(Bytes::new()));
+        // Headers only: a 101 has no body.
+        return match secrets::redact::response(&mut parts, full(Bytes::new()), &injected.redact) {
+            Ok(body) => {
+                relay_websocket(
+                    client_upgrade,
+                    upstream_upgrade,
+                    conn,
+                    ctx,
+                    &injected,
+                    id,
+                    d,
+                );
+                Response::from_parts(parts, body)
+            }
+            Err(e) => unscannable(ctx, id, d, &e),
+        };
     }
     let (mut parts, body) = resp.into_parts();
+    // Real values the upstream echoes (in any encoding, compressed or not)
+    // become placeholders; a body that cannot be decoded is not passed on.
+    let body = match secrets::redact::response(&mut parts, body, &injected.redact) {
+        Ok(body) => body,
+        Err(e) => return unscannable(ctx, id, d, &e),
+    };
     strip_hop_by_hop(&mut parts.headers);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = if injected.redact.is_empty() {
-        body
-    } else {
-        secrets::redact::headers(&mut parts.headers, &injected.redact);
-        // The length may change when a value and its placeholder differ in size.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        secrets::redact::RedactBody::new(body, &injected.redact).boxed()
-    };
     let tracking = Tracking {
         sink: ctx.sink.clone(),
         id,
@@ -283,6 +286,27 @@ async fn upstream_failed(
     resp
 }
 
+/// The answer when a response that must be redacted cannot be read: the
+/// vendor's answer is not passed on (the request did reach it).
+fn unscannable(
+    ctx: &ProxyContext,
+    id: Option<EventId>,
+    d: &Decision,
+    e: &secrets::redact::Unscannable,
+) -> Response<Body> {
+    let resp = failed(ctx, id, d, Failure::Unscannable, e.to_string());
+    let (mut parts, _) = resp.into_parts();
+    let mut shown = d.clone();
+    shown.set_cause(Cause::UpstreamFailed, e.to_string());
+    let body = Refusal::new(Cause::UpstreamFailed, e.to_string())
+        .field("failure", Failure::Unscannable.as_str())
+        .field("encoding", e.encoding())
+        .response(&shown, &ctx.run_id)
+        .into_body();
+    parts.status = StatusCode::BAD_GATEWAY;
+    Response::from_parts(parts, body)
+}
+
 /// Records an upstream failure on the request's row and on stderr, and
 /// answers the agent.
 fn failed(
@@ -384,10 +408,8 @@ fn websocket_guards(conn: &Conn, ctx: &ProxyContext, injected: &Injected) -> web
         })
         .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
         .collect();
-    let redact = injected
-        .redact
-        .iter()
-        .map(|(real, placeholder)| (real.as_bytes().to_vec(), placeholder.as_bytes().to_vec()))
-        .collect();
-    websocket::Guards { foreign, redact }
+    websocket::Guards {
+        foreign,
+        redact: injected.redact.clone(),
+    }
 }
