@@ -22,7 +22,7 @@ mod report;
 mod schema;
 mod store;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod vendor;
 mod writer;
 

@@ -154,6 +154,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         None => policy.run.ttl,
     };
     let approval_timeout = duration_flag("--approval-timeout", &args.approval_timeout)?;
+    let upstream_timeout = duration_flag("--upstream-timeout", &args.upstream_timeout)?;
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
@@ -311,6 +312,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         ca,
         trust_env: trust.env(),
         upstream_tls,
+        upstream_timeout,
         user,
         isolation,
         program,
@@ -366,6 +368,7 @@ struct Plan {
     ca: Arc<tls::RunCa>,
     trust_env: Vec<(String, PathBuf)>,
     upstream_tls: rustls::ClientConfig,
+    upstream_timeout: Duration,
     user: target_user::TargetUser,
     isolation: isolation::Isolation,
     program: PathBuf,
@@ -437,7 +440,11 @@ async fn supervise(
         origdst,
         resolver: Arc::clone(&plan.resolver),
         sink: sink.clone(),
-        upstream: Upstream::new(Arc::clone(&plan.resolver), plan.upstream_tls.clone()),
+        upstream: Upstream::new(
+            Arc::clone(&plan.resolver),
+            plan.upstream_tls.clone(),
+            plan.upstream_timeout,
+        ),
         tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
         secrets: Arc::clone(&plan.secrets),
         approvals: Arc::clone(&plan.approvals),

@@ -7,19 +7,31 @@ use crate::{
     approval::ApprovalHub,
     decision::{Cause, Decision, DecisionSink, Layer},
     dns::Resolver,
-    kernel::origdst::OrigDstTable,
     policy::Policy,
     secrets::Secrets,
 };
 
 use super::upstream::Upstream;
 
+/// Where each accepted connection was headed: the kernel's table in a run,
+/// a plain map in tests.
+pub trait Destinations: Send + Sync {
+    /// The destination the client at `peer` dialed, if it is one of ours.
+    fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr>;
+}
+
+impl Destinations for crate::kernel::origdst::OrigDstTable {
+    fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        crate::kernel::origdst::OrigDstTable::lookup(self, peer)
+    }
+}
+
 /// Shared by every task of a run's proxy. Cheap to clone.
 #[derive(Clone)]
 pub struct ProxyContext {
     pub run_id: Arc<str>,
     pub policy: Arc<Policy>,
-    pub origdst: Arc<OrigDstTable>,
+    pub origdst: Arc<dyn Destinations>,
     pub resolver: Arc<Resolver>,
     pub sink: DecisionSink,
     pub upstream: Upstream,

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use super::{
     buffer::{self, BufferError},
@@ -46,7 +45,11 @@ const DRAIN_LIMIT: usize = 1024 * 1024;
 const PREVIEW: usize = 512;
 
 /// Decides one request and forwards it if allowed.
-pub async fn handle(req: Request<Incoming>, conn: &Conn, ctx: &ProxyContext) -> Response<Body> {
+pub async fn handle<B>(req: Request<B>, conn: &Conn, ctx: &ProxyContext) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let target = req
         .uri()
         .path_and_query()
@@ -56,7 +59,7 @@ pub async fn handle(req: Request<Incoming>, conn: &Conn, ctx: &ProxyContext) -> 
         .port(conn.port)
         .request(req.method().as_str(), target);
     let (parts, body) = req.into_parts();
-    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    let body = body.map_err(Into::into).boxed();
     match stages(parts, body, conn, ctx, &mut d).await {
         Ok(resp) => resp,
         Err(Stopped { refusal, body }) => {
@@ -564,3 +567,6 @@ async fn drain(mut body: Body) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
 }
+
+#[cfg(test)]
+mod tests;
