@@ -413,6 +413,15 @@ async fn over_a_cap_nothing_leaves_and_the_reservation_is_released() {
         r.send("POST", "/v1/pay", &form, "amount=4000").await.0,
         StatusCode::OK
     );
+    let seen = vendor.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/v1/pay")
+    );
+    assert_eq!(
+        seen[0].body, b"amount=4000",
+        "the body read for its cost is forwarded whole"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.ctx.spend.ledger.run_spent(), 40_000_000);
 }
