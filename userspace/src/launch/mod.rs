@@ -625,10 +625,17 @@ async fn events_task(
     }
 }
 
+/// `socket()` type bits of glibc's nscd client: SOCK_STREAM | SOCK_NONBLOCK
+/// | SOCK_CLOEXEC.
+const NSCD_SOCKET_TYPE: u32 = 1 | 0o4000 | 0o2000000;
+
 /// The decision for a refusal the kernel (or the seccomp supervisor)
-/// reported. getaddrinfo's UDP `connect()` to an address the resolver
-/// handed out (it sorts addresses that way; no datagram follows) is a
-/// benign probe: refused all the same, but not counted or printed.
+/// reported. Two are benign probes, refused all the same but neither
+/// counted nor printed (the audit log keeps them, as `benign-probe`):
+/// getaddrinfo's UDP `connect()` to an address the resolver handed out (it
+/// sorts addresses that way; no datagram follows), and a unix stream socket
+/// created with exactly glibc's nscd flags when the policy lists no unix
+/// socket (every name lookup of a glibc program tries nscd first).
 fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
     let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
     let reason = if unix_refused && e.path.is_none() {
@@ -643,10 +650,20 @@ fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decis
     };
     let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
         && e.addr.is_some_and(|a| names.name_for(a).is_some());
+    let nscd_probe = unix_refused
+        && e.path.is_none()
+        && e.family == "unix"
+        && e.sock_type == NSCD_SOCKET_TYPE
+        && e.protocol == 0;
     let (cause, reason) = if sort_probe {
         (
             Cause::BenignProbe,
             "getaddrinfo's UDP connect() to sort the addresses the resolver gave (refused; no datagram is sent)",
+        )
+    } else if nscd_probe {
+        (
+            Cause::BenignProbe,
+            "a unix stream socket with glibc's nscd flags (its name-service cache probe; refused)",
         )
     } else {
         (Cause::Kernel, reason)
