@@ -229,3 +229,71 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, path::Path, time::Duration};
+
+    use super::*;
+    use crate::{
+        approval::{ApprovalHub, ApproverMode},
+        decision::LogMode,
+        policy::Policy,
+        spend::SpendControl,
+    };
+
+    /// Connects from a thread whose own credentials are `nobody`'s (when
+    /// the tests run as root; otherwise they are already not root).
+    fn connect_as_nobody(path: &Path) -> std::io::Result<String> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            if nix::unistd::geteuid().is_root() {
+                // SAFETY: raw setresuid changes this thread's credentials only.
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                assert_eq!(rc, 0, "setresuid");
+            }
+            let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+            s.write_all(b"{\"op\":\"revoke\"}\n")?;
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut s, &mut out)?;
+            Ok(out)
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn anyone_but_root_at_the_control_socket_raises_a_forged_approval_alarm() {
+        let dir = crate::audit::testutil::TempDir::new("control");
+        let path = dir.path().join("control.sock");
+        let socket = ControlSocket::bind(&path).unwrap();
+        // A hole that lets the agent's user reach the socket (what the
+        // unix-socket supervisor used to be).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let policy = Policy::parse("", Path::new("p.toml")).unwrap();
+        let secrets = Arc::new(Secrets::for_tests(&policy, &[]));
+        let sink = DecisionSink::new("r1", LogMode::Quiet);
+        let ctx = ControlContext {
+            run_id: "r1".into(),
+            name: "n".into(),
+            policy: "p.toml".into(),
+            secrets: Arc::clone(&secrets),
+            sink: sink.clone(),
+            agent_pid: Arc::new(AtomicU32::new(0)),
+            audit_db: None,
+            approvals: Arc::new(ApprovalHub::new(ApproverMode::None, Duration::from_secs(1))),
+            spend: Arc::new(SpendControl::open(&policy, "r1", None).unwrap()),
+        };
+        let server = tokio::spawn(socket.serve(ctx));
+        let p = path.clone();
+        let answer = tokio::task::spawn_blocking(move || connect_as_nobody(&p))
+            .await
+            .unwrap()
+            .unwrap();
+        server.abort();
+        assert!(answer.contains("only root may control a run"), "{answer}");
+        assert_eq!(secrets.access(), Access::Live, "nothing was done");
+        assert_eq!(sink.tally().counts.forged_approvals, 1);
+    }
+}
