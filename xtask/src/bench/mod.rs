@@ -10,6 +10,7 @@ mod origin;
 mod peers;
 mod procstat;
 mod proxy;
+mod stream;
 
 use clap::Subcommand;
 
@@ -27,6 +28,9 @@ pub enum Which {
     /// DNS queries per second through the kernel redirect to enforcer's
     /// resolver (allowed and refused names) against a trivial responder.
     Dns,
+    /// Time to first byte of a streamed (SSE) response through a cost rule
+    /// that reads the response, against direct.
+    Stream(stream::Options),
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -34,6 +38,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Connect => connect::run(),
         Which::Proxy(opts) => proxy::run(&opts),
         Which::Dns => dns::run(),
+        Which::Stream(opts) => stream::run(&opts),
     }
 }
 
