@@ -1,7 +1,7 @@
 //! The command line: `enforcer launch`, `enforcer policy check|explain`,
 //! `enforcer cleanup`.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -115,10 +115,10 @@ pub struct LaunchArgs {
     /// can read the agent's environment, memory and connections; avoid.
     #[arg(long)]
     pub allow_unisolated: bool,
-    /// How long the run's credentials stay usable (e.g. 30m, 3h); overrides
-    /// the policy's `[run] ttl`. After it, placeholders stop working.
-    #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
+    /// How long the run's credentials stay usable (e.g. 30m, 3h, 1h30m);
+    /// overrides the policy's `[run] ttl`. After it, placeholders stop working.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub ttl: Option<Duration>,
     /// End the run (kill the agent) when its credentials expire.
     #[arg(long)]
     pub kill_on_expiry: bool,
@@ -147,8 +147,8 @@ pub struct LaunchArgs {
     #[arg(long, value_enum, default_value = "terminal")]
     pub approver: Approver,
     /// How long a request waits for an answer before it is denied.
-    #[arg(long, value_name = "DURATION", default_value = "60s")]
-    pub approval_timeout: String,
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub approval_timeout: Duration,
     /// Write the end-of-run summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -211,8 +211,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         db: AuditDbArg,
         /// Only runs started within this long (e.g. 1h, 7d).
-        #[arg(long, value_name = "AGE")]
-        since: Option<String>,
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        since: Option<Duration>,
         #[arg(long)]
         limit: Option<usize>,
         /// table, jsonl or csv.
@@ -231,8 +231,8 @@ pub enum AuditCommand {
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
         /// Only events within this long (e.g. 30m, 1d).
-        #[arg(long, value_name = "AGE")]
-        since: Option<String>,
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        since: Option<Duration>,
         /// allow, deny or ask.
         #[arg(long)]
         verdict: Option<String>,
@@ -253,7 +253,18 @@ pub enum AuditCommand {
     Prune {
         #[command(flatten)]
         db: AuditDbArg,
-        #[arg(long, value_name = "AGE")]
-        older_than: String,
+        /// E.g. 30d, 2w.
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        older_than: Duration,
     },
+}
+
+/// `--ttl`, `--approval-timeout`: the policy's duration grammar, longer than zero.
+fn duration(text: &str) -> Result<Duration, crate::policy::DurationError> {
+    crate::policy::parse_duration(text)
+}
+
+/// `--since`, `--older-than`: the same grammar, zero included.
+fn age(text: &str) -> Result<Duration, crate::policy::DurationError> {
+    crate::policy::parse_duration_or_zero(text)
 }

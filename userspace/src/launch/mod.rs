@@ -73,12 +73,6 @@ pub enum LaunchError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Spend(#[from] crate::spend::SpendError),
-    #[error("invalid {flag} {value:?}: {reason}")]
-    BadDuration {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -95,7 +89,6 @@ impl LaunchError {
             Self::Policy(_) | Self::Resolve(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
-            | Self::BadDuration { .. }
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
             Self::Command(command::CommandError::NotFound(_) | command::CommandError::Empty) => 127,
             Self::Command(command::CommandError::NotExecutable(_)) => 126,
@@ -143,11 +136,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Arc::clone(&policy),
     )?);
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
-    let ttl = match &args.ttl {
-        Some(t) => Some(duration_flag("--ttl", t)?),
-        None => policy.run.ttl,
-    };
-    let approval_timeout = duration_flag("--approval-timeout", &args.approval_timeout)?;
+    let ttl = args.ttl.or(policy.run.ttl);
+    let approval_timeout = args.approval_timeout;
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
@@ -648,14 +638,6 @@ fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
         env.push((k.into(), placeholder.into()));
     }
     env
-}
-
-fn duration_flag(flag: &'static str, value: &str) -> Result<Duration, LaunchError> {
-    crate::policy::parse_duration(value).map_err(|reason| LaunchError::BadDuration {
-        flag,
-        value: value.to_string(),
-        reason,
-    })
 }
 
 /// The run's approval queue and, with `--approver terminal` on a terminal,
