@@ -34,6 +34,11 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Remove what a crashed or pinned run left behind (cgroup, pinned programs).
+    #[command(
+        after_help = "Exit status: 0 when the run (or every dead run) was removed, or \
+        nothing was left to remove; 1 for a RUN_ID of which nothing is left on this host, a \
+        run whose enforcer is still alive, or another error."
+    )]
     Cleanup(CleanupArgs),
     /// Query the audit log: runs, their events, and pruning.
     #[command(subcommand)]

@@ -38,6 +38,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A scratch directory that everybody may read (for the unprivileged runs).
 fn scratch(name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
@@ -46,6 +51,32 @@ fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
+}
+
+// ---- enforcer cleanup ----------------------------------------------------
+
+#[test]
+fn cleanup_of_an_unknown_run_says_so_and_fails() {
+    let id = "20990101-000000-c1ea00";
+    let out = run(enforcer().args(["cleanup", id]));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    if is_root() {
+        assert!(
+            err.contains(&format!("no run {id}")),
+            "cleanup should say the run is unknown: {err}"
+        );
+        assert!(!err.contains("nothing to clean up"), "{err}");
+    } else {
+        assert!(err.contains("root"), "{err}");
+    }
+}
+
+#[test]
+fn cleanup_of_something_that_is_not_a_run_id_fails_without_root() {
+    let out = run(enforcer().args(["cleanup", "../etc"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("not a run id"), "{out:?}");
 }
 
 // ---- durations ------------------------------------------------------------
@@ -93,4 +124,3 @@ fn one_duration_grammar_on_the_command_line() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
-
