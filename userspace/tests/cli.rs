@@ -79,6 +79,44 @@ fn cleanup_of_something_that_is_not_a_run_id_fails_without_root() {
     assert!(text(&out.stderr).contains("not a run id"), "{out:?}");
 }
 
+// ---- launch: root before secrets ---------------------------------------
+
+#[test]
+fn launch_checks_for_root_before_reading_secrets() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = scratch("root-first");
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        r#"
+[[secret]]
+name = "ENFORCER_TEST_NOT_SET"
+from = "env:ENFORCER_TEST_NOT_SET"
+hosts = ["api.example.com"]
+header = "Authorization"
+
+[[host]]
+name = "api.example.com"
+action = "allow"
+"#,
+    )
+    .unwrap();
+    let mut c = enforcer();
+    c.args(["launch", "--policy"])
+        .arg(&p)
+        .args(["--", "/bin/true"])
+        .env_remove("ENFORCER_TEST_NOT_SET");
+    if is_root() {
+        c.uid(65534).gid(65534);
+    }
+    let out = run(&mut c);
+    let err = text(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    assert!(!err.contains("ENFORCER_TEST_NOT_SET"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- durations ------------------------------------------------------------
 
 #[test]

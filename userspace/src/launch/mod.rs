@@ -116,6 +116,11 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     for w in policy.warnings() {
         eprintln!("enforcer: warning: {w}");
     }
+    // Before anything is read with root's rights (secrets, CA files): a
+    // user without them learns that, not that a secret is missing.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LaunchError::NotRoot);
+    }
     let resolver_overrides = args
         .resolver
         .iter()
@@ -141,9 +146,6 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LaunchError::NotRoot);
-    }
     let user = target_user::resolve(args.user.as_deref(), args.allow_root)?;
     // A key file the agent could read or swap would give it the real key.
     let gids: Vec<u32> = user.groups.iter().copied().chain([user.gid]).collect();
