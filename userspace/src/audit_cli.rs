@@ -61,7 +61,7 @@ fn format(f: &str) -> Result<OutputFormat, AuditCliError> {
 
 /// Runs one `enforcer audit` command, writing to stdout.
 pub fn run(cmd: AuditCommand) -> Result<(), AuditCliError> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match cmd {
         AuditCommand::Runs {
             db,

@@ -79,6 +79,98 @@ fn cleanup_of_something_that_is_not_a_run_id_fails_without_root() {
     assert!(text(&out.stderr).contains("not a run id"), "{out:?}");
 }
 
+// ---- | head --------------------------------------------------------------
+
+/// Runs `c` with its stdout already closed by the reader, as `| head` does
+/// once it has its lines (closed before the command starts, so that every
+/// write fails, however fast the command is).
+fn with_closed_stdout(c: &mut Command) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = c.stdout(writer).output().expect("run enforcer");
+    (out.status, text(&out.stderr))
+}
+
+fn assert_quiet_sigpipe(what: &str, status: std::process::ExitStatus, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        stderr.is_empty(),
+        "{what}: a closed stdout must end the command quietly, stderr was:\n{stderr}"
+    );
+    assert!(
+        status.signal() == Some(libc::SIGPIPE) || status.code() == Some(128 + libc::SIGPIPE),
+        "{what}: expected the conventional SIGPIPE status (141), got {status:?}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_policy_check_quietly() {
+    let (status, err) =
+        with_closed_stdout(enforcer().args(["policy", "check", &policy("billing.toml")]));
+    assert_quiet_sigpipe("policy check", status, &err);
+}
+
+#[test]
+fn a_closed_stdout_ends_policy_explain_quietly() {
+    let (status, err) = with_closed_stdout(enforcer().args([
+        "policy",
+        "explain",
+        &policy("billing.toml"),
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_1",
+    ]));
+    assert_quiet_sigpipe("policy explain", status, &err);
+}
+
+#[test]
+fn a_closed_stdout_ends_audit_queries_quietly() {
+    let dir = scratch("audit-head");
+    let db = dir.join("audit.db");
+    drop(enforcer::audit::AuditStore::open(&db).unwrap());
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "INSERT INTO runs (id, name, policy_path, policy_sha256, invoking_user, uid, command, cgroup, started_at)
+         VALUES ('20261122-101502-3fa9c1', 'agent', 'p.toml', '', 'me', 1000, 'curl', '/cg', '2026-11-22 10:15:02.000');",
+    )
+    .unwrap();
+    for i in 0..2000 {
+        c.execute(
+            "INSERT INTO events (run_id, at, layer, verdict, host, port, reason)
+             VALUES ('20261122-101502-3fa9c1', '2026-11-22 10:15:03.000', 'connection', 'deny', ?1, 443, 'not in the policy')",
+            [format!("host{i}.example")],
+        )
+        .unwrap();
+    }
+    drop(c);
+    let db = db.to_string_lossy().into_owned();
+    for format in ["table", "jsonl", "csv"] {
+        let (status, err) = with_closed_stdout(enforcer().args([
+            "audit",
+            "events",
+            "--audit-db",
+            &db,
+            "--format",
+            format,
+        ]));
+        assert_quiet_sigpipe(&format!("audit events --format {format}"), status, &err);
+    }
+    let (status, err) = with_closed_stdout(enforcer().args(["audit", "runs", "--audit-db", &db]));
+    assert_quiet_sigpipe("audit runs", status, &err);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_closed_stdout_ends_status_quietly() {
+    if !is_root() {
+        eprintln!("skipped: `enforcer status` needs root");
+        return;
+    }
+    let (status, err) = with_closed_stdout(enforcer().args(["status"]));
+    assert_quiet_sigpipe("status", status, &err);
+    let (status, err) = with_closed_stdout(enforcer().args(["approvals"]));
+    assert_quiet_sigpipe("approvals", status, &err);
+}
+
 // ---- launch: root before secrets ---------------------------------------
 
 #[test]
@@ -161,4 +253,79 @@ fn one_duration_grammar_on_the_command_line() {
         .arg(&db));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- stderr in a file, and --log-json ----------------------------------
+
+#[test]
+fn stderr_to_a_pipe_has_no_colour_escapes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // `audit prune` warns (through tracing) about a database others can read.
+    let dir = scratch("colour");
+    let db = dir.join("audit.db");
+    drop(enforcer::audit::AuditStore::open(&db).unwrap());
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(enforcer()
+        .args(["audit", "prune", "--older-than", "30d", "--audit-db"])
+        .arg(&db));
+    assert!(out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("chmod 600"),
+        "expected the permissions warning: {err}"
+    );
+    assert!(!err.contains('\u{1b}'), "colour escapes in a pipe: {err:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn log_json_makes_every_stderr_line_json() {
+    let out = run(enforcer().args([
+        "launch",
+        "--log-json",
+        "--policy",
+        "/nonexistent/policy.toml",
+        "--",
+        "/bin/true",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(!err.trim().is_empty());
+    for line in err.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nall of stderr:\n{err}"));
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+            "not an RFC 3339 UTC timestamp: {line}"
+        );
+        assert_eq!(v["level"], "ERROR", "{line}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/nonexistent/policy.toml")),
+            "{line}"
+        );
+    }
+    // A usage error too (the agent's own `--log-json` after `--` does not count).
+    let out = run(enforcer().args([
+        "launch",
+        "--log-json",
+        "--ttl",
+        "soon",
+        "--policy",
+        "p.toml",
+        "--",
+        "/bin/true",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON line");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("--ttl")),
+        "{err}"
+    );
+    let out = run(enforcer().args(["launch", "--ttl", "soon", "--", "tool", "--log-json"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).starts_with("error:"), "{out:?}");
 }

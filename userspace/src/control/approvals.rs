@@ -44,20 +44,25 @@ pub fn list(json: bool) -> Result<(), ControlError> {
     let pending = all_pending();
     if json {
         for p in &pending {
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
+            crate::outln!("{}", serde_json::to_string(p).unwrap_or_default());
         }
         return Ok(());
     }
     if pending.is_empty() {
-        println!("no requests are waiting for approval");
+        crate::outln!("no requests are waiting for approval");
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:>4}  {:<24} {:>5}  {:<7} {:<40} {:<12} SECRETS",
-        "ID", "RUN", "LEFT", "METHOD", "URL", "COST"
+        "ID",
+        "RUN",
+        "LEFT",
+        "METHOD",
+        "URL",
+        "COST"
     );
     for p in pending {
-        println!(
+        crate::outln!(
             "{:>4}  {:<24} {:>4}s  {:<7} {:<40} {:<12} {}",
             p.id,
             p.run_id,
@@ -120,7 +125,7 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlE
                 Answer::Always => "approved, with every later request of its rule in this run",
                 Answer::Deny => "denied",
             };
-            println!("run {run_id}: request {id} {what}");
+            crate::outln!("run {run_id}: request {id} {what}");
             Ok(())
         }
         Response::Error { message } => Err(ControlError::Refused {

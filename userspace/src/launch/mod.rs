@@ -114,7 +114,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
     for w in policy.warnings() {
-        eprintln!("enforcer: warning: {w}");
+        crate::say!(Warn, "enforcer: warning: {w}");
     }
     // Before anything is read with root's rights (secrets, CA files): a
     // user without them learns that, not that a secret is missing.
@@ -130,7 +130,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let upstream_dns = match dns::config::upstreams(&resolver_overrides) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("enforcer: note: {e}; allowed names resolve only through --resolve entries");
+            crate::say!(
+                Info,
+                "enforcer: note: {e}; allowed names resolve only through --resolve entries"
+            );
             Vec::new()
         }
     };
@@ -168,10 +171,15 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // provide it stops the launch here, unless the user says otherwise.
     let isolation = isolation::Isolation::prepare(&user.name, args.allow_unisolated)?;
     if !isolation.missing.is_empty() {
-        eprintln!("{}", isolation::warning(&user.name, &isolation.missing));
+        crate::say!(
+            Warn,
+            "{}",
+            isolation::warning(&user.name, &isolation.missing)
+        );
     }
     if user.is_root() {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: WARNING: the agent runs as ROOT (--allow-root). A root agent can detach \
              the kernel programs, leave its cgroup and read every secret on this host. Its \
              confinement is advisory."
@@ -181,7 +189,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // The audit log must be writable before anything happens: a run that
     // cannot be recorded does not start (unless --no-audit).
     let audit_store = if args.no_audit {
-        eprintln!("enforcer: WARNING: --no-audit: nothing will record what the agent does");
+        crate::say!(
+            Warn,
+            "enforcer: WARNING: --no-audit: nothing will record what the agent does"
+        );
         None
     } else {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
@@ -466,7 +477,8 @@ async fn supervise(
         isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
     };
-    eprintln!(
+    crate::say!(
+        Info,
         "enforcer: run {} started: {} as {} (uid {}), policy {}",
         plan.run_id,
         plan.program.display(),
@@ -548,10 +560,12 @@ async fn supervise(
     while tasks.join_next().await.is_some() {}
     let counters = enforcement.counters();
     if counters.events_lost > 0 || counters.table_full > 0 {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: note: {} kernel refusal reports were lost (ring buffer full); {} sockets were \
              refused because a socket table was full",
-            counters.events_lost, counters.table_full
+            counters.events_lost,
+            counters.table_full
         );
     }
     enforcement.detach()?;
@@ -660,7 +674,8 @@ fn approvers(
         Approver::Terminal if asks => {
             let t = Terminal::open().map_err(io_err("cannot set up the agent's terminal"))?;
             if t.is_none() && asks {
-                eprintln!(
+                crate::say!(
+                    Info,
                     "enforcer: note: stdin is not a terminal (or enforcer is not in its \
                      foreground): approvals only through `sudo enforcer approve ID` from \
                      another terminal"
@@ -671,7 +686,8 @@ fn approvers(
         Approver::Terminal | Approver::Socket | Approver::None => None,
     };
     if approver == Approver::None && asks {
-        eprintln!(
+        crate::say!(
+            Info,
             "enforcer: note: --approver none: every request that needs an approval is denied"
         );
     }
