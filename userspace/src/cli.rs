@@ -180,11 +180,19 @@ pub enum PolicyCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show the decision FILE makes for one request, and the rule that makes it.
-    #[command(
-        after_help = "Example:\n  enforcer policy explain policies/billing.toml POST https://api.stripe.com/v1/refunds"
-    )]
+    /// Show the decision FILE makes for one request, the rule that makes
+    /// it, and what applies on the way out (cost, caps, rate and call
+    /// limits, secrets injected).
+    #[command(after_help = "Example:\n  \
+        enforcer policy explain policies/billing.toml POST https://api.stripe.com/v1/refunds\n  \
+        enforcer policy explain --exit-code policies/ci-readonly.toml GET https://api.github.com/zen\n\n\
+        Exit status: 0 when it answers; with --exit-code, 0 for ALLOW, 1 for DENY, 3 for ASK. \
+        2 for a policy that does not load, a bad method or URL, or bad usage.")]
     Explain {
+        /// Exit 1 when the request is denied and 3 when it needs a human
+        /// (0 when allowed), for scripts and CI checks.
+        #[arg(long)]
+        exit_code: bool,
         #[arg(value_name = "FILE")]
         file: PathBuf,
         #[arg(value_name = "METHOD")]

@@ -6,7 +6,7 @@ use clap::Parser as _;
 use enforcer::{
     cli::{Cli, Command, PolicyCommand},
     logging, output,
-    policy::Policy,
+    policy::{Action, Policy},
 };
 
 fn main() {
@@ -40,6 +40,15 @@ fn usage_error(e: &clap::Error) -> ! {
     std::process::exit(e.exit_code())
 }
 
+/// `policy explain --exit-code`: how the decision shows in the exit status.
+fn explain_code(action: Action) -> i32 {
+    match action {
+        Action::Allow => 0,
+        Action::Deny => 1,
+        Action::Ask => 3,
+    }
+}
+
 fn run(command: Command) -> i32 {
     match command {
         Command::Launch(args) => match enforcer::launch::run(args) {
@@ -59,18 +68,21 @@ fn run(command: Command) -> i32 {
                 2
             }
         },
-        Command::Policy(PolicyCommand::Explain { file, method, url }) => {
-            match Policy::load(&file).and_then(|p| p.explain(&method, &url)) {
-                Ok(x) => {
-                    enforcer::outln!("{x}");
-                    0
-                }
-                Err(e) => {
-                    logging::verbatim(logging::Level::Error, &e);
-                    2
-                }
+        Command::Policy(PolicyCommand::Explain {
+            file,
+            method,
+            url,
+            exit_code,
+        }) => match Policy::load(&file).and_then(|p| p.explain(&method, &url)) {
+            Ok(x) => {
+                enforcer::outln!("{x}");
+                if exit_code { explain_code(x.action) } else { 0 }
             }
-        }
+            Err(e) => {
+                logging::verbatim(logging::Level::Error, &e);
+                2
+            }
+        },
         Command::Audit(cmd) => match enforcer::audit_cli::run(cmd) {
             Ok(()) => 0,
             Err(e) => failed(&e, 1),

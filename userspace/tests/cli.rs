@@ -171,6 +171,67 @@ fn a_closed_stdout_ends_status_quietly() {
     assert_quiet_sigpipe("approvals", status, &err);
 }
 
+// ---- policy explain --exit-code ----------------------------------------
+
+#[test]
+fn explain_exit_code_tells_allow_deny_and_ask_apart() {
+    let billing = policy("billing.toml");
+    for (method, url, code) in [
+        ("GET", "https://api.stripe.com/v1/customers/cus_1", 0),
+        ("DELETE", "https://api.stripe.com/v1/customers/cus_1", 1),
+        ("GET", "https://evil.example/", 1),
+        ("POST", "https://api.stripe.com/v1/refunds", 3),
+    ] {
+        let out = run(enforcer().args(["policy", "explain", "--exit-code", &billing, method, url]));
+        assert_eq!(out.status.code(), Some(code), "{method} {url}: {out:?}");
+        // Without the flag, an answer is a success whatever it says.
+        let out = run(enforcer().args(["policy", "explain", &billing, method, url]));
+        assert_eq!(out.status.code(), Some(0), "{method} {url}: {out:?}");
+    }
+    // A policy or usage error is 2, with or without the flag.
+    let out = run(enforcer().args([
+        "policy",
+        "explain",
+        "--exit-code",
+        "/nonexistent/p.toml",
+        "GET",
+        "https://a.example/",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(enforcer().args([
+        "policy",
+        "explain",
+        "--exit-code",
+        &billing,
+        "GET",
+        "not a url",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn explain_shows_cost_caps_rate_and_secrets_of_the_match() {
+    let out = run(enforcer().args([
+        "policy",
+        "explain",
+        &policy("billing.toml"),
+        "POST",
+        "https://api.stripe.com/v1/payment_intents",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let s = text(&out.stdout);
+    for want in [
+        "-> ALLOW",
+        "cost: form field amount / 100, currency from form field currency",
+        "spend cap: $500 per run",
+        "rate: 60/min",
+        "secret STRIPE_SECRET_KEY: header Authorization: Bearer {}",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in:\n{s}");
+    }
+    assert!(!s.contains("sk_live_") || s.contains("placeholder"), "{s}");
+}
+
 // ---- launch: root before secrets ---------------------------------------
 
 #[test]
