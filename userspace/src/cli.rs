@@ -23,12 +23,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CMD under enforcement (needs root: run it with sudo).
-    #[command(after_help = "Examples:\n  \
-        sudo enforcer launch --policy policies/demo.toml -- curl -sS https://api.github.com/zen\n  \
-        sudo enforcer launch --policy billing.toml --user agent -- python agent.py\n\n\
+    #[command(
+        after_help = "Examples (from a checkout of enforcer; sudo keeps the keys the \
+        policies read only when told to, with --preserve-env):\n  \
+        sudo --preserve-env=GITHUB_TOKEN enforcer launch \\\n      \
+        --policy policies/ci-readonly.toml -- curl -sS https://api.github.com/zen\n  \
+        sudo --preserve-env=STRIPE_SECRET_KEY enforcer launch \\\n      \
+        --policy policies/billing.toml --user agent -- python3 agent.py\n\n\
         The agent runs as the user who invoked sudo (or --user), never as root unless \
         --allow-root is given. Exit status: the command's own, 128+N if it was killed by \
-        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 1 for other errors.")]
+        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 1 for other errors."
+    )]
     Launch(LaunchArgs),
     /// Validate and inspect policy files.
     #[command(subcommand)]

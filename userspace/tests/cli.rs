@@ -232,6 +232,67 @@ fn explain_shows_cost_caps_rate_and_secrets_of_the_match() {
     assert!(!s.contains("sk_live_") || s.contains("placeholder"), "{s}");
 }
 
+// ---- launch --help -------------------------------------------------------
+
+/// Every `enforcer launch` example in `launch --help` names a policy in
+/// policies/ that loads, and a `curl URL` example is allowed by it.
+#[test]
+fn launch_help_examples_are_allowed_by_the_policies_they_name() {
+    let out = run(enforcer().args(["launch", "--help"]));
+    assert!(out.status.success(), "{out:?}");
+    let help = text(&out.stdout).replace("\\\n", " ");
+    let examples: Vec<&str> = help
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("enforcer launch ") && !l.starts_with("Usage:"))
+        .collect();
+    assert!(!examples.is_empty(), "no examples in:\n{help}");
+    for (i, ex) in examples.iter().enumerate() {
+        let words: Vec<&str> = ex.split_whitespace().collect();
+        let file = words
+            .iter()
+            .position(|w| *w == "--policy")
+            .and_then(|p| words.get(p + 1))
+            .unwrap_or_else(|| panic!("example without --policy: {ex}"));
+        let path = repo().join(file);
+        assert!(path.is_file(), "{ex}: {file} is not in the repository");
+        let check = run(enforcer().args(["policy", "check"]).arg(&path));
+        assert!(check.status.success(), "{ex}: {check:?}");
+        if i == 0 {
+            assert!(
+                words.iter().any(|w| w.starts_with("https://")),
+                "the first example should fetch a URL: {ex}"
+            );
+        }
+        if let Some(url) = words.iter().find(|w| w.starts_with("https://")) {
+            let x = run(enforcer()
+                .args(["policy", "explain", "--exit-code"])
+                .arg(&path)
+                .args(["GET", url]));
+            assert_eq!(
+                x.status.code(),
+                Some(0),
+                "example {} ({ex}) is not allowed by its policy: {}",
+                i + 1,
+                text(&x.stdout)
+            );
+        }
+        // The secrets the policy reads must be passed through sudo.
+        let summary = text(&check.stdout);
+        for line in summary.lines().filter(|l| l.contains("from env:")) {
+            let var = line
+                .split("from env:")
+                .nth(1)
+                .and_then(|s| s.split([',', ' ']).next())
+                .unwrap_or_default();
+            assert!(
+                ex.contains(&format!("--preserve-env={var}")),
+                "{ex}: the policy reads env:{var}, which sudo drops unless preserved"
+            );
+        }
+    }
+}
+
 // ---- launch: root before secrets ---------------------------------------
 
 #[test]
