@@ -412,6 +412,21 @@ print(sorted(codes.items()))
         out.stdout.contains("503"),
         "the proxy kept forwarding without an audit log: {out:?}"
     );
+    // The run still ends with its summary, from enforcer's own counts, says
+    // that the log failed and since when, and exits with its own status.
+    assert_eq!(out.code(), 74, "{out:?}");
+    for want in [
+        "exited with code 0",
+        " allowed, ",
+        "THE AUDIT LOG FAILED at ",
+        "since then no request was forwarded",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "{want:?} missing: {}",
+            out.stderr
+        );
+    }
     let received = w
         .vendor
         .count("GET", &format!("/v1/fill/{}", "x".repeat(200)));

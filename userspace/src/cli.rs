@@ -32,7 +32,9 @@ pub enum Command {
         --policy policies/billing.toml --user agent -- python3 agent.py\n\n\
         The agent runs as the user who invoked sudo (or --user), never as root unless \
         --allow-root is given. Exit status: the command's own, 128+N if it was killed by \
-        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 1 for other errors."
+        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 74 if the audit \
+        log failed during the run (the summary then says since when nothing was forwarded), \
+        1 for other errors."
     )]
     Launch(LaunchArgs),
     /// Validate and inspect policy files.

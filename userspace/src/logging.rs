@@ -89,6 +89,11 @@ pub fn now_rfc3339() -> String {
     rfc3339(OffsetDateTime::now_utc())
 }
 
+/// `t` as every timestamp enforcer prints ([`now_rfc3339`]).
+pub fn format_rfc3339(t: std::time::SystemTime) -> String {
+    rfc3339(OffsetDateTime::from(t))
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(RFC3339_MICROS)
         .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z"))

@@ -23,7 +23,7 @@ use std::{
         Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -114,6 +114,8 @@ struct Queue {
 struct Shared {
     path: PathBuf,
     failure: OnceLock<AuditError>,
+    /// When `failure` happened: from then on nothing was forwarded.
+    failed_at: OnceLock<SystemTime>,
     commits: AtomicU64,
     rows: AtomicU64,
     dropped: AtomicU64,
@@ -147,6 +149,7 @@ impl AuditWriter {
         let shared = Arc::new(Shared {
             path,
             failure: OnceLock::new(),
+            failed_at: OnceLock::new(),
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -160,7 +163,7 @@ impl AuditWriter {
             .name(String::from("enforcer-audit"))
             .spawn(move || committer(&weak));
         if let Err(e) = spawned {
-            let _ = shared.failure.set(AuditError::Sqlite {
+            shared.fail(AuditError::Sqlite {
                 path: shared.path.clone(),
                 detail: format!("cannot start the audit committer thread: {e}"),
             });
@@ -210,6 +213,19 @@ impl AuditWriter {
             id,
             outcome: OutcomeRecord::from(o),
         });
+    }
+
+    /// The write failure that stopped the writer, and when it happened
+    /// (nothing was forwarded since), if one did.
+    pub fn failure(&self) -> Option<(AuditError, SystemTime)> {
+        let e = self.shared.failure.get()?.clone();
+        let at = self
+            .shared
+            .failed_at
+            .get()
+            .copied()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Some((e, at))
     }
 
     /// `Err` once any write has failed: callers must then refuse requests
@@ -273,6 +289,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Records the writer's first failure, and when; returns the failure
+    /// that stands (the first).
+    fn fail(&self, e: AuditError) -> AuditError {
+        let first = self.failure.get_or_init(|| {
+            let _ = self.failed_at.set(SystemTime::now());
+            e
+        });
+        first.clone()
+    }
+
     /// Queues `msg`; returns how many queued items are waited on, or more
     /// than one when the committer is at work anyway.
     fn push(&self, msg: Msg) -> usize {
@@ -471,7 +497,7 @@ fn process(conn: &mut Connection, batch: &mut Vec<Msg>, shared: &Shared) {
         Err(e) => {
             let err = AuditError::sqlite(&shared.path, &e);
             tracing::error!(error = %err, "audit write failed; refusing further requests");
-            let err = shared.failure.get_or_init(|| err).clone();
+            let err = shared.fail(err);
             fail_all(batch, &err);
         }
     }
@@ -613,7 +639,7 @@ const COMPLETE_EVENT: &str = "UPDATE events SET
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, time::SystemTime};
+    use std::path::Path;
 
     use super::*;
     use crate::{
@@ -721,5 +747,38 @@ mod tests {
         }
         drop(w);
         assert_eq!(events_in_a_copy_of_the_db_file_alone(&db, "run-x"), Ok(50));
+    }
+
+    #[test]
+    fn a_failure_is_dated() {
+        let dir = TempDir::new("failed-at");
+        let db = dir.path().join("audit.db");
+        let store = AuditStore::open(&db).unwrap();
+        store.start_run(&run_info("run-f", "agent")).unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let _: i64 = store
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let w = store.writer();
+        assert!(w.failure().is_none());
+        let before = SystemTime::now();
+        rt().block_on(async {
+            for _ in 0..200 {
+                let mut e = request("run-f", Verdict::Allow, "api.example.com", "GET", "/");
+                e.reason = "x".repeat(1500);
+                if w.record(e).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (e, at) = w.failure().expect("the database filled up");
+        assert!(matches!(e, AuditError::DiskFull { .. }), "{e}");
+        assert!(at >= before && at <= SystemTime::now());
     }
 }

@@ -570,7 +570,7 @@ async fn supervise(
     }
     enforcement.detach()?;
     let _ = plan.pin;
-    summarize(&plan, code, &sink).await?;
+    let code = summarize(&plan, code, &sink).await?;
     Ok(Outcome::Exited(code))
 }
 
@@ -715,41 +715,78 @@ fn stop_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The end-of-run summary on stderr (from the audit log when there is one),
-/// and `--report FILE.json`.
-async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<(), LaunchError> {
-    let summary = match sink.audit() {
+/// Exit status of a run whose audit log failed while it ran (EX_IOERR),
+/// whatever the agent's own status: the run was not fully recorded, and
+/// from the failure on nothing was forwarded.
+pub const EXIT_AUDIT_FAILED: i32 = 74;
+
+/// The end-of-run summary on stderr (from the audit log when there is one
+/// that still works, otherwise from the run's own counts), and `--report
+/// FILE.json`. Returns the exit status: the agent's, or
+/// [`EXIT_AUDIT_FAILED`] when the audit log failed during the run.
+async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, LaunchError> {
+    let from_log = match sink.audit() {
         Some(writer) => {
             let end = crate::audit::RunEnd {
                 run_id: plan.run_id.clone(),
                 ended_at: std::time::SystemTime::now(),
                 exit_code: code,
             };
-            writer.finish_run(end).await?
-        }
-        None => {
-            let t = sink.tally();
-            crate::audit::RunSummary {
-                run_id: plan.run_id.clone(),
-                name: plan.policy.run.name.clone(),
-                started_at: None,
-                ended_at: None,
-                exit_code: Some(code),
-                allowed: t.allowed,
-                denied: t.denied,
-                asked: t.asked,
-                top_refused: t.top_refused(crate::audit::TOP_REFUSED),
-                spend_usd: 0.0,
-                exfiltration_attempts: t.exfiltration_attempts,
-                db_path: String::from("(none: --no-audit)"),
+            match writer.finish_run(end).await {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    if writer.failure().is_none() {
+                        crate::say!(
+                            Warn,
+                            "enforcer: warning: the run's end could not be recorded: {e}"
+                        );
+                    }
+                    None
+                }
             }
         }
+        None => None,
     };
-    eprintln!("{summary}");
+    let failure = sink.audit().and_then(crate::audit::AuditWriter::failure);
+    let summary = from_log.unwrap_or_else(|| {
+        let t = sink.tally();
+        crate::audit::RunSummary {
+            run_id: plan.run_id.clone(),
+            name: plan.policy.run.name.clone(),
+            started_at: None,
+            ended_at: None,
+            exit_code: Some(code),
+            allowed: t.allowed,
+            denied: t.denied,
+            asked: t.asked,
+            top_refused: t.top_refused(crate::audit::TOP_REFUSED),
+            spend_usd: plan.spend.ledger.run_spent() as f64 / crate::spend::MICROS_PER_USD as f64,
+            exfiltration_attempts: t.exfiltration_attempts,
+            db_path: match (&failure, sink.audit()) {
+                (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
+                _ => String::from("(none: --no-audit)"),
+            },
+        }
+    });
+    crate::say!(Info, "{summary}");
+    let code = match &failure {
+        Some((e, at)) => {
+            crate::say!(
+                Error,
+                "enforcer: THE AUDIT LOG FAILED at {}: {e}\n\
+                 enforcer:   since then no request was forwarded (each was refused with 503); \
+                 the counts above are enforcer's own, not the log's, and the log lacks what \
+                 happened after the failure. Exit status {EXIT_AUDIT_FAILED} (the agent's was {code}).",
+                crate::logging::format_rfc3339(*at)
+            );
+            EXIT_AUDIT_FAILED
+        }
+        None => code,
+    };
     if let Some(path) = &plan.report {
         summary.write_json(path)?;
     }
-    Ok(())
+    Ok(code)
 }
 
 /// What the audit log records about the run at its start.
