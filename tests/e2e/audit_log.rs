@@ -140,10 +140,21 @@ fn every_layer_leaves_rows_and_the_usual_queries_work_as_written() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(report["run_id"], run_id.as_str());
-    assert!(
-        report["denied"].as_u64().is_some_and(|d| d >= 3),
-        "{report}"
-    );
+    // Counted by layer: the refused request, connection, name and kernel
+    // operations each in their own field.
+    let counts = &report["counts"];
+    for field in [
+        "requests_refused",
+        "connections_refused",
+        "names_refused",
+        "kernel_refused",
+    ] {
+        assert!(
+            counts[field].as_u64().is_some_and(|n| n >= 1),
+            "{field}: {report}"
+        );
+    }
+    assert_eq!(counts["requests_allowed"], 1, "{report}");
 }
 
 #[test]

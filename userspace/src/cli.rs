@@ -149,6 +149,10 @@ pub struct LaunchArgs {
     /// vendors, tests). Repeatable. The system's roots are always trusted.
     #[arg(long = "upstream-ca", value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to send its response headers before
+    /// the agent gets a 504 (the row says `failure = timeout`).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    pub upstream_timeout: Duration,
     /// The audit database (SQLite). Every decision is a row in it.
     #[arg(long, value_name = "PATH", default_value = crate::audit::DEFAULT_PATH)]
     pub audit_db: PathBuf,

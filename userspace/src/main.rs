@@ -10,6 +10,13 @@ use enforcer::{
 };
 
 fn main() {
+    // The run's unix connector is this binary, re-executed: it must not
+    // parse a command line or start anything before dropping privileges.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(enforcer::launch::connector::ARG)) {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        std::process::exit(enforcer::launch::connector::main(&rest));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(&e),

@@ -542,7 +542,10 @@ fn write_batch(
                         r.secrets,
                         r.approver,
                         r.decided_ms,
+                        r.cause,
                         r.alarm,
+                        r.rule_line,
+                        r.failure,
                     ])?;
                     *rows += 1;
                     Done::Id(tx.last_insert_rowid())
@@ -556,6 +559,8 @@ fn write_batch(
                         o.latency_ms,
                         o.cost_usd,
                         o.vendor_txn_id,
+                        o.failure,
+                        o.detail,
                     ])?;
                     Done::Nothing
                 }
@@ -624,9 +629,9 @@ fn fail_all(batch: &mut Vec<Msg>, e: &AuditError) {
 const INSERT_EVENT: &str = "INSERT INTO events (
     run_id, at, layer, verdict, pid, comm, host, port, method, path, query_redacted,
     rule, reason, status, bytes_up, bytes_down, latency_ms, cost_usd, reserved_usd,
-    vendor, vendor_txn_id, secrets, approver, decided_ms, alarm)
+    vendor, vendor_txn_id, secrets, approver, decided_ms, cause, alarm, rule_line, failure)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
+            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 const COMPLETE_EVENT: &str = "UPDATE events SET
     status        = coalesce(?2, status),
@@ -634,7 +639,9 @@ const COMPLETE_EVENT: &str = "UPDATE events SET
     bytes_down    = coalesce(?4, bytes_down),
     latency_ms    = coalesce(?5, latency_ms),
     cost_usd      = coalesce(?6, cost_usd),
-    vendor_txn_id = coalesce(?7, vendor_txn_id)
+    vendor_txn_id = coalesce(?7, vendor_txn_id),
+    failure       = coalesce(?8, failure),
+    reason        = CASE WHEN ?9 IS NULL THEN reason ELSE reason || '; ' || ?9 END
     WHERE id = ?1";
 
 #[cfg(test)]
@@ -746,7 +753,17 @@ mod tests {
             w.record_later(request("run-x", Verdict::Deny, "evil.example", "GET", "/"));
         }
         drop(w);
-        assert_eq!(events_in_a_copy_of_the_db_file_alone(&db, "run-x"), Ok(50));
+        // The last handle may be the committer thread's for a moment: the
+        // close (and its checkpoint) then happens there, a little later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while events_in_a_copy_of_the_db_file_alone(&db, "run-x") != Ok(50) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                events_in_a_copy_of_the_db_file_alone(&db, "run-x")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

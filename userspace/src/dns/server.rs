@@ -21,7 +21,7 @@ use tokio::{
 
 use super::{ResolveError, Resolver};
 use crate::{
-    decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     policy::Policy,
     secrets::{Secrets, scan},
 };
@@ -118,15 +118,15 @@ pub async fn answer(wire: &[u8], ctx: &DnsContext) -> Option<Vec<u8>> {
 
 fn record(
     ctx: &DnsContext,
-    verdict: Verdict,
+    cause: Cause,
     name: &str,
     qtype: RecordType,
     reason: impl Into<String>,
 ) {
     ctx.sink.record(
-        &Decision::new(Layer::Dns, verdict, reason)
+        &Decision::new(Layer::Dns, cause, reason)
             .host(name.to_string())
-            .rule(format!("type {qtype}")),
+            .rule(format!("type {qtype}"), None),
     );
 }
 
@@ -136,12 +136,7 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
             "{}: placeholder of {secret} in a DNS name",
             scan::EXFILTRATION
         );
-        ctx.sink.record(
-            &Decision::new(Layer::Dns, Verdict::Deny, reason)
-                .host(name.to_string())
-                .rule(format!("type {qtype}"))
-                .alarm(Alarm::Exfiltration),
-        );
+        record(ctx, Cause::Exfiltration, name, qtype, reason);
         return Outcome::Refuse(
             ResponseCode::NXDomain,
             EDE_BLOCKED,
@@ -151,7 +146,7 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     if !ctx.policy.allows_name(name) {
         record(
             ctx,
-            Verdict::Deny,
+            Cause::NotInPolicy,
             name,
             qtype,
             "name not allowed by policy (NXDOMAIN, nothing sent upstream)",
@@ -165,7 +160,7 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     if qtype != RecordType::A && qtype != RecordType::AAAA {
         record(
             ctx,
-            Verdict::Deny,
+            Cause::NotInPolicy,
             name,
             qtype,
             format!("record type {qtype} refused: only A and AAAA are answered"),
@@ -179,13 +174,13 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     match ctx.resolver.lookup(name).await {
         Ok(_) => {}
         Err(ResolveError::Budget(e)) => {
-            record(ctx, Verdict::Deny, name, qtype, e.to_string());
+            record(ctx, Cause::RateLimited, name, qtype, e.to_string());
             return Outcome::Refuse(ResponseCode::NXDomain, EDE_BLOCKED, e.to_string());
         }
         Err(ResolveError::NxDomain(_)) | Err(ResolveError::NoAddress(_)) => {
             record(
                 ctx,
-                Verdict::Allow,
+                Cause::Allowed,
                 name,
                 qtype,
                 "allowed, but the name has no address upstream",
@@ -195,7 +190,7 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
         Err(e) => {
             record(
                 ctx,
-                Verdict::Allow,
+                Cause::Allowed,
                 name,
                 qtype,
                 format!("allowed, but the lookup failed: {e}"),
@@ -206,7 +201,7 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     if qtype == RecordType::AAAA && !ctx.ipv6 {
         record(
             ctx,
-            Verdict::Allow,
+            Cause::Allowed,
             name,
             qtype,
             "allowed (no AAAA: the proxy has no IPv6 listener)",
@@ -216,14 +211,14 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     let Ok((v4, v6)) = ctx.resolver.names.assign(name) else {
         record(
             ctx,
-            Verdict::Deny,
+            Cause::RateLimited,
             name,
             qtype,
             "synthetic addresses exhausted",
         );
         return Outcome::Refuse(ResponseCode::ServFail, 0, String::new());
     };
-    record(ctx, Verdict::Allow, name, qtype, "allowed by policy");
+    record(ctx, Cause::Allowed, name, qtype, "allowed by policy");
     let rdata = if qtype == RecordType::A {
         RData::A(A(v4))
     } else {

@@ -4,11 +4,13 @@
 
 pub mod child;
 pub mod command;
+pub mod connector;
 pub mod isolation;
 pub mod seccomp;
 pub mod signals;
 pub mod supervisor;
 pub mod target_user;
+pub mod unix_list;
 pub mod watchdog;
 
 use std::{
@@ -23,7 +25,7 @@ use crate::{
     approval::{ApprovalHub, ApproverMode, terminal::Terminal},
     cli::Approver,
     cli::LaunchArgs,
-    decision::{Decision, DecisionSink, Layer, LogMode, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer, LogMode},
     dns::{self, Resolver},
     kernel::{
         Enforcement, KernelConfig, RunCgroup,
@@ -66,6 +68,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Isolation(#[from] isolation::IsolationError),
     #[error(transparent)]
+    UnixList(#[from] unix_list::UnixListError),
+    #[error(transparent)]
+    Connector(#[from] connector::ConnectorError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
@@ -86,7 +92,7 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
@@ -146,6 +152,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
     let ttl = args.ttl.or(policy.run.ttl);
     let approval_timeout = args.approval_timeout;
+    let upstream_timeout = args.upstream_timeout;
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
@@ -160,6 +167,17 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
                 gids: &gids,
             },
         )?;
+    }
+    // Listed unix sockets are resolved now, before the agent exists.
+    let (unix, notes) = unix_list::UnixAllowlist::resolve(
+        &policy.local.unix_sockets,
+        unix_list::AgentIds {
+            uid: user.uid,
+            gids: &gids,
+        },
+    )?;
+    for n in notes {
+        crate::say!(Info, "enforcer: note: {n}");
     }
     let (cmd, cmd_args) = args
         .command
@@ -297,6 +315,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         ca,
         trust_env: trust.env(),
         upstream_tls,
+        upstream_timeout,
         user,
         isolation,
         program,
@@ -308,6 +327,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         approvals,
         terminal,
         spend,
+        unix,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
@@ -351,6 +371,7 @@ struct Plan {
     ca: Arc<tls::RunCa>,
     trust_env: Vec<(String, PathBuf)>,
     upstream_tls: rustls::ClientConfig,
+    upstream_timeout: Duration,
     user: target_user::TargetUser,
     isolation: isolation::Isolation,
     program: PathBuf,
@@ -363,6 +384,8 @@ struct Plan {
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
     spend: Arc<crate::spend::SpendControl>,
+    /// The policy's unix sockets, resolved at start.
+    unix: unix_list::UnixAllowlist,
 }
 
 enum Outcome {
@@ -379,6 +402,16 @@ async fn supervise(
     sink: DecisionSink,
     t0: std::time::Instant,
 ) -> Result<Outcome, LaunchError> {
+    // The connector (supervised connects, as the agent) starts first: its
+    // exec overlaps with loading the kernel programs.
+    let connector = if plan.unix.is_empty() {
+        None
+    } else {
+        Some(connector::Connector::spawn(
+            cgroup.dir().as_fd(),
+            &plan.user,
+        )?)
+    };
     let listeners = Listeners::bind()
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
@@ -398,7 +431,8 @@ async fn supervise(
 
     let record_kernel = {
         let sink = sink.clone();
-        move |e: KernelEvent| sink.record(&kernel_decision(&e))
+        let resolver = Arc::clone(&plan.resolver);
+        move |e: KernelEvent| sink.record(&kernel_decision(&e, &resolver.names))
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events_task(ring, record_kernel.clone()));
@@ -409,7 +443,11 @@ async fn supervise(
         origdst,
         resolver: Arc::clone(&plan.resolver),
         sink: sink.clone(),
-        upstream: Upstream::new(Arc::clone(&plan.resolver), plan.upstream_tls.clone()),
+        upstream: Upstream::new(
+            Arc::clone(&plan.resolver),
+            plan.upstream_tls.clone(),
+            plan.upstream_timeout,
+        ),
         tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
         secrets: Arc::clone(&plan.secrets),
         approvals: Arc::clone(&plan.approvals),
@@ -460,9 +498,19 @@ async fn supervise(
         return Err(LaunchError::Interrupted);
     }
 
-    let unix = Arc::new(supervisor::UnixAllowlist::from_policy(
-        &plan.policy.local.unix_sockets,
-    ));
+    let connects = match connector {
+        Some(c) => {
+            if let Err(e) = c.wait_ready(Duration::from_secs(5)) {
+                enforcement.detach()?;
+                return Err(e.into());
+            }
+            Some(Arc::new(supervisor::Connects {
+                list: plan.unix.clone(),
+                connector: c,
+            }))
+        }
+        None => None,
+    };
     let spec = child::ChildSpec {
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
@@ -471,7 +519,7 @@ async fn supervise(
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
-            unix_sockets: !unix.is_empty(),
+            unix_sockets: connects.is_some(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
         isolation: &plan.isolation,
@@ -520,12 +568,11 @@ async fn supervise(
     // The seccomp supervisor runs on its own thread (it blocks in ioctl).
     let (stop_read, stop_write) = stop_pipe().map_err(io_err("cannot create a pipe"))?;
     let supervisor_thread = {
-        let record = record_kernel.clone();
-        let unix = Arc::clone(&unix);
+        let record: supervisor::Report = Arc::new(record_kernel.clone());
         let listener = started.listener;
         std::thread::Builder::new()
             .name("seccomp".into())
-            .spawn(move || supervisor::serve(listener, stop_read, unix, record))
+            .spawn(move || supervisor::serve(listener, stop_read, connects, record))
             .map_err(io_err("cannot start the seccomp supervisor"))?
     };
 
@@ -584,14 +631,50 @@ async fn events_task(
     }
 }
 
-fn kernel_decision(e: &KernelEvent) -> Decision {
-    let reason =
-        if e.reason_code == enforcer_common::Reason::UnixPathRefused as u32 && e.path.is_none() {
-            "unix sockets are refused: the policy lists none ([local] unix_sockets)"
-        } else {
-            e.reason
-        };
-    let mut d = Decision::new(Layer::Kernel, Verdict::Deny, reason).process(e.pid, e.comm.clone());
+/// `socket()` type bits of glibc's nscd client: SOCK_STREAM | SOCK_NONBLOCK
+/// | SOCK_CLOEXEC.
+const NSCD_SOCKET_TYPE: u32 = 1 | 0o4000 | 0o2000000;
+
+/// The decision for a refusal the kernel (or the seccomp supervisor)
+/// reported. Two are benign probes, refused all the same but neither
+/// counted nor printed (the audit log keeps them, as `benign-probe`):
+/// getaddrinfo's UDP `connect()` to an address the resolver handed out (it
+/// sorts addresses that way; no datagram follows), and a unix stream socket
+/// created with exactly glibc's nscd flags when the policy lists no unix
+/// socket (every name lookup of a glibc program tries nscd first).
+fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
+    let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
+    let reason = if unix_refused && e.path.is_none() {
+        // socket() or socketpair(): a datagram type, or any unix socket
+        // when none is listed.
+        match e.sock_type & 0xf {
+            1 | 5 => "unix sockets are refused: the policy lists none ([local] unix_sockets)",
+            _ => "unix datagram sockets are refused (where each datagram goes cannot be checked)",
+        }
+    } else {
+        e.reason
+    };
+    let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
+        && e.addr.is_some_and(|a| names.name_for(a).is_some());
+    let nscd_probe = unix_refused
+        && e.path.is_none()
+        && e.family == "unix"
+        && e.sock_type == NSCD_SOCKET_TYPE
+        && e.protocol == 0;
+    let (cause, reason) = if sort_probe {
+        (
+            Cause::BenignProbe,
+            "getaddrinfo's UDP connect() to sort the addresses the resolver gave (refused; no datagram is sent)",
+        )
+    } else if nscd_probe {
+        (
+            Cause::BenignProbe,
+            "a unix stream socket with glibc's nscd flags (its name-service cache probe; refused)",
+        )
+    } else {
+        (Cause::Kernel, reason)
+    };
+    let mut d = Decision::new(Layer::Kernel, cause, reason).process(e.pid, e.comm.clone());
     if let Some(a) = e.addr {
         d = d.host(a.to_string());
         if e.port != 0 {
@@ -685,6 +768,7 @@ fn approvers(
         }
         Approver::Terminal | Approver::Socket | Approver::None => None,
     };
+    hub.set_terminal(terminal.is_some());
     if approver == Approver::None && asks {
         crate::say!(
             Info,
@@ -756,12 +840,9 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, L
             started_at: None,
             ended_at: None,
             exit_code: Some(code),
-            allowed: t.allowed,
-            denied: t.denied,
-            asked: t.asked,
+            counts: t.counts,
             top_refused: t.top_refused(crate::audit::TOP_REFUSED),
             spend_usd: plan.spend.ledger.run_spent() as f64 / crate::spend::MICROS_PER_USD as f64,
-            exfiltration_attempts: t.exfiltration_attempts,
             db_path: match (&failure, sink.audit()) {
                 (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
                 _ => String::from("(none: --no-audit)"),
@@ -836,11 +917,11 @@ fn plan_ca_lifetime(policy: &Policy) -> Duration {
 async fn expiry(left: Duration, kill: bool, cgroup: PathBuf, sink: DecisionSink) {
     tokio::time::sleep(left).await;
     let reason = if kill {
-        "credentials expired (TTL); --kill-on-expiry: ending the run"
+        "the run's TTL has passed; --kill-on-expiry: ending the run"
     } else {
-        "credentials expired (TTL): placeholders no longer work"
+        "the run's TTL has passed: placeholders no longer work"
     };
-    sink.record(&Decision::new(Layer::Control, Verdict::Deny, reason).host("run"));
+    sink.record(&Decision::new(Layer::Control, Cause::CredentialsExpired, reason).host("run"));
     if kill {
         let _ = tokio::task::spawn_blocking(move || {
             crate::kernel::cgroup::kill_all(&cgroup, Duration::from_secs(10))
