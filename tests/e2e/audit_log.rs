@@ -320,6 +320,62 @@ fn an_unusable_database_stops_the_run_unless_no_audit() {
 }
 
 #[test]
+fn with_log_json_every_stderr_line_of_a_run_is_json() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = VendorWorld::new();
+    w.host.serve_name("api.vendor.test");
+    // A database others can read: enforcer warns (a tracing line).
+    let db = db_path();
+    let first = with_db(w.launch(POLICY, &["/bin/true"]), &db).run();
+    assert_eq!(first.code(), 0, "{first:?}");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let script = "curl -sS -m 10 -o /dev/null https://api.vendor.test/v1/customers; \
+                  curl -sS -m 10 -o /dev/null -X DELETE https://api.vendor.test/v1/customers/1; true";
+    let out = with_db(w.launch(POLICY, &["/bin/sh", "-c", script]), &db)
+        .flag("--log-json")
+        .flag("-v")
+        .run();
+    out.assert_clean();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut events = Vec::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", out.stderr));
+        let ts = v["ts"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+            "no RFC 3339 ts: {line}"
+        );
+        assert!(
+            ["error", "warn", "info", "debug", "trace"]
+                .contains(&v["level"].as_str().unwrap_or("")),
+            "no level: {line}"
+        );
+        events.push(v);
+    }
+    let has = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().any(f);
+    assert!(
+        has(&|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chmod 600"))),
+        "the tracing warning: {}",
+        out.stderr
+    );
+    assert!(
+        has(&|v| v["event"] == "decision" && v["method"] == "DELETE"),
+        "the refusal: {}",
+        out.stderr
+    );
+    assert!(
+        has(&|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited with code 0"))),
+        "the summary: {}",
+        out.stderr
+    );
+}
+
+#[test]
 fn after_a_run_the_database_file_alone_holds_every_row() {
     let w = VendorWorld::new();
     w.host.serve_name("api.vendor.test");

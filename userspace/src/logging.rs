@@ -2,14 +2,22 @@
 //! coloured only on a terminal and never with `NO_COLOR`; JSON lines with
 //! `--log-json`, so that every stderr line parses), and the errors and
 //! notices the commands print themselves, which follow the same mode.
+//!
+//! In JSON mode every line has the shape of the decision lines
+//! (`decision::line`): `ts` (RFC 3339, UTC), `level` (`error`, `warn`,
+//! `info`, `debug`, `trace`), `event` (`log` here), `message`, and for
+//! tracing's lines `target` and the event's fields.
 
 use std::{ffi::OsStr, fmt, io::Write as _, sync::OnceLock};
 
 use serde::Serialize;
-use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
+use serde_json::{Map, Value};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339 as Rfc3339Format};
+use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
     EnvFilter,
-    fmt::{MakeWriter, format::Writer, time::FormatTime},
+    fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter, format::Writer, time::FormatTime},
+    registry::LookupSpan,
 };
 
 /// The environment variable that sets tracing's filter (`warn` by default).
@@ -20,7 +28,7 @@ pub const FILTER_VAR: &str = "ENFORCER_LOG";
 pub enum Format {
     /// Lines for people (`enforcer: error: ...`).
     Human,
-    /// One JSON object per line, each with `timestamp` (RFC 3339, UTC) and
+    /// One JSON object per line, each with `ts` (RFC 3339, UTC) and
     /// `level`.
     Json,
 }
@@ -68,23 +76,76 @@ where
         .with_timer(Rfc3339);
     match format {
         Format::Human => Box::new(builder.with_ansi(ansi).finish()),
-        Format::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .finish(),
-        ),
+        Format::Json => Box::new(builder.event_format(JsonEvent).finish()),
     }
 }
 
-/// `2026-11-30T05:50:52.000150Z`: RFC 3339, UTC, microseconds.
-const RFC3339_MICROS: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+/// tracing's events as JSON lines of enforcer's shape (see the module).
+struct JsonEvent;
 
-/// Now, as every timestamp enforcer prints: RFC 3339 in UTC with
-/// microseconds (`2026-11-30T05:50:52.000150Z`).
+impl<S, N> FormatEvent<S, N> for JsonEvent
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Map::new();
+        event.record(&mut Fields(&mut fields));
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert("ts".into(), Value::String(now_rfc3339()));
+        line.insert(
+            "level".into(),
+            Value::String(meta.level().as_str().to_ascii_lowercase()),
+        );
+        line.insert("event".into(), Value::String("log".into()));
+        line.insert(
+            "message".into(),
+            fields
+                .remove("message")
+                .unwrap_or(Value::String(String::new())),
+        );
+        line.insert("target".into(), Value::String(meta.target().into()));
+        for (k, v) in fields {
+            line.entry(k).or_insert(v);
+        }
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+/// Now, as every timestamp enforcer prints: RFC 3339 in UTC
+/// (`2026-11-30T05:50:52.000150123Z`), the format of the decision lines.
 pub fn now_rfc3339() -> String {
     rfc3339(OffsetDateTime::now_utc())
 }
@@ -95,8 +156,8 @@ pub fn format_rfc3339(t: std::time::SystemTime) -> String {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(RFC3339_MICROS)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z"))
+    t.format(&Rfc3339Format)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
 }
 
 /// tracing's timestamps, in the same form as [`now_rfc3339`].
@@ -110,18 +171,19 @@ impl FormatTime for Rfc3339 {
 
 /// Severity of a line written by [`error`], [`warn`] or [`note`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     Error,
     Warn,
     Info,
 }
 
-/// One line in JSON mode: the fields tracing's own JSON lines have.
+/// One line in JSON mode, of the shape of tracing's (see the module).
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    timestamp: String,
+    ts: String,
     level: Level,
+    event: &'static str,
     message: &'a str,
     target: &'static str,
 }
@@ -129,8 +191,9 @@ struct JsonLine<'a> {
 /// The JSON line for `message` (no trailing newline).
 pub fn json_line(level: Level, message: &str) -> String {
     serde_json::to_string(&JsonLine {
-        timestamp: now_rfc3339(),
+        ts: now_rfc3339(),
         level,
+        event: "log",
         message,
         target: "enforcer",
     })
@@ -240,10 +303,12 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 1, "{out}");
         let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["event"], "log");
         assert_eq!(v["message"], "the audit database is readable by others");
         assert_eq!(v["path"], "/x/audit.db");
-        assert_rfc3339(v["timestamp"].as_str().unwrap());
+        assert_eq!(v["target"], module_path!());
+        assert_rfc3339(v["ts"].as_str().unwrap());
         assert!(!out.contains('\u{1b}'), "{out:?}");
     }
 
@@ -272,16 +337,17 @@ mod tests {
     fn json_lines_of_our_own_match_tracing_s() {
         let line = json_line(Level::Error, "bad \"policy\"\n  | line");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["event"], "log");
         assert_eq!(v["message"], "bad \"policy\"\n  | line");
         assert_eq!(v["target"], "enforcer");
-        assert_rfc3339(v["timestamp"].as_str().unwrap());
+        assert_rfc3339(v["ts"].as_str().unwrap());
         assert!(!line.contains('\n'));
     }
 
     #[test]
-    fn timestamps_are_utc_with_microseconds() {
+    fn timestamps_are_rfc3339_utc() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123456789Z");
     }
 }

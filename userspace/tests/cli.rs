@@ -416,12 +416,12 @@ fn log_json_makes_every_stderr_line_json() {
     for line in err.lines() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nall of stderr:\n{err}"));
-        let ts = v["timestamp"].as_str().unwrap_or_default();
+        let ts = v["ts"].as_str().unwrap_or_default();
         assert!(
             ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
             "not an RFC 3339 UTC timestamp: {line}"
         );
-        assert_eq!(v["level"], "ERROR", "{line}");
+        assert_eq!(v["level"], "error", "{line}");
         assert!(
             v["message"]
                 .as_str()
