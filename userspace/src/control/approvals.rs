@@ -44,37 +44,37 @@ pub fn list(json: bool) -> Result<(), ControlError> {
     let pending = all_pending();
     if json {
         for p in &pending {
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
+            crate::outln!("{}", serde_json::to_string(p).unwrap_or_default());
         }
         return Ok(());
     }
     if pending.is_empty() {
-        println!("no requests are waiting for approval");
+        crate::outln!("no requests are waiting for approval");
         return Ok(());
     }
     // One block per request: everything the human approves, in full.
     for p in pending {
-        println!(
+        crate::outln!(
             "#{} run {} ({}s left): {}",
             p.id,
             printable(&p.run_id),
             p.expires_in_secs,
             printable(&p.request_line())
         );
-        println!("    rule: {}", printable(&p.rule));
+        crate::outln!("    rule: {}", printable(&p.rule));
         if let Some(b) = &p.body_preview {
-            println!("    body: {}", printable(b));
+            crate::outln!("    body: {}", printable(b));
         }
         if let Some(c) = &p.cost {
-            println!("    cost: {}", printable(c));
+            crate::outln!("    cost: {}", printable(c));
         }
         for cap in &p.caps {
-            println!("    {}", printable(cap));
+            crate::outln!("    {}", printable(cap));
         }
         if !p.secrets.is_empty() {
-            println!("    secrets injected: {}", p.secrets.join(", "));
+            crate::outln!("    secrets injected: {}", p.secrets.join(", "));
         }
-        println!(
+        crate::outln!(
             "    answer: sudo enforcer approve {id} --run {run}   (or: deny {id} --run {run}, approve {id} --always)",
             id = p.id,
             run = printable(&p.run_id)
@@ -139,7 +139,7 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlE
                 Answer::Always => "approved, with every later request of its rule in this run",
                 Answer::Deny => "denied",
             };
-            println!("run {run_id}: request {id} {what}");
+            crate::outln!("run {run_id}: request {id} {what}");
             Ok(())
         }
         Response::Error { message } => Err(ControlError::Refused {

@@ -79,12 +79,6 @@ pub enum LaunchError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Spend(#[from] crate::spend::SpendError),
-    #[error("invalid {flag} {value:?}: {reason}")]
-    BadDuration {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -101,7 +95,6 @@ impl LaunchError {
             Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
-            | Self::BadDuration { .. }
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
             Self::Command(command::CommandError::NotFound(_) | command::CommandError::Empty) => 127,
             Self::Command(command::CommandError::NotExecutable(_)) => 126,
@@ -127,7 +120,12 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
     for w in policy.warnings() {
-        eprintln!("enforcer: warning: {w}");
+        crate::say!(Warn, "enforcer: warning: {w}");
+    }
+    // Before anything is read with root's rights (secrets, CA files): a
+    // user without them learns that, not that a secret is missing.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LaunchError::NotRoot);
     }
     let resolver_overrides = args
         .resolver
@@ -138,7 +136,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let upstream_dns = match dns::config::upstreams(&resolver_overrides) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("enforcer: note: {e}; allowed names resolve only through --resolve entries");
+            crate::say!(
+                Info,
+                "enforcer: note: {e}; allowed names resolve only through --resolve entries"
+            );
             Vec::new()
         }
     };
@@ -149,18 +150,12 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Arc::clone(&policy),
     )?);
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
-    let ttl = match &args.ttl {
-        Some(t) => Some(duration_flag("--ttl", t)?),
-        None => policy.run.ttl,
-    };
-    let approval_timeout = duration_flag("--approval-timeout", &args.approval_timeout)?;
-    let upstream_timeout = duration_flag("--upstream-timeout", &args.upstream_timeout)?;
+    let ttl = args.ttl.or(policy.run.ttl);
+    let approval_timeout = args.approval_timeout;
+    let upstream_timeout = args.upstream_timeout;
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LaunchError::NotRoot);
-    }
     let user = target_user::resolve(args.user.as_deref(), args.allow_root)?;
     // A key file the agent could read or swap would give it the real key.
     let gids: Vec<u32> = user.groups.iter().copied().chain([user.gid]).collect();
@@ -182,7 +177,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         },
     )?;
     for n in notes {
-        eprintln!("enforcer: note: {n}");
+        crate::say!(Info, "enforcer: note: {n}");
     }
     let (cmd, cmd_args) = args
         .command
@@ -194,10 +189,15 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // provide it stops the launch here, unless the user says otherwise.
     let isolation = isolation::Isolation::prepare(&user.name, args.allow_unisolated)?;
     if !isolation.missing.is_empty() {
-        eprintln!("{}", isolation::warning(&user.name, &isolation.missing));
+        crate::say!(
+            Warn,
+            "{}",
+            isolation::warning(&user.name, &isolation.missing)
+        );
     }
     if user.is_root() {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: WARNING: the agent runs as ROOT (--allow-root). A root agent can detach \
              the kernel programs, leave its cgroup and read every secret on this host. Its \
              confinement is advisory."
@@ -207,7 +207,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // The audit log must be writable before anything happens: a run that
     // cannot be recorded does not start (unless --no-audit).
     let audit_store = if args.no_audit {
-        eprintln!("enforcer: WARNING: --no-audit: nothing will record what the agent does");
+        crate::say!(
+            Warn,
+            "enforcer: WARNING: --no-audit: nothing will record what the agent does"
+        );
         None
     } else {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
@@ -522,7 +525,8 @@ async fn supervise(
         isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
     };
-    eprintln!(
+    crate::say!(
+        Info,
         "enforcer: run {} started: {} as {} (uid {}), policy {}",
         plan.run_id,
         plan.program.display(),
@@ -603,15 +607,17 @@ async fn supervise(
     while tasks.join_next().await.is_some() {}
     let counters = enforcement.counters();
     if counters.events_lost > 0 || counters.table_full > 0 {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: note: {} kernel refusal reports were lost (ring buffer full); {} sockets were \
              refused because a socket table was full",
-            counters.events_lost, counters.table_full
+            counters.events_lost,
+            counters.table_full
         );
     }
     enforcement.detach()?;
     let _ = plan.pin;
-    summarize(&plan, code, &sink).await?;
+    let code = summarize(&plan, code, &sink).await?;
     Ok(Outcome::Exited(code))
 }
 
@@ -733,14 +739,6 @@ fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
     env
 }
 
-fn duration_flag(flag: &'static str, value: &str) -> Result<Duration, LaunchError> {
-    crate::policy::parse_duration(value).map_err(|reason| LaunchError::BadDuration {
-        flag,
-        value: value.to_string(),
-        reason,
-    })
-}
-
 /// The run's approval queue and, with `--approver terminal` on a terminal,
 /// the pseudo-terminal the agent gets instead of the real one.
 fn approvers(
@@ -759,7 +757,8 @@ fn approvers(
         Approver::Terminal if asks => {
             let t = Terminal::open().map_err(io_err("cannot set up the agent's terminal"))?;
             if t.is_none() && asks {
-                eprintln!(
+                crate::say!(
+                    Info,
                     "enforcer: note: stdin is not a terminal (or enforcer is not in its \
                      foreground): approvals only through `sudo enforcer approve ID` from \
                      another terminal"
@@ -771,7 +770,8 @@ fn approvers(
     };
     hub.set_terminal(terminal.is_some());
     if approver == Approver::None && asks {
-        eprintln!(
+        crate::say!(
+            Info,
             "enforcer: note: --approver none: every request that needs an approval is denied"
         );
     }
@@ -799,38 +799,75 @@ fn stop_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The end-of-run summary on stderr (from the audit log when there is one),
-/// and `--report FILE.json`.
-async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<(), LaunchError> {
-    let summary = match sink.audit() {
+/// Exit status of a run whose audit log failed while it ran (EX_IOERR),
+/// whatever the agent's own status: the run was not fully recorded, and
+/// from the failure on nothing was forwarded.
+pub const EXIT_AUDIT_FAILED: i32 = 74;
+
+/// The end-of-run summary on stderr (from the audit log when there is one
+/// that still works, otherwise from the run's own counts), and `--report
+/// FILE.json`. Returns the exit status: the agent's, or
+/// [`EXIT_AUDIT_FAILED`] when the audit log failed during the run.
+async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, LaunchError> {
+    let from_log = match sink.audit() {
         Some(writer) => {
             let end = crate::audit::RunEnd {
                 run_id: plan.run_id.clone(),
                 ended_at: std::time::SystemTime::now(),
                 exit_code: code,
             };
-            writer.finish_run(end).await?
-        }
-        None => {
-            let t = sink.tally();
-            crate::audit::RunSummary {
-                run_id: plan.run_id.clone(),
-                name: plan.policy.run.name.clone(),
-                started_at: None,
-                ended_at: None,
-                exit_code: Some(code),
-                counts: t.counts,
-                top_refused: t.top_refused(crate::audit::TOP_REFUSED),
-                spend_usd: 0.0,
-                db_path: String::from("(none: --no-audit)"),
+            match writer.finish_run(end).await {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    if writer.failure().is_none() {
+                        crate::say!(
+                            Warn,
+                            "enforcer: warning: the run's end could not be recorded: {e}"
+                        );
+                    }
+                    None
+                }
             }
         }
+        None => None,
     };
-    eprintln!("{summary}");
+    let failure = sink.audit().and_then(crate::audit::AuditWriter::failure);
+    let summary = from_log.unwrap_or_else(|| {
+        let t = sink.tally();
+        crate::audit::RunSummary {
+            run_id: plan.run_id.clone(),
+            name: plan.policy.run.name.clone(),
+            started_at: None,
+            ended_at: None,
+            exit_code: Some(code),
+            counts: t.counts,
+            top_refused: t.top_refused(crate::audit::TOP_REFUSED),
+            spend_usd: plan.spend.ledger.run_spent() as f64 / crate::spend::MICROS_PER_USD as f64,
+            db_path: match (&failure, sink.audit()) {
+                (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
+                _ => String::from("(none: --no-audit)"),
+            },
+        }
+    });
+    crate::say!(Info, "{summary}");
+    let code = match &failure {
+        Some((e, at)) => {
+            crate::say!(
+                Error,
+                "enforcer: THE AUDIT LOG FAILED at {}: {e}\n\
+                 enforcer:   since then no request was forwarded (each was refused with 503); \
+                 the counts above are enforcer's own, not the log's, and the log lacks what \
+                 happened after the failure. Exit status {EXIT_AUDIT_FAILED} (the agent's was {code}).",
+                crate::logging::format_rfc3339(*at)
+            );
+            EXIT_AUDIT_FAILED
+        }
+        None => code,
+    };
     if let Some(path) = &plan.report {
         summary.write_json(path)?;
     }
-    Ok(())
+    Ok(code)
 }
 
 /// What the audit log records about the run at its start.

@@ -103,8 +103,7 @@ fn compile_breaker(raw: &Spanned<RawBreaker>, d: &mut Diagnostics) -> Option<Loo
             }
             if let Some(w) = &t.window {
                 match parse_duration(w) {
-                    Ok(w) if !w.is_zero() => settings.window = w,
-                    Ok(_) => d.error(raw.span(), "loop_breaker.window must be longer than 0"),
+                    Ok(w) => settings.window = w,
                     Err(e) => d.error(raw.span(), format!("loop_breaker.window: {e}")),
                 }
             }
