@@ -29,6 +29,12 @@ pub struct RunSummary {
     pub top_refused: Vec<(String, u64)>,
     pub spend_usd: f64,
     pub db_path: String,
+    /// When the audit log failed during the run (RFC 3339), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_failed_at: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<String>,
 }
 
 fn destinations<S: Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -125,6 +131,17 @@ fn plural_caps(n: u64) -> &'static str {
 }
 
 impl RunSummary {
+    /// The summary as one JSON line for `--log-json` (`event: "summary"`).
+    pub fn json_line(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("ts".into(), crate::logging::now_rfc3339().into());
+            obj.insert("level".into(), "info".into());
+            obj.insert("event".into(), "summary".into());
+        }
+        v.to_string()
+    }
+
     /// Writes the JSON report atomically (a temporary file renamed over `path`).
     pub fn write_json(&self, path: &Path) -> Result<(), AuditError> {
         let fail = |e: &dyn fmt::Display| AuditError::Report {
@@ -227,6 +244,8 @@ pub(crate) fn summarize(
         top_refused: top_refused(conn, run_id).map_err(fail)?,
         spend_usd: spend,
         db_path: path.display().to_string(),
+        audit_failed_at: None,
+        audit_error: None,
     })
 }
 
@@ -310,6 +329,8 @@ mod tests {
             top_refused: vec![(String::from("evil.test:443"), 2)],
             spend_usd: 12.5,
             db_path: String::from("/var/lib/enforcer/audit.db"),
+            audit_failed_at: None,
+            audit_error: None,
         }
     }
 

@@ -3,7 +3,6 @@
 //! level. Queries are never shown: they may carry secrets.
 
 use serde::Serialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{Cause, Decision, Layer, Verdict};
 
@@ -56,13 +55,6 @@ fn level(d: &Decision) -> &'static str {
     }
 }
 
-/// Now, as RFC 3339 in UTC.
-pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
 /// One JSON line for a decision of run `run`.
 pub fn json_line(run: &str, d: &Decision) -> String {
     #[derive(Serialize)]
@@ -85,7 +77,7 @@ pub fn json_line(run: &str, d: &Decision) -> String {
         query_redacted = redacted;
     }
     serde_json::to_string(&Line {
-        ts: now_rfc3339(),
+        ts: crate::logging::now_rfc3339(),
         level: level(d),
         event: "decision",
         run,
@@ -138,6 +130,7 @@ mod tests {
         assert_eq!(v["query_redacted"], true);
         assert!(!line.contains("secret"));
         let ts = v["ts"].as_str().unwrap();
-        assert!(OffsetDateTime::parse(ts, &Rfc3339).is_ok(), "{ts}");
+        let rfc3339 = time::format_description::well_known::Rfc3339;
+        assert!(time::OffsetDateTime::parse(ts, &rfc3339).is_ok(), "{ts}");
     }
 }

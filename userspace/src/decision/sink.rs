@@ -80,16 +80,17 @@ impl DecisionSink {
     /// its audit row is committed: call it before forwarding anything. An
     /// error means the audit log cannot be written, and nothing may pass.
     pub async fn commit(&self, d: &Decision) -> Result<Option<EventId>, AuditError> {
-        self.count_and_log(d);
-        match &self.audit {
-            None => Ok(None),
+        let id = match &self.audit {
+            None => None,
             Some(a) => {
                 a.healthy()?;
-                Ok(Some(
-                    a.record(AuditEvent::from_decision(&self.run_id, d)).await?,
-                ))
+                Some(a.record(AuditEvent::from_decision(&self.run_id, d)).await?)
             }
-        }
+        };
+        // Counted once written: a decision whose row failed is refused
+        // (and recorded as such) by the caller instead.
+        self.count_and_log(d);
+        Ok(id)
     }
 
     /// Writes what happened after an allowed decision onto its row.
@@ -119,17 +120,17 @@ impl DecisionSink {
     pub fn note(&self, text: &str) {
         match self.mode {
             LogMode::Quiet => {}
-            LogMode::Json => eprintln!(
-                "{}",
-                serde_json::json!({
-                    "ts": line::now_rfc3339(),
+            LogMode::Json => stderr_line(
+                &serde_json::json!({
+                    "ts": crate::logging::now_rfc3339(),
                     "level": "info",
                     "event": "note",
                     "run": &*self.run_id,
                     "message": text,
                 })
+                .to_string(),
             ),
-            LogMode::Human { .. } => eprintln!("enforcer: {text}"),
+            LogMode::Human { .. } => stderr_line(&format!("enforcer: {text}")),
         }
     }
 
@@ -139,10 +140,10 @@ impl DecisionSink {
     pub fn log(&self, d: &Decision) {
         match self.mode {
             LogMode::Quiet => {}
-            LogMode::Json => eprintln!("{}", line::json_line(&self.run_id, d)),
+            LogMode::Json => stderr_line(&line::json_line(&self.run_id, d)),
             LogMode::Human { verbose } => {
                 if let Some(text) = self.human(d, verbose) {
-                    eprintln!("enforcer: {text}");
+                    stderr_line(&format!("enforcer: {text}"));
                 }
             }
         }
@@ -189,6 +190,13 @@ impl DecisionSink {
     pub fn tally(&self) -> Tally {
         self.tally.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// One line on stderr; a stderr that cannot be written (closed, full) is
+/// ignored: there is nowhere to say so, and the run goes on.
+fn stderr_line(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[cfg(test)]

@@ -847,9 +847,22 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, L
                 (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
                 _ => String::from("(none: --no-audit)"),
             },
+            audit_failed_at: None,
+            audit_error: None,
         }
     });
-    crate::say!(Info, "{summary}");
+    let mut summary = summary;
+    if let Some((e, at)) = &failure {
+        summary.audit_failed_at = Some(crate::logging::format_rfc3339(*at));
+        summary.audit_error = Some(e.to_string());
+    }
+    match crate::logging::format() {
+        crate::logging::Format::Json => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "{}", summary.json_line());
+        }
+        crate::logging::Format::Human => crate::say!(Info, "{summary}"),
+    }
     let code = match &failure {
         Some((e, at)) => {
             crate::say!(

@@ -32,10 +32,12 @@ pub async fn relay_allowed<IO>(
     let id = match ctx.sink.commit(&allow).await {
         Ok(id) => id,
         Err(e) => {
-            tracing::warn!(
-                "not relaying {}: the audit log cannot be written: {e}",
-                allow.destination()
+            let mut refused = allow.clone();
+            refused.set_cause(
+                Cause::AuditUnavailable,
+                format!("not relayed: the audit log cannot be written: {e}"),
             );
+            ctx.sink.record(&refused);
             return;
         }
     };
