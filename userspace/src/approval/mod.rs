@@ -9,6 +9,7 @@ pub mod terminal;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::Arc,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -145,11 +146,21 @@ pub struct ApprovalHub {
     terminal: std::sync::atomic::AtomicBool,
 }
 
-/// A request in the queue: its id, and the answer to wait for.
+/// A request in the queue: its id, and the answer to wait for. Dropped
+/// before its answer came (the agent went away), it leaves the queue.
 pub struct Ticket {
     pub id: u64,
     wait: Option<(oneshot::Receiver<(Answer, String)>, Duration)>,
     decided: Option<Outcome>,
+    hub: Option<std::sync::Weak<ApprovalHub>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.as_ref().and_then(std::sync::Weak::upgrade) {
+            hub.lock().waiting.remove(&self.id);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,19 +197,20 @@ impl ApprovalHub {
 
     /// Holds the caller until a human answers (or the timeout passes).
     /// `rule_key` is (host index, rule index) for `always`.
-    pub async fn ask(&self, p: Pending, rule_key: (usize, usize)) -> Outcome {
+    pub async fn ask(self: &Arc<Self>, p: Pending, rule_key: (usize, usize)) -> Outcome {
         let ticket = self.submit(p, rule_key);
         self.wait(ticket).await
     }
 
     /// Queues a request (or decides it at once: no approver, an earlier
     /// `always`). Wait for the answer with [`ApprovalHub::wait`].
-    pub fn submit(&self, mut p: Pending, rule_key: (usize, usize)) -> Ticket {
+    pub fn submit(self: &Arc<Self>, mut p: Pending, rule_key: (usize, usize)) -> Ticket {
         if self.mode == ApproverMode::None {
             return Ticket {
                 id: 0,
                 wait: None,
                 decided: Some(Outcome::NoApprover),
+                hub: None,
             };
         }
         let mut inner = self.lock();
@@ -209,6 +221,7 @@ impl ApprovalHub {
                 decided: Some(Outcome::Approved {
                     by: String::from("an earlier 'always' for this rule"),
                 }),
+                hub: None,
             };
         }
         inner.next += 1;
@@ -232,15 +245,16 @@ impl ApprovalHub {
             id,
             wait: Some((rx, self.timeout)),
             decided: None,
+            hub: Some(Arc::downgrade(self)),
         }
     }
 
     /// The answer to a submitted request.
-    pub async fn wait(&self, ticket: Ticket) -> Outcome {
-        if let Some(o) = ticket.decided {
+    pub async fn wait(&self, mut ticket: Ticket) -> Outcome {
+        if let Some(o) = ticket.decided.take() {
             return o;
         }
-        let Some((rx, timeout)) = ticket.wait else {
+        let Some((rx, timeout)) = ticket.wait.take() else {
             return Outcome::TimedOut;
         };
         match tokio::time::timeout(timeout, rx).await {
@@ -254,12 +268,13 @@ impl ApprovalHub {
         }
     }
 
-    /// Requests waiting now, oldest first.
+    /// Requests waiting now, oldest first (not those past their deadline).
     pub fn pending(&self) -> Vec<Pending> {
         let now = Instant::now();
         self.lock()
             .waiting
             .values()
+            .filter(|w| w.deadline > now)
             .map(|w| {
                 let mut p = w.pending.clone();
                 p.expires_in_secs = w.deadline.saturating_duration_since(now).as_secs();
@@ -333,10 +348,16 @@ mod tests {
         assert!(asking.await.unwrap().approved());
         // The same rule now passes without asking; another rule still asks.
         assert!(hub.ask(pending(), (0, 1)).await.approved());
-        let quick = ApprovalHub::new(ApproverMode::Humans, Duration::from_millis(50));
+        let quick = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_millis(50),
+        ));
         assert_eq!(quick.ask(pending(), (0, 2)).await, Outcome::TimedOut);
         assert!(quick.pending().is_empty());
-        let none = ApprovalHub::new(ApproverMode::None, Duration::from_secs(60));
+        let none = Arc::new(ApprovalHub::new(
+            ApproverMode::None,
+            Duration::from_secs(60),
+        ));
         assert_eq!(none.ask(pending(), (0, 1)).await, Outcome::NoApprover);
     }
 }

@@ -74,6 +74,8 @@ pub enum Cause {
     /// A connection that did not come from the run (or whose origin the
     /// kernel did not record).
     NotFromRun,
+    /// The agent went away before its request was decided (nothing left).
+    Abandoned,
 }
 
 impl Cause {
@@ -119,6 +121,7 @@ impl Cause {
             Self::BenignProbe => "benign-probe",
             Self::UpstreamFailed => "upstream-failed",
             Self::NotFromRun => "not-from-run",
+            Self::Abandoned => "abandoned",
         }
     }
 

@@ -60,7 +60,10 @@ where
         .request(req.method().as_str(), target);
     let (parts, body) = req.into_parts();
     let body = body.map_err(Into::into).boxed();
-    match stages(parts, body, conn, ctx, &mut d).await {
+    let mut watch = Unfinished::new(&ctx.sink);
+    let result = stages(parts, body, conn, ctx, &mut d, &mut watch).await;
+    watch.done();
+    match result {
         Ok(resp) => resp,
         Err(Stopped { refusal, body }) => {
             d.set_cause(refusal.cause, refusal.reason.clone());
@@ -69,6 +72,46 @@ where
                 drain(b).await;
             }
             refusal.response(&d, &ctx.run_id)
+        }
+    }
+}
+
+/// Records a request the agent gave up on before it was decided (it closed
+/// the connection while the request waited for a human, a limit or its
+/// body): every request gets its row, also one that never got an answer.
+struct Unfinished<'a> {
+    sink: &'a crate::decision::DecisionSink,
+    /// The decision so far, while it is not recorded elsewhere.
+    pending: Option<Decision>,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(sink: &'a crate::decision::DecisionSink) -> Self {
+        Self {
+            sink,
+            pending: None,
+        }
+    }
+
+    /// What to record if the request is abandoned from here on.
+    fn track(&mut self, d: &Decision) {
+        self.pending = Some(d.clone());
+    }
+
+    /// The request's row is (or will be) written by the pipeline.
+    fn done(&mut self) {
+        self.pending = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.pending.take() {
+            d.set_cause(
+                Cause::Abandoned,
+                "the agent closed the connection before the request was decided; nothing was forwarded",
+            );
+            self.sink.record(&d);
         }
     }
 }
@@ -100,6 +143,7 @@ async fn stages(
     conn: &Conn,
     ctx: &ProxyContext,
     d: &mut Decision,
+    watch: &mut Unfinished<'_>,
 ) -> Result<Response<Body>, Stopped> {
     stage!(identify(&parts, conn), Some(body));
     stage!(scan_head(&parts, conn, ctx), Some(body));
@@ -135,6 +179,9 @@ async fn stages(
         )
     });
     let read_body = cost_in_body || ask || ctx.spend.limits_read_body(&call);
+    // From here the request may wait (for its body, a human): if the agent
+    // leaves, it still gets its row.
+    watch.track(d);
     let (body, prefix) = if read_body {
         match buffer::read_prefix(body, buffer::LIMIT).await {
             Ok(p) => (None, Some(p)),
@@ -192,6 +239,7 @@ async fn stages(
     };
 
     if ask {
+        watch.track(d);
         stage!(
             approval(&parts, &data, conn, ctx, (host, rule), charge.as_ref(), d).await,
             Some(body)
@@ -201,6 +249,7 @@ async fn stages(
     let mut parts = parts;
     let injected = stage!(credentials(&mut parts, conn, ctx, d), Some(body));
     // Nothing goes upstream before its audit row is committed.
+    watch.done();
     let id = match ctx.sink.commit(d).await {
         Ok(id) => id,
         Err(e) => {

@@ -605,3 +605,26 @@ async fn a_vendor_that_hangs_up_before_its_headers_is_a_502_saying_so() {
         "{rows:?}"
     );
 }
+
+#[tokio::test]
+async fn an_ask_the_agent_gives_up_on_leaves_the_queue_and_gets_its_row() {
+    let vendor = Vendor::start().await;
+    let rules = rule("POST", "/v1/refunds", "ask", "");
+    let r = run(&vendor, &policy(&rules, ""), Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        // The agent waits a little, then closes the connection.
+        let waiting = r.respond("POST", "/v1/refunds", &[], "x");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), waiting)
+                .await
+                .is_err()
+        );
+    }
+    assert!(
+        r.ctx.approvals.pending().is_empty(),
+        "abandoned asks leave the queue"
+    );
+    assert!(vendor.seen().is_empty());
+    let causes: Vec<String> = r.rows().await.into_iter().map(|(c, _, _)| c).collect();
+    assert_eq!(causes, ["abandoned", "abandoned", "abandoned"]);
+}
