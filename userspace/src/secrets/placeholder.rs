@@ -8,24 +8,30 @@ use rand::Rng as _;
 const MIN_RANDOM: usize = 24;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-/// The vendor prefix of a key: leading `word_`/`word-` groups (`sk_live_`,
-/// `ghp_`, `xoxb-`), at most 16 characters.
+/// Longest first and second word of a vendor prefix (`whsec_`, `glpat-`;
+/// `sk_live_`, `sk-proj-`, `sk-ant-`).
+const MAX_PREFIX_WORDS: [usize; 2] = [5, 4];
+
+/// The vendor prefix of a key: at most two short leading `word_`/`word-`
+/// groups of letters (`sk_live_`, `ghp_`, `xoxb-`, `sk-proj-`, `whsec_`).
+/// Kept short on purpose: the placeholder repeats it, so it must be the
+/// vendor's label and never a piece of a secret (a passphrase such as
+/// `my_super_secret_...` gives `my_` at most).
 pub fn detect_prefix(real: &str) -> &str {
     let bytes = real.as_bytes();
     let mut end = 0;
     let mut i = 0;
-    while i < bytes.len() && i < 16 {
+    for max in MAX_PREFIX_WORDS {
         let start = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
         }
-        if i == start || i >= bytes.len() || !matches!(bytes[i], b'_' | b'-') {
+        let word = i - start;
+        if word == 0 || word > max || i >= bytes.len() || !matches!(bytes[i], b'_' | b'-') {
             break;
         }
         i += 1;
-        if i <= 16 {
-            end = i;
-        }
+        end = i;
     }
     &real[..end]
 }
@@ -55,6 +61,12 @@ mod tests {
         assert_eq!(detect_prefix("xoxb-1234-5678"), "xoxb-");
         assert_eq!(detect_prefix("0123456789abcdef"), "");
         assert_eq!(detect_prefix("plainkey"), "");
+        assert_eq!(detect_prefix("sk-proj-Abc123"), "sk-proj-");
+        assert_eq!(detect_prefix("whsec_abc"), "whsec_");
+        // Never a piece of a passphrase or of a long word.
+        assert_eq!(detect_prefix("my_super_secret_password_is_hunter2"), "my_");
+        assert_eq!(detect_prefix("qk_SECRET_QQ11"), "qk_");
+        assert_eq!(detect_prefix("hunter_two"), "");
     }
 
     #[test]
