@@ -234,7 +234,76 @@ fn quoted(text: &str) -> String {
     out
 }
 
+/// The first key that a framework would read as `name` although it is not
+/// spelled `name`: PHP drops leading spaces, cuts at NUL and reads ` ` and
+/// `.` as `_`; PHP, Rails and others read `name[]`/`name[x]` as `name`.
+fn aliased(pairs: &[(String, String)], name: &str) -> Result<(), String> {
+    let target = normalized_field(name);
+    match pairs
+        .iter()
+        .find(|(k, _)| k != name && normalized_field(k) == target)
+    {
+        Some((k, _)) => Err(k.clone()),
+        None => Ok(()),
+    }
+}
+
+fn normalized_field(key: &str) -> String {
+    let key = key.split('\0').next().unwrap_or_default();
+    let key = key.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let base = key.split('[').next().unwrap_or_default();
+    base.chars()
+        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
+        .collect()
+}
+
+fn alias_error(what: String, key: &str) -> SpendError {
+    SpendError::Ambiguous {
+        what: format!(
+            "{what} (also spelled `{}`, which some frameworks read as the same name)",
+            quoted(key).escape_default()
+        ),
+        count: 2,
+    }
+}
+
 impl Request<'_> {
+    /// How often a body of any common kind carries `name`: form fields
+    /// (any spelling a framework reads as it), top-level JSON keys, and
+    /// multipart parts (Rails, Laravel and others merge body fields with
+    /// the query, body first).
+    fn body_mentions(&self, name: &str) -> usize {
+        let Some(mt) = media_type(self.content_type) else {
+            return 0;
+        };
+        if is_form(&mt) {
+            let target = normalized_field(name);
+            return form_urlencoded::parse(self.body)
+                .filter(|(k, _)| normalized_field(k) == target)
+                .count();
+        }
+        if is_json(&mt) {
+            return match super::json::parse(self.body) {
+                Ok(super::json::Json::Object(members)) => {
+                    members.iter().filter(|(k, _)| k == name).count()
+                }
+                Ok(_) => 0,
+                // Unparsable: whatever the vendor makes of it may hold it.
+                Err(_) => usize::from(memchr::memmem::find(self.body, name.as_bytes()).is_some()),
+            };
+        }
+        if mt.starts_with("multipart/") {
+            // A part named `name`, quoted or not, in any case of the header.
+            let lower = self.body.to_ascii_lowercase();
+            let name = name.to_ascii_lowercase();
+            return [format!("name=\"{name}\""), format!("name={name}")]
+                .iter()
+                .map(|p| memchr::memmem::find_iter(&lower, p.as_bytes()).count())
+                .sum();
+        }
+        0
+    }
+
     fn query_pairs(&self) -> Vec<(String, String)> {
         let q = self.uri.query().unwrap_or_default();
         form_urlencoded::parse(q.as_bytes()).into_owned().collect()
@@ -254,14 +323,17 @@ impl Request<'_> {
     }
 
     /// The one value of a form field. The same name in the query string
-    /// makes it ambiguous (some frameworks merge the two, either way round).
+    /// makes it ambiguous (some frameworks merge the two, either way round),
+    /// and so does any other spelling a framework reads as the same name.
     fn form_value(&self, form: &[(String, String)], name: &str) -> Result<String, SpendError> {
+        aliased(form, name).map_err(|k| alias_error(form_what(name), &k))?;
         let mut values: Vec<&String> = form
             .iter()
             .filter(|(k, _)| k == name)
             .map(|(_, v)| v)
             .collect();
         let query = self.query_pairs();
+        aliased(&query, name).map_err(|k| alias_error(form_what(name), &k))?;
         let in_query = query.iter().filter(|(k, _)| k == name).count();
         let count = values.len() + in_query;
         match (values.pop(), count) {
@@ -286,18 +358,13 @@ impl Request<'_> {
     /// makes it ambiguous.
     fn query_value(&self, name: &str) -> Result<String, SpendError> {
         let query = self.query_pairs();
+        aliased(&query, name).map_err(|k| alias_error(query_what(name), &k))?;
         let mut values: Vec<&String> = query
             .iter()
             .filter(|(k, _)| k == name)
             .map(|(_, v)| v)
             .collect();
-        let in_body = if media_type(self.content_type).is_some_and(|mt| is_form(&mt)) {
-            form_urlencoded::parse(self.body)
-                .filter(|(k, _)| k == name)
-                .count()
-        } else {
-            0
-        };
+        let in_body = self.body_mentions(name);
         let count = values.len() + in_body;
         match (values.pop(), count) {
             (Some(v), 1) => Ok(v.clone()),
@@ -568,6 +635,47 @@ mod tests {
         );
     }
 
+    /// PHP reads ` amount`, `amount\0junk`, `amount[]` (and `unit.amount`
+    /// for `unit_amount`) as the same field: a second spelling is ambiguous.
+    #[test]
+    fn other_spellings_of_the_field_are_ambiguous() {
+        for body in [
+            "amount=1&currency=usd&+amount=99999",
+            "amount=1&currency=usd&%20amount=99999",
+            "amount=2&currency=usd&amount%00junk=99999",
+            "amount=1&currency=usd&amount[]=99",
+            "amount[x]=99&currency=usd",
+        ] {
+            let e = err(post(&stripe(), FORM, body));
+            assert!(e.contains("also spelled"), "{body}: {e}");
+        }
+    }
+
+    /// A cost read from the query is ambiguous when the body carries the
+    /// same field (Rails and Laravel merge the body over the query).
+    #[test]
+    fn a_query_cost_is_checked_against_the_body() {
+        let rule = |r: CostRule| CostRule {
+            source: CostSource::Query("amount".into()),
+            ..r
+        };
+        let q = rule(stripe());
+        let u = uri("/v1/qcharges?amount=3&currency=usd");
+        for (ct, body) in [
+            (Some("application/json"), &b"{\"amount\": 99999}"[..]),
+            (
+                Some("multipart/form-data; boundary=x"),
+                b"--x\r\nContent-Disposition: form-data; NAME=\"amount\"\r\n\r\n99999\r\n--x--",
+            ),
+            (FORM, b"+amount=99999"),
+        ] {
+            let e = err(extract(&q, &u, ct, body));
+            assert!(e.contains("appears 2 times"), "{ct:?}: {e}");
+        }
+        assert!(extract(&q, &u, Some("application/json"), b"{\"other\": 1}").is_ok());
+        assert!(extract(&q, &u, Some("text/plain"), b"amount=99999").is_ok());
+    }
+
     #[test]
     fn query_source() {
         let r = rule(
@@ -594,8 +702,16 @@ mod tests {
             e.contains("(it is in the form body, not the query string)"),
             "{e}"
         );
-        // Other bodies are ignored.
-        let c = extract(&r, &uri("/x?units=1&cur=usd"), JSON, b"{\"units\": 9}").unwrap();
+        // A JSON body that names it too is ambiguous (frameworks merge it
+        // over the query); one that does not is fine.
+        let e = err(extract(
+            &r,
+            &uri("/x?units=1&cur=usd"),
+            JSON,
+            b"{\"units\": 9}",
+        ));
+        assert!(e.contains("appears 2 times"), "{e}");
+        let c = extract(&r, &uri("/x?units=1&cur=usd"), JSON, b"{\"other\": 9}").unwrap();
         assert_eq!(c.usd_micros, 1_000);
     }
 
