@@ -94,8 +94,12 @@ pub enum Ambiguous {
     MethodToken(String),
     #[error("the {0} header asks the server to route the request as another method")]
     MethodOverrideHeader(String),
-    #[error("the query parameter `{0}` asks the server to route the request as another method")]
+    #[error(
+        "the parameter `{0}` (query or form body) asks the server to route the request as another method"
+    )]
     MethodOverrideParam(String),
+    #[error("a form body larger than enforcer reads cannot be checked for a `_method` field")]
+    UncheckedForm,
     #[error("the request target is not a path starting with `/`")]
     NotOriginForm,
     #[error("the path contains `\\` or `%5C`, which some servers treat as `/`")]
@@ -133,7 +137,9 @@ impl Ambiguous {
         match self {
             Self::MethodCase(_) => "method-case",
             Self::MethodToken(_) => "method-token",
-            Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) => "method-override",
+            Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) | Self::UncheckedForm => {
+                "method-override"
+            }
             Self::NotOriginForm => "not-origin-form",
             Self::Backslash => "backslash",
             Self::EncodedSlash => "encoded-slash",
@@ -205,14 +211,14 @@ impl CanonicalRequest {
         }
         if let Some(q) = query
             && let Some(p) = url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, _)| k)
+                .map(|(k, _)| normalized_field(&k))
                 .find(|k| {
                     METHOD_OVERRIDE_PARAMS
                         .iter()
                         .any(|p| k.eq_ignore_ascii_case(p))
                 })
         {
-            return Err(Ambiguous::MethodOverrideParam(p.into_owned()));
+            return Err(Ambiguous::MethodOverrideParam(p));
         }
         let path = canonical_path(raw_path, allow)?;
         let body = path.strip_prefix('/').unwrap_or(&path);
@@ -251,6 +257,64 @@ impl CanonicalRequest {
         matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS")
     }
 }
+
+/// A form field name as frameworks read it: PHP drops leading spaces, cuts
+/// at NUL and reads ` ` and `.` as `_`; PHP, Rails and others read
+/// `name[]`/`name[x]` as `name`. Two names that give the same result are
+/// the same field to some server.
+pub fn normalized_field(key: &str) -> String {
+    let key = key.split('\0').next().unwrap_or_default();
+    let key = key.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let base = key.split('[').next().unwrap_or_default();
+    base.chars()
+        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
+        .collect()
+}
+
+/// What a request body says about the method: Rails (`Rack::MethodOverride`),
+/// Laravel and Symfony route a POST whose form body has a `_method` field
+/// as that method. `body` is the start of the body (all of it when
+/// `complete`); `content_type` the request's.
+pub fn body_method_override(
+    content_type: Option<&str>,
+    body: &[u8],
+    complete: bool,
+) -> Result<(), Ambiguous> {
+    let mt = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if mt == "application/x-www-form-urlencoded" {
+        if !complete {
+            return Err(Ambiguous::UncheckedForm);
+        }
+        return match url::form_urlencoded::parse(body)
+            .map(|(k, _)| normalized_field(&k))
+            .find(|k| {
+                METHOD_OVERRIDE_PARAMS
+                    .iter()
+                    .any(|p| k.eq_ignore_ascii_case(p))
+            }) {
+            Some(k) => Err(Ambiguous::MethodOverrideParam(k)),
+            None => Ok(()),
+        };
+    }
+    if mt.starts_with("multipart/") && multipart_names_override(body) {
+        return Err(Ambiguous::MethodOverrideParam("_method".into()));
+    }
+    Ok(())
+}
+
+/// Whether a multipart body (or its start) has a part named `_method`.
+pub fn multipart_names_override(body: &[u8]) -> bool {
+    let lower = body.to_ascii_lowercase();
+    MULTIPART_OVERRIDE_NAMES
+        .iter()
+        .any(|p| memchr::memmem::find(&lower, p.as_bytes()).is_some())
+}
+
+/// How a multipart part named `_method` is written (lower case).
+pub const MULTIPART_OVERRIDE_NAMES: &[&str] = &["name=\"_method\"", "name=_method", "name*="];
 
 /// Upper-case RFC 9110 tokens only.
 fn canonical_method(method: &str) -> Result<String, Ambiguous> {
@@ -475,6 +539,41 @@ mod tests {
             Some("encoded-slash")
         );
         assert_eq!(parse("GET", "/a/../b").unwrap_err().opt_in(), None);
+    }
+
+    #[test]
+    fn a_method_in_the_form_body_is_an_override() {
+        let form = Some("application/x-www-form-urlencoded");
+        for body in [
+            "_method=DELETE",
+            "a=1&%5Fmethod=DELETE",
+            "+_method=DELETE",
+            "_method[]=DELETE",
+        ] {
+            let e = body_method_override(form, body.as_bytes(), true).unwrap_err();
+            assert_eq!(e.kind(), "method-override", "{body}");
+        }
+        assert!(body_method_override(form, b"method=x&amount=1", true).is_ok());
+        assert!(
+            body_method_override(form, b"amount=1", false).is_err(),
+            "unchecked"
+        );
+        let mp = Some("multipart/form-data; boundary=b");
+        let part =
+            b"--b\r\nContent-Disposition: form-data; NAME=\"_method\"\r\n\r\nDELETE\r\n--b--";
+        assert!(body_method_override(mp, part, true).is_err());
+        assert!(
+            body_method_override(
+                mp,
+                b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx",
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            body_method_override(Some("application/json"), b"{\"_method\": \"DELETE\"}", true)
+                .is_ok()
+        );
     }
 
     proptest! {

@@ -33,7 +33,10 @@ mod warnings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use canonical::{AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest};
+pub use canonical::{
+    AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest, MULTIPART_OVERRIDE_NAMES,
+    body_method_override, multipart_names_override, normalized_field,
+};
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
 pub use diagnostics::{PolicyError, Problem};

@@ -28,6 +28,11 @@ use crate::{
     spend::Charge,
 };
 
+/// Set on a request whose body is watched ([`super::body_watch`]): why it
+/// was cut off, once it is.
+#[derive(Clone)]
+pub struct CutOff(pub std::sync::Arc<std::sync::OnceLock<String>>);
+
 /// Headers that belong to one hop and are never forwarded.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -89,6 +94,7 @@ pub async fn forward(
         .map_or_else(|| String::from("/"), |p| p.as_str().to_string());
     let uri = format!("{}://{}{}", conn.scheme(), conn.authority(), path_and_query);
     let (mut parts, body) = req.into_parts();
+    let cut = parts.extensions.remove::<CutOff>();
     let Ok(uri) = uri.parse::<http::Uri>() else {
         return failed(
             ctx,
@@ -126,6 +132,24 @@ pub async fn forward(
     let resp = match ctx.upstream.send(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => {
+            if let Some(reason) = cut.as_ref().and_then(|c| c.0.get()) {
+                // Released: the vendor got an incomplete request.
+                if let Some(c) = charge {
+                    c.release().await;
+                }
+                let mut refused = d.clone();
+                refused.set_cause(Cause::Ambiguous, reason.clone());
+                ctx.sink.complete(
+                    id,
+                    AuditOutcome {
+                        detail: Some(format!("cut off: {reason}")),
+                        ..AuditOutcome::default()
+                    },
+                );
+                ctx.sink.record(&refused);
+                return Refusal::new(Cause::Ambiguous, reason.clone())
+                    .response(&refused, &ctx.run_id);
+            }
             let leaked = leaked.as_ref().and_then(|l| l.get()).cloned();
             return upstream_failed(e, leaked, charge, id, conn, ctx, d).await;
         }

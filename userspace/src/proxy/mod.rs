@@ -2,6 +2,7 @@
 //! to (and the explicit HTTP_PROXY listener), the per-connection decision,
 //! TLS interception and the per-request boundary.
 
+pub mod body_watch;
 pub mod buffer;
 pub mod context;
 pub mod dial;

@@ -23,6 +23,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt as _;
 
 use super::{
+    body_watch::Watch,
     buffer::{self, BufferError},
     context::{Conn, ProxyContext},
     forward,
@@ -33,7 +34,10 @@ use super::{
 use crate::{
     approval::{self, Pending},
     decision::{Cause, Decision, Layer},
-    policy::{Action, CanonicalRequest, CostSource, HostPolicy},
+    policy::{
+        Action, CanonicalRequest, CostSource, HostPolicy, MULTIPART_OVERRIDE_NAMES,
+        body_method_override,
+    },
     secrets::{self, inject::Injected, scan},
     spend::{self, Call, Charge},
 };
@@ -178,7 +182,18 @@ async fn stages(
             CostSource::FormField(_) | CostSource::JsonPointer(_)
         )
     });
-    let read_body = cost_in_body || ask || ctx.spend.limits_read_body(&call);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A POST whose form body says `_method` is routed as that method by
+    // Rails, Laravel and Symfony: the body is checked before any rule's
+    // decision may stand.
+    let form_check = parts.method == http::Method::POST
+        && !host.rules.is_empty()
+        && content_type.as_deref().is_some_and(is_form_like);
+    let read_body = cost_in_body || ask || form_check || ctx.spend.limits_read_body(&call);
     // From here the request may wait (for its body, a human): if the agent
     // leaves, it still gets its row.
     watch.track(d);
@@ -196,6 +211,11 @@ async fn stages(
         (Some(body), None)
     };
     let data = prefix.as_ref().map_or(Bytes::new(), |p| p.data().clone());
+    let complete = prefix.as_ref().is_some_and(|p| p.complete().is_some());
+    if form_check {
+        let checked = body_method_override(content_type.as_deref(), &data, complete);
+        stage!(checked.map_err(|why| ambiguous(host, &why)), None);
+    }
 
     stage!(
         ctx.spend
@@ -232,11 +252,23 @@ async fn stages(
         }
     };
     d.reserved_usd = charge.as_ref().map(Charge::reserved_usd);
-    let body = match (prefix, body) {
+    let mut body = match (prefix, body) {
         (Some(p), _) => p.into_body(),
         (None, Some(b)) => b,
         (None, None) => super::refusal::full(Bytes::new()),
     };
+    let mut parts = parts;
+    if form_check && !complete {
+        // A multipart body longer than what was read: the rest is watched
+        // for a `_method` part as it streams.
+        let (watched, why) = Watch::new(
+            body,
+            MULTIPART_OVERRIDE_NAMES,
+            "a multipart body with a `_method` part (routed as another method by Rails, Laravel, Symfony)",
+        );
+        body = watched.boxed();
+        parts.extensions.insert(forward::CutOff(why));
+    }
 
     if ask {
         watch.track(d);
@@ -246,7 +278,6 @@ async fn stages(
         );
     }
 
-    let mut parts = parts;
     let injected = stage!(credentials(&mut parts, conn, ctx, d), Some(body));
     // Nothing goes upstream before its audit row is committed.
     watch.done();
@@ -423,6 +454,17 @@ fn cleartext(parts: &Parts, conn: &Conn, ctx: &ProxyContext) -> Result<(), Refus
         )),
         None => Ok(()),
     }
+}
+
+/// Form bodies: what `_method` can hide in.
+fn is_form_like(content_type: &str) -> bool {
+    let mt = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mt == "application/x-www-form-urlencoded" || mt.starts_with("multipart/")
 }
 
 /// A body the rules needed could not be read.

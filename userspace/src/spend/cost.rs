@@ -14,6 +14,7 @@ use url::form_urlencoded;
 use super::error::SpendError;
 use super::json::{self, Json, PointerError};
 use super::money::{Decimal, Round, format_usd, to_micros, usd_to_micros};
+use crate::policy::normalized_field;
 use crate::policy::{CostCurrency, CostRule, CostSource};
 
 /// The cost of one request.
@@ -246,15 +247,6 @@ fn aliased(pairs: &[(String, String)], name: &str) -> Result<(), String> {
         Some((k, _)) => Err(k.clone()),
         None => Ok(()),
     }
-}
-
-fn normalized_field(key: &str) -> String {
-    let key = key.split('\0').next().unwrap_or_default();
-    let key = key.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    let base = key.split('[').next().unwrap_or_default();
-    base.chars()
-        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
-        .collect()
 }
 
 fn alias_error(what: String, key: &str) -> SpendError {

@@ -628,3 +628,46 @@ async fn an_ask_the_agent_gives_up_on_leaves_the_queue_and_gets_its_row() {
     let causes: Vec<String> = r.rows().await.into_iter().map(|(c, _, _)| c).collect();
     assert_eq!(causes, ["abandoned", "abandoned", "abandoned"]);
 }
+
+#[tokio::test]
+async fn a_method_hidden_in_a_form_body_is_refused_before_any_rule() {
+    let vendor = Vendor::start().await;
+    let rules = [
+        rule("DELETE", "/v1/items/*", "deny", ""),
+        rule("*", "/v1/**", "allow", ""),
+    ]
+    .concat();
+    let r = run(&vendor, &policy(&rules, ""), Duration::from_secs(5)).await;
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    for body in ["_method=DELETE", "a=1&%5Fmethod=DELETE", "+_method=delete"] {
+        let (status, text) = r.send("POST", "/v1/items/1", &form, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+        assert!(text.contains("method-override"), "{text}");
+    }
+    assert!(vendor.seen().is_empty());
+    // A multipart body longer than enforcer reads is watched as it streams.
+    let mp = [(
+        "content-type",
+        "multipart/form-data; boundary=b".to_string(),
+    )];
+    let big = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n{}\r\n--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, text) = r.send("POST", "/v1/items/1", &mp, &big).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("_method"), "{text}");
+    // A multipart upload without one passes whole.
+    let clean = big.replace("_method", "comment");
+    assert_eq!(
+        r.send("POST", "/v1/items/1", &mp, &clean).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        vendor.seen().last().map(|s| s.body.len()),
+        Some(clean.len())
+    );
+}
