@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::body::{Body as _, Frame};
+use hyper::body::Frame;
 
 use super::upstream::{Body, BoxError};
 use crate::secrets::matcher::StreamMatcher;
