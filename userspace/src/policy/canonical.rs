@@ -37,6 +37,9 @@ pub struct Ambiguities {
     pub empty_segments: bool,
     /// Paths whose decision would change if the server ignored case.
     pub mixed_case: bool,
+    /// Paths whose decision would change if the server dropped a format
+    /// suffix (`.json`) or trailing dots and spaces.
+    pub suffixes: bool,
 }
 
 /// The names `allow_ambiguous` accepts, for messages and docs.
@@ -54,6 +57,7 @@ impl Ambiguities {
         semicolons: true,
         empty_segments: true,
         mixed_case: true,
+        suffixes: true,
     };
 
     /// Turns on one opt-in by its policy name; false if the name is unknown.
@@ -63,6 +67,7 @@ impl Ambiguities {
             "semicolons" => &mut self.semicolons,
             "empty-segments" => &mut self.empty_segments,
             "mixed-case" => &mut self.mixed_case,
+            "suffixes" => &mut self.suffixes,
             _ => return false,
         };
         *flag = true;
@@ -76,6 +81,7 @@ impl Ambiguities {
             self.semicolons,
             self.empty_segments,
             self.mixed_case,
+            self.suffixes,
         ];
         AMBIGUITY_NAMES
             .iter()
@@ -129,6 +135,10 @@ pub enum Ambiguous {
         sensitive: String,
         insensitive: String,
     },
+    #[error(
+        "the path's suffix decides which rule applies: as sent it matches {as_sent}, without its format suffix or trailing dots and spaces it matches {stripped}; servers that strip them (Rails, IIS) would route it differently"
+    )]
+    Suffix { as_sent: String, stripped: String },
 }
 
 impl Ambiguous {
@@ -152,6 +162,7 @@ impl Ambiguous {
             Self::InvalidUtf8 => "invalid-utf8",
             Self::RawCharacter => "raw-character",
             Self::MixedCase { .. } => "mixed-case",
+            Self::Suffix { .. } => "suffixes",
         }
     }
 
@@ -162,6 +173,7 @@ impl Ambiguous {
             Self::Semicolon => Some("semicolons"),
             Self::EmptySegment => Some("empty-segments"),
             Self::MixedCase { .. } => Some("mixed-case"),
+            Self::Suffix { .. } => Some("suffixes"),
             _ => None,
         }
     }

@@ -109,24 +109,53 @@ impl HostPolicy {
             .rules
             .iter()
             .position(|r| r.methods.matches(req.method()) && r.path.matches_segments(&segments));
+        let name = |i: Option<usize>| match i.and_then(|i| self.rules.get(i).map(|r| (i, r))) {
+            Some((i, r)) => format!("rule {} ({})", i + 1, r.label()),
+            None => "no rule".to_string(),
+        };
+        let matching = |segs: &[&str], folded: bool| {
+            self.rules.iter().position(|r| {
+                r.methods.matches(req.method())
+                    && if folded {
+                        r.path.matches_folded(segs)
+                    } else {
+                        r.path.matches_segments(segs)
+                    }
+            })
+        };
+        // Servers that ignore case (Express, ASP.NET) route the path folded.
         let path_has_upper = req.path().bytes().any(|b| b.is_ascii_uppercase());
-        if !self.ambiguities.mixed_case && (path_has_upper || self.rules_have_upper) {
-            let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-            let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-            let folded = self
-                .rules
-                .iter()
-                .position(|r| r.methods.matches(req.method()) && r.path.matches_folded(&lower));
+        let case_matters =
+            !self.ambiguities.mixed_case && (path_has_upper || self.rules_have_upper);
+        let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        if case_matters {
+            let folded = matching(&lower, true);
             if folded != first {
-                let name =
-                    |i: Option<usize>| match i.and_then(|i| self.rules.get(i).map(|r| (i, r))) {
-                        Some((i, r)) => format!("rule {} ({})", i + 1, r.label()),
-                        None => "no rule".to_string(),
-                    };
                 return Err(Ambiguous::MixedCase {
                     sensitive: name(first),
                     insensitive: name(folded),
                 });
+            }
+        }
+        // Servers that drop a format suffix (Rails: `/refunds.json`) or
+        // trailing dots and spaces (IIS) route the stripped path.
+        if !self.ambiguities.suffixes {
+            let stripped = strip_suffixes(&segments);
+            if stripped.iter().zip(&segments).any(|(a, b)| a != b) {
+                let s: Vec<&str> = stripped.iter().map(String::as_str).collect();
+                let mut other = matching(&s, false);
+                if other == first && case_matters {
+                    let sl: Vec<String> = s.iter().map(|x| x.to_ascii_lowercase()).collect();
+                    let sl: Vec<&str> = sl.iter().map(String::as_str).collect();
+                    other = matching(&sl, true);
+                }
+                if other != first {
+                    return Err(Ambiguous::Suffix {
+                        as_sent: name(first),
+                        stripped: name(other),
+                    });
+                }
             }
         }
         Ok(
@@ -231,4 +260,37 @@ pub(crate) fn shown(name: &str) -> String {
         out.push_str("...");
     }
     out
+}
+
+/// `segments` as servers that strip suffixes route them: trailing dots,
+/// spaces and tabs off every segment (IIS), and a format extension off the
+/// last one (Rails: `refunds.json` is `refunds`).
+fn strip_suffixes(segments: &[&str]) -> Vec<String> {
+    let n = segments.len();
+    segments
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            let mut s: &str = seg;
+            loop {
+                let t = s
+                    .trim_end_matches('.')
+                    .trim_end_matches("%20")
+                    .trim_end_matches("%09");
+                if t.len() == s.len() {
+                    break;
+                }
+                s = t;
+            }
+            if i + 1 == n
+                && let Some((stem, ext)) = s.rsplit_once('.')
+                && !stem.is_empty()
+                && (1..=5).contains(&ext.len())
+                && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                s = stem;
+            }
+            s.to_string()
+        })
+        .collect()
 }

@@ -246,6 +246,50 @@ allow_ambiguous = ["mixed-case"]
 }
 
 #[test]
+fn a_suffix_that_changes_the_rule_is_ambiguous() {
+    let p = parse(
+        r#"
+[[host]]
+name = "api.example.com"
+  [[host.rule]]
+  method = "*"
+  path = "/v1/admin/**"
+  action = "deny"
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/refunds"
+  action = "ask"
+  [[host.rule]]
+  method = "*"
+  path = "/v1/**"
+  action = "allow"
+"#,
+    );
+    let h = &p.hosts[0];
+    for (method, target) in [
+        ("POST", "/v1/refunds.json"),
+        ("POST", "/v1/refunds."),
+        ("GET", "/v1/admin.json"),
+        ("GET", "/v1/admin%20/users"),
+        ("GET", "/v1/admin./users"),
+        ("POST", "/v1/Refunds.JSON"),
+    ] {
+        let v = h.decide(method, target);
+        assert_eq!(v.action, Action::Deny, "{target}");
+        assert!(v.reason.contains("ambiguous"), "{target}: {}", v.reason);
+    }
+    // Suffixes no rule cares about are fine.
+    assert_eq!(
+        h.decide("GET", "/v1/files/report.pdf").action,
+        Action::Allow
+    );
+    assert_eq!(
+        h.decide("GET", "/v1/customers/cus_1.json").action,
+        Action::Allow
+    );
+}
+
+#[test]
 fn opt_ins_are_validated_and_change_what_is_accepted() {
     let p = parse(
         r#"
