@@ -46,6 +46,10 @@ pub struct Pending {
     /// The start of the body, as text (placeholders shown by name).
     #[serde(default)]
     pub body_preview: Option<String>,
+    /// The request's headers as `name: value` (placeholders shown by name;
+    /// credentials' values hidden).
+    #[serde(default)]
+    pub headers: Vec<String>,
     /// Names of the secrets that would be injected.
     pub secrets: Vec<String>,
     /// The parsed cost, if the rule has one (e.g. "$50.00 (5000 usd)").
@@ -56,6 +60,35 @@ pub struct Pending {
     pub rule: String,
     /// Seconds left before it is denied for lack of an answer.
     pub expires_in_secs: u64,
+}
+
+/// Text from the agent made safe and unambiguous for a person: control
+/// characters (NUL included) and invisible or direction-changing Unicode
+/// (zero-width spaces, bidirectional overrides, soft hyphens) are shown as
+/// escapes, never passed to the screen.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let invisible = matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        );
+        if c == '\0' {
+            out.push_str("\\0");
+        } else if c.is_control() || invisible {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Pending {
@@ -296,6 +329,19 @@ impl ApprovalHub {
 }
 
 #[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn invisible_and_control_characters_are_shown_as_escapes() {
+        assert_eq!(printable("a\0b"), "a\\0b");
+        assert_eq!(printable("amount=1\u{200B}0000"), "amount=1\\u{200b}0000");
+        assert_eq!(printable("x\u{202E}y\u{1b}[2J"), "x\\u{202e}y\\u{1b}[2J");
+        assert_eq!(printable("café ok"), "café ok");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -311,6 +357,7 @@ mod tests {
             path: "/v1/refunds".into(),
             target: "/v1/refunds?charge=ch_1".into(),
             body_preview: None,
+            headers: Vec::new(),
             secrets: vec!["KEY".into()],
             cost: Some("5.00 USD".into()),
             caps: Vec::new(),

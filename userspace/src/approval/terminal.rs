@@ -25,7 +25,7 @@ use nix::{
 use rand::Rng as _;
 use tokio::sync::mpsc;
 
-use super::{Answer, ApprovalHub, Pending};
+use super::{Answer, ApprovalHub, Pending, printable};
 
 /// Who answered, in audit rows.
 pub const APPROVER: &str = "the launching terminal";
@@ -271,13 +271,6 @@ impl Drop for Terminal {
     }
 }
 
-/// Printable text from the agent: no control characters reach the screen.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 /// The prompt. It starts by ending any escape sequence the agent may have
 /// left half-written and resetting colours, so the agent cannot hide it.
 pub fn prompt_text(p: &Pending, code: &str, run_id: &str) -> String {
@@ -286,6 +279,9 @@ pub fn prompt_text(p: &Pending, code: &str, run_id: &str) -> String {
         printable(&p.request_line()),
         printable(&p.rule)
     );
+    for h in &p.headers {
+        text.push_str(&format!("  header: {}\r\n", printable(h)));
+    }
     if let Some(b) = &p.body_preview {
         text.push_str(&format!("  body: {}\r\n", printable(b)));
     }
@@ -399,6 +395,7 @@ mod tests {
             path: "/v1/x\u{1b}[2J".into(),
             target: "/v1/x\u{1b}[2J?charge=ch_0&amount=0".into(),
             body_preview: Some("amount=5000\u{7}".into()),
+            headers: vec!["stripe-account: acct_1".into()],
             secrets: vec![],
             cost: Some("$50.00 (5000 usd)".into()),
             caps: vec!["run cap $500.00: $450.00 left after this call".into()],
@@ -407,10 +404,11 @@ mod tests {
         };
         let text = prompt_text(&p, "AAAA-BBBB", "r");
         assert!(
-            text.contains("POST https://api.example.com/v1/x?[2J?charge=ch_0&amount=0"),
+            text.contains("POST https://api.example.com/v1/x\\u{1b}[2J?charge=ch_0&amount=0"),
             "{text}"
         );
-        assert!(text.contains("body: amount=5000?"), "{text}");
+        assert!(text.contains("body: amount=5000\\u{7}"), "{text}");
+        assert!(text.contains("header: stripe-account: acct_1"), "{text}");
         assert!(text.contains("$450.00 left"), "{text}");
         assert!(text.contains("[enforcer approval AAAA-BBBB]"));
         assert!(text.contains("request #3"));

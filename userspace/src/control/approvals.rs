@@ -8,7 +8,7 @@ use super::{
     protocol::{Request, Response},
 };
 use crate::{
-    approval::{Answer, Pending},
+    approval::{Answer, Pending, printable},
     runs::RunRecord,
 };
 
@@ -81,13 +81,6 @@ pub fn list(json: bool) -> Result<(), ControlError> {
         );
     }
     Ok(())
-}
-
-/// What the agent wrote, with its control characters made harmless.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Who is answering, for the audit row: root, and the sudo caller if any.

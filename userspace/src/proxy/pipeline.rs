@@ -529,7 +529,8 @@ async fn approval(
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         target: ctx.secrets.mask(target),
-        body_preview: preview(body, ctx),
+        body_preview: preview(body, parts, ctx),
+        headers: shown_headers(parts, ctx),
         secrets,
         cost: charge.map(Charge::describe),
         caps: charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default(),
@@ -562,10 +563,48 @@ async fn approval(
     Err(Refusal::new(cause, outcome.reason()))
 }
 
-/// The start of a body, as text, with placeholders shown by name.
-fn preview(body: &[u8], ctx: &ProxyContext) -> Option<String> {
+/// Headers a person approving the request sees: all but the hop's own and
+/// the credentials' values (their names are shown), placeholders by name.
+fn shown_headers(parts: &Parts, ctx: &ProxyContext) -> Vec<String> {
+    const HIDDEN: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+    const SKIPPED: &[&str] = &[
+        "host",
+        "content-length",
+        "connection",
+        "accept-encoding",
+        "user-agent",
+        "accept",
+    ];
+    parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !SKIPPED.contains(&k.as_str()))
+        .map(|(k, v)| {
+            if HIDDEN.contains(&k.as_str()) {
+                format!("{k}: (hidden)")
+            } else {
+                format!(
+                    "{k}: {}",
+                    ctx.secrets.mask(&String::from_utf8_lossy(v.as_bytes()))
+                )
+            }
+        })
+        .collect()
+}
+
+/// The start of a body, as text, with placeholders shown by name; a
+/// compressed body is described, not shown as gibberish.
+fn preview(body: &[u8], parts: &Parts, ctx: &ProxyContext) -> Option<String> {
     if body.is_empty() {
         return None;
+    }
+    if let Some(enc) = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return Some(format!("({} bytes, {enc}-encoded: not shown)", body.len()));
     }
     let cut = &body[..body.len().min(PREVIEW)];
     let mut text = ctx.secrets.mask(&String::from_utf8_lossy(cut));

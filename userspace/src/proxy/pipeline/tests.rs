@@ -439,6 +439,11 @@ async fn an_approval_comes_before_credentials_and_a_denial_sends_nothing() {
                 if let Some(p) = hub.pending().first() {
                     assert_eq!(p.target, "/v1/refunds?charge=ch_1");
                     assert_eq!(p.body_preview.as_deref(), Some("reason=<KEY>"));
+                    assert!(
+                        p.headers.contains(&"authorization: (hidden)".to_string()),
+                        "{:?}",
+                        p.headers
+                    );
                     hub.answer(p.id, answer, "test").unwrap();
                     return;
                 }
