@@ -350,3 +350,89 @@ fn a_placeholder_on_a_raw_tcp_connection_cuts_it() {
     let alarms = db.alarms(out.run_id.as_deref().expect("run id"));
     assert_eq!(alarms.len(), 1, "{alarms:?}");
 }
+
+#[test]
+fn placeholders_in_a_server_name_in_any_case_and_through_connect_to_raw_tcp_are_caught() {
+    let w = VendorWorld::new();
+    let key = key_file();
+    let db = AuditDb::new("more");
+    let target = w.host.tcp4();
+    let policy = format!(
+        r#"{}
+[[host]]
+name = "api.vendor.test"
+  [[host.rule]]
+  method = "GET"
+  path = "/v1/**"
+  action = "allow"
+
+[[host]]
+name = "upload.vendor.test"
+  [[host.rule]]
+  method = "*"
+  path = "/**"
+  action = "allow"
+
+[[tcp]]
+host = "{}"
+port = {}
+"#,
+        secret(&key),
+        target.ip(),
+        target.port()
+    );
+    let ip = w.host.v4;
+    let py = format!(
+        r#"
+import os, socket, sys
+host, port = os.environ["HTTP_PROXY"].rsplit("/", 1)[-1].split(":")
+def tunnel(text):
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"CONNECT {ip}:{port} HTTP/1.1\r\nHost: {ip}:{port}\r\n\r\n")
+    head = s.recv(4096)
+    if b" 200" not in head.split(b"\r\n")[0]:
+        return "refused " + head.split(b"\r\n")[0].decode()
+    s.sendall(text.encode() + b"\n")
+    try:
+        return "echo " + s.recv(4096).decode().strip()
+    except Exception as e:
+        return "cut " + type(e).__name__
+print(tunnel("hello"))
+print(tunnel("x " + os.environ["VENDOR_KEY"]))
+"#,
+        ip = target.ip(),
+        port = target.port()
+    );
+    let script = format!(
+        r#"
+K="$VENDOR_KEY"
+curl -sS -m 20 -o /dev/null -w '%{{http_code}}\n' --noproxy '*' --resolve "$K.vendor.test:443:{ip}" "https://$K.vendor.test/x" || true
+curl -sS -m 20 -o /dev/null -w '%{{http_code}}\n' -H "X-Key: ${{K^^}}" https://upload.vendor.test/upper
+/usr/bin/python3 -c '{py}'
+"#,
+        py = py.replace('\'', "'\"'\"'")
+    );
+    let out = w
+        .launch(&policy, &["/bin/bash", "-c", &script])
+        .flag("--audit-db")
+        .flag(&db.0)
+        .run();
+    out.assert_clean();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "000", "{out:?}");
+    assert_eq!(lines.get(1), Some(&"403"), "{out:?}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("hello")),
+        "the clean tunnel works: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("sk_live_"),
+        "the placeholder was echoed: {out:?}"
+    );
+    let alarms = db.alarms(out.run_id.as_deref().expect("run id"));
+    assert_eq!(
+        alarms.len(),
+        3,
+        "SNI, upper case, raw TCP through CONNECT: {alarms:?}"
+    );
+}

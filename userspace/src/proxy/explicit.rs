@@ -151,6 +151,23 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
             &reason,
         );
     }
+    // A raw TCP destination through the proxy: relayed as the transparent
+    // path relays it, watched for placeholders.
+    if let Some(rule) = ctx.policy.tcp_rule(&name, port) {
+        let label = format!("tcp {}:{}", rule.host, rule.port);
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let upstream = match crate::policy::parse_ip(&name) {
+                Some(ip) => tunnel::TcpUpstream::Address(ip),
+                None => tunnel::TcpUpstream::Name(name.clone()),
+            };
+            tunnel::relay_tcp(TokioIo::new(upgraded), port, &name, label, upstream, &ctx).await;
+        });
+        return Response::new(refusal::full(bytes::Bytes::new()));
+    }
     let verdict = ctx.policy.connection(&name, port);
     if let ConnectionVerdict::Refuse { reason } = &verdict {
         return refused(&ctx, Cause::NotInPolicy, &name, port, "CONNECT", "", reason);
@@ -171,6 +188,23 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
         };
         let pass_through = matches!(verdict, ConnectionVerdict::PassThrough { .. });
         match first {
+            FirstBytes::Tls { sni: Some(sni) }
+                if crate::secrets::scan::in_name(&ctx.secrets, &sni).is_some() =>
+            {
+                let secret = crate::secrets::scan::in_name(&ctx.secrets, &sni).unwrap_or_default();
+                ctx.sink.record(
+                    &Decision::new(
+                        Layer::Connection,
+                        Cause::Exfiltration,
+                        format!(
+                            "{}: placeholder of {secret} in the TLS server name inside a CONNECT tunnel to {name}",
+                            crate::secrets::scan::EXFILTRATION
+                        ),
+                    )
+                    .host(&name)
+                    .port(port),
+                );
+            }
             FirstBytes::Tls { sni: Some(sni) } if sni != name => {
                 // A CDN routes by SNI: another name inside an allowed
                 // tunnel would be domain fronting.

@@ -6,11 +6,7 @@
 //! are dialed by the decided name, never blindly at the address the agent
 //! dialed.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::AsyncWriteExt as _,
@@ -19,7 +15,7 @@ use tokio::{
 
 use super::{
     context::{Conn, ProxyContext, Via},
-    dial, http, intercept,
+    http, intercept,
     refusal::Refusal,
     sniff::{self, FirstBytes},
     tunnel,
@@ -96,7 +92,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
         );
     }
     if let Some((rule, upstream)) = tcp_rule(&ctx, dst, resolved.as_deref()).await {
-        return relay_tcp(client, dst.port(), &shown, rule, upstream, &ctx).await;
+        return tunnel::relay_tcp(client, dst.port(), &shown, rule, upstream, &ctx).await;
     }
     // Refuse at once when nothing the client could say would be allowed (no
     // need to wait for a server-first protocol to time out).
@@ -122,6 +118,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
             return deny(&ctx, Cause::UnknownProtocol, shown, dst.port(), reason);
         }
     };
+    // A placeholder in the server name or Host is an exfiltration attempt,
+    // whatever else is wrong with the name.
+    if let Some(said) = &said
+        && exfiltration_in_name(&ctx, said, dst.port())
+    {
+        if tls {
+            let mut client = client;
+            let _ = client.write_all(&sniff::TLS_ACCESS_DENIED).await;
+        }
+        return;
+    }
     // The client's own name (SNI, Host) must agree with the name it resolved.
     let name = match (said, resolved) {
         (Some(said), Some(resolved)) if said != resolved => {
@@ -274,13 +281,6 @@ async fn refuse_http(
         .await;
 }
 
-/// Where a `[[tcp]]` connection goes: to a name (dialed by it), or to the
-/// very address the agent dialed when that address is one of the name's.
-enum TcpUpstream {
-    Name(String),
-    Address(IpAddr),
-}
-
 /// The `[[tcp]]` rule that allows this connection: by the name the resolver
 /// handed the address out for, or by a rule whose host (IP literal or name
 /// resolved by the enforcer) includes the dialed address.
@@ -288,11 +288,11 @@ async fn tcp_rule(
     ctx: &ProxyContext,
     dst: SocketAddr,
     resolved: Option<&str>,
-) -> Option<(String, TcpUpstream)> {
+) -> Option<(String, tunnel::TcpUpstream)> {
     if let Some(name) = resolved {
         let rule = ctx.policy.tcp_rule(name, dst.port())?;
         let label = format!("tcp {}:{}", rule.host, rule.port);
-        return Some((label, TcpUpstream::Name(name.to_string())));
+        return Some((label, tunnel::TcpUpstream::Name(name.to_string())));
     }
     for rule in ctx.policy.tcp.iter().filter(|r| r.port == dst.port()) {
         let Ok(addrs) = ctx.resolver.lookup(&rule.host).await else {
@@ -300,53 +300,8 @@ async fn tcp_rule(
         };
         if addrs.contains(&dst.ip()) {
             let label = format!("tcp {}:{}", rule.host, rule.port);
-            return Some((label, TcpUpstream::Address(dst.ip())));
+            return Some((label, tunnel::TcpUpstream::Address(dst.ip())));
         }
     }
     None
-}
-
-async fn relay_tcp(
-    client: TcpStream,
-    port: u16,
-    shown: &str,
-    rule: String,
-    upstream: TcpUpstream,
-    ctx: &ProxyContext,
-) {
-    let dialed = match &upstream {
-        TcpUpstream::Name(name) => dial::dial(&ctx.resolver, name, port).await,
-        TcpUpstream::Address(ip) => dial::connect_any(&[*ip], port).await,
-    };
-    let upstream = match dialed {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.sink.record(
-                &Decision::new(
-                    Layer::Connection,
-                    Cause::UpstreamFailed,
-                    format!("upstream unreachable: {e}"),
-                )
-                .host(shown)
-                .port(port)
-                .rule(rule, None),
-            );
-            return;
-        }
-    };
-    let allow = Decision::new(
-        Layer::Connection,
-        Cause::Allowed,
-        "tcp destination allowed by policy",
-    )
-    .host(shown)
-    .port(port)
-    .rule(rule, None);
-    // A raw TCP destination holds no secret: every placeholder is foreign.
-    let watch = ctx
-        .secrets
-        .iter()
-        .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
-        .collect();
-    tunnel::relay_allowed(client, upstream, ctx, allow, watch).await;
 }

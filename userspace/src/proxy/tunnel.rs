@@ -3,7 +3,7 @@
 //! row is committed before a byte goes upstream; the bytes each way are
 //! written onto it when the connection ends.
 
-use std::time::Instant;
+use std::{net::IpAddr, time::Instant};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -104,4 +104,61 @@ where
             .rule(rule, line),
         ),
     }
+}
+
+/// Where a `[[tcp]]` connection goes: to a name (dialed by it), or to the
+/// very address the agent dialed when that address is one of the name's.
+pub enum TcpUpstream {
+    Name(String),
+    Address(IpAddr),
+}
+
+/// Dials a `[[tcp]]` destination and relays the client to it, watching
+/// what the client sends for placeholders (a raw destination holds no
+/// secret: every placeholder is foreign there).
+pub async fn relay_tcp<IO>(
+    client: IO,
+    port: u16,
+    shown: &str,
+    rule: String,
+    upstream: TcpUpstream,
+    ctx: &ProxyContext,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let dialed = match &upstream {
+        TcpUpstream::Name(name) => dial::dial(&ctx.resolver, name, port).await,
+        TcpUpstream::Address(ip) => dial::connect_any(&[*ip], port).await,
+    };
+    let upstream = match dialed {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.sink.record(
+                &Decision::new(
+                    Layer::Connection,
+                    Cause::UpstreamFailed,
+                    format!("upstream unreachable: {e}"),
+                )
+                .host(shown)
+                .port(port)
+                .rule(rule, None),
+            );
+            return;
+        }
+    };
+    let allow = Decision::new(
+        Layer::Connection,
+        Cause::Allowed,
+        "tcp destination allowed by policy",
+    )
+    .host(shown)
+    .port(port)
+    .rule(rule, None);
+    // A raw TCP destination holds no secret: every placeholder is foreign.
+    let watch = ctx
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.placeholder.as_bytes().to_vec()))
+        .collect();
+    relay_allowed(client, upstream, ctx, allow, watch).await;
 }

@@ -65,23 +65,30 @@ pub fn in_head<'a>(
     target: &str,
     headers: &HeaderMap,
 ) -> Option<&'a str> {
-    let decoded = percent_decode(target);
+    // Placeholders are lower case after their prefix: an agent that changes
+    // their case (a header value upper-cased) is still caught.
+    let target_lower = target.to_ascii_lowercase();
+    let decoded = percent_decode(target).to_ascii_lowercase();
     let basic: Vec<String> = headers
         .get_all(header::AUTHORIZATION)
         .iter()
         .chain(headers.get_all(header::PROXY_AUTHORIZATION).iter())
         .filter_map(|v| super::basic::decode(v.as_bytes()))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map(|b| String::from_utf8_lossy(&b).to_ascii_lowercase())
+        .collect();
+    let values: Vec<Vec<u8>> = headers
+        .values()
+        .map(|v| v.as_bytes().to_ascii_lowercase())
         .collect();
     foreign(secrets, policy, host)
         .find(|s| {
-            let p = s.placeholder.as_str();
-            target.contains(p)
-                || decoded.contains(p)
-                || basic.iter().any(|b| b.contains(p))
-                || headers
+            let p = s.placeholder.to_ascii_lowercase();
+            target_lower.contains(&p)
+                || decoded.contains(&p)
+                || basic.iter().any(|b| b.contains(&p))
+                || values
                     .iter()
-                    .any(|(_, v)| memchr::memmem::find(v.as_bytes(), p.as_bytes()).is_some())
+                    .any(|v| memchr::memmem::find(v, p.as_bytes()).is_some())
         })
         .map(|s| s.name.as_str())
 }
