@@ -19,7 +19,7 @@ use tokio::{
     net::{TcpListener, UdpSocket},
 };
 
-use super::{ResolveError, Resolver};
+use super::{Failure, LookupError, Resolver};
 use crate::{
     decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
     policy::Policy,
@@ -178,17 +178,25 @@ async fn decide(name: &str, qname: &Name, qtype: RecordType, ctx: &DnsContext) -
     }
     match ctx.resolver.lookup(name).await {
         Ok(_) => {}
-        Err(ResolveError::Budget(e)) => {
+        Err(LookupError {
+            failure: Failure::Budget(e),
+            ..
+        }) => {
             record(ctx, Verdict::Deny, name, qtype, e.to_string());
             return Outcome::Refuse(ResponseCode::NXDomain, EDE_BLOCKED, e.to_string());
         }
-        Err(ResolveError::NxDomain(_)) | Err(ResolveError::NoAddress(_)) => {
+        Err(
+            e @ LookupError {
+                failure: Failure::NxDomain { .. } | Failure::NoAddress { .. },
+                ..
+            },
+        ) => {
             record(
                 ctx,
                 Verdict::Allow,
                 name,
                 qtype,
-                "allowed, but the name has no address upstream",
+                format!("allowed, but the name has no address: {e}"),
             );
             return Outcome::Refuse(ResponseCode::NXDomain, 0, String::new());
         }
