@@ -185,3 +185,20 @@ pub fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
     }
     m.to_vec().expect("encode")
 }
+
+/// The Extended DNS Error of a response: (info code, text).
+pub fn ede(resp: &Message) -> Option<(u16, String)> {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    resp.extensions()
+        .as_ref()?
+        .options()
+        .as_ref()
+        .iter()
+        .find_map(|(code, opt)| match (code, opt) {
+            (EdnsCode::Unknown(15), EdnsOption::Unknown(15, data)) if data.len() >= 2 => Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                String::from_utf8_lossy(&data[2..]).into_owned(),
+            )),
+            _ => None,
+        })
+}

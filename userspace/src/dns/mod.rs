@@ -5,6 +5,7 @@
 //! included), the same wildcard budget and the same upstream servers, and
 //! neither ever asks upstream about a name the policy does not allow.
 
+pub mod answer;
 pub mod budget;
 pub mod cache;
 pub mod config;
