@@ -81,6 +81,62 @@ pub enum Triage {
     Resolve(Lookup),
 }
 
+/// The question of a plain query, read without building a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek {
+    /// Normalized, as [`triage`] sees it.
+    pub name: String,
+    pub qtype: u16,
+}
+
+/// Reads the one question of a plain query (QR 0, opcode QUERY, one
+/// question, labels of letters, digits, `-` and `_`, not starting with
+/// `-`) without allocating a
+/// message: enough to refuse a name the policy does not allow at the cost
+/// of a string. None for anything else, which [`parse`] then reads.
+pub fn peek(wire: &[u8]) -> Option<Peek> {
+    let flags = *wire.get(2)?;
+    let qdcount = u16::from_be_bytes([*wire.get(4)?, *wire.get(5)?]);
+    // QR and the four opcode bits.
+    if flags & 0xf8 != 0 || qdcount != 1 {
+        return None;
+    }
+    let mut name = String::with_capacity(64);
+    let mut pos = 12;
+    loop {
+        let len = usize::from(*wire.get(pos)?);
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        // Longer "labels" are compression pointers and the like.
+        if len > 63 {
+            return None;
+        }
+        let label = wire.get(pos..pos + len)?;
+        // hickory writes a leading `-` escaped (`\-`): leave those to it.
+        if label.first() == Some(&b'-')
+            || !label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return None;
+        }
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        if name.len() > 253 {
+            return None;
+        }
+        pos += len;
+    }
+    let qtype = u16::from_be_bytes([*wire.get(pos)?, *wire.get(pos + 1)?]);
+    // QCLASS must be there too.
+    wire.get(pos + 2..pos + 4)?;
+    (!name.is_empty()).then_some(Peek { name, qtype })
+}
+
 /// A query, or None for what is dropped unanswered (garbage, responses).
 pub fn parse(wire: &[u8]) -> Option<Message> {
     let query = Message::from_vec(wire).ok()?;
@@ -390,5 +446,78 @@ mod tests {
             resp.answers()[0].data(),
             &RData::A(A("198.18.0.1".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn peek_reads_plain_questions_as_triage_would() {
+        let q = query("Flood-1_x.Example.TEST.", RecordType::AAAA, true);
+        assert_eq!(
+            peek(&q),
+            Some(Peek {
+                name: String::from("flood-1_x.example.test"),
+                qtype: 28
+            })
+        );
+        // A response, two questions, a compression pointer, odd bytes, a
+        // truncated question: left to the full parser.
+        let mut resp = q.clone();
+        resp[2] |= 0x80;
+        assert_eq!(peek(&resp), None);
+        let mut two = q.clone();
+        two[5] = 2;
+        assert_eq!(peek(&two), None);
+        let mut pointer = q[..12].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        assert_eq!(peek(&pointer), None);
+        let odd = query("a\\.b.test.", RecordType::A, false);
+        assert_eq!(peek(&odd), None);
+        // hickory writes a leading dash escaped: the parser decides those.
+        let mut dash = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        dash.extend_from_slice(&[2, b'-', b'x', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+        assert_eq!(peek(&dash), None);
+        assert!(parse(&dash).is_some());
+        assert_eq!(peek(&q[..q.len() - 13]), None);
+        assert_eq!(peek(&[]), None);
+    }
+
+    /// A query for `labels` of type `qtype`, built byte by byte.
+    fn raw_query(labels: &[String], qtype: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in labels {
+            q.push(u8::try_from(l.len()).unwrap());
+            q.extend_from_slice(l.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    proptest::proptest! {
+        /// Whatever peek reads, the full parser reads the same way: the
+        /// intake's shortcut never refuses a name triage would allow.
+        #[test]
+        fn peek_agrees_with_the_parser(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            labels in proptest::collection::vec("[a-zA-Z0-9_-]{1,20}", 1..5),
+            qtype in proptest::prelude::any::<u16>(),
+        ) {
+            let plain = raw_query(&labels, qtype);
+            proptest::prop_assert_eq!(
+                peek(&plain).is_some(),
+                labels.iter().all(|l| !l.starts_with('-'))
+            );
+            for wire in [junk.as_slice(), plain.as_slice()] {
+                if let (Some(p), Some(m)) = (peek(wire), parse(wire))
+                    && let [question] = m.queries()
+                {
+                    proptest::prop_assert_eq!(
+                        &p.name,
+                        &crate::dns::normalize(&question.name().to_ascii())
+                    );
+                    proptest::prop_assert_eq!(p.qtype, u16::from(question.query_type()));
+                }
+            }
+        }
     }
 }
