@@ -6,8 +6,6 @@
 //! addresses, or, when the lookup failed, SERVFAIL with an Extended DNS
 //! Error saying what failed. Every answered query is one decision.
 
-use std::time::Duration;
-
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
     rr::{
@@ -212,10 +210,6 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
     Triage::Resolve(Lookup { name, qname, qtype })
 }
 
-fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
 /// The Extended DNS Error of a SERVFAIL for an allowed name: what failed,
 /// without the upstream servers' addresses or the system's error text.
 pub fn failure_ede(e: &LookupError) -> (u16, String) {
@@ -230,7 +224,7 @@ pub fn failure_ede(e: &LookupError) -> (u16, String) {
     if !e.retry_in.is_zero() {
         text.push_str(&format!(
             "; not asked again for {} s",
-            whole_seconds(e.retry_in)
+            super::error::whole_seconds(e.retry_in)
         ));
     }
     (code, text)

@@ -77,6 +77,11 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// Whole seconds, rounded up: how long a remembered failure has left.
+pub fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 fn servers(list: &[SocketAddr]) -> String {
     list.iter()
         .map(ToString::to_string)
@@ -146,8 +151,8 @@ impl fmt::Display for LookupError {
         if self.cached {
             write!(
                 f,
-                " (remembered: upstream is asked again in {})",
-                seconds(self.retry_in)
+                " (remembered: upstream is asked again in {} s)",
+                whole_seconds(self.retry_in)
             )?;
         }
         Ok(())
@@ -182,8 +187,8 @@ impl LookupError {
         );
         if self.cached {
             s.push_str(&format!(
-                " (remembered: asked again in {})",
-                seconds(self.retry_in)
+                " (remembered: asked again in {} s)",
+                whole_seconds(self.retry_in)
             ));
         }
         s
@@ -230,7 +235,7 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "DNS lookup of api.example.com failed: no answer from 10.0.0.53:53, [fd00::53]:53 \
-             within 4 s (timeout) (remembered: upstream is asked again in 2.5 s)"
+             within 4 s (timeout) (remembered: upstream is asked again in 3 s)"
         );
         // The agent is not told where enforcer's resolvers are.
         assert!(!t.agent_text().contains("10.0.0.53"), "{}", t.agent_text());
