@@ -140,10 +140,21 @@ fn every_layer_leaves_rows_and_the_usual_queries_work_as_written() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(report["run_id"], run_id.as_str());
-    assert!(
-        report["denied"].as_u64().is_some_and(|d| d >= 3),
-        "{report}"
-    );
+    // Counted by layer: the refused request, connection, name and kernel
+    // operations each in their own field.
+    let counts = &report["counts"];
+    for field in [
+        "requests_refused",
+        "connections_refused",
+        "names_refused",
+        "kernel_refused",
+    ] {
+        assert!(
+            counts[field].as_u64().is_some_and(|n| n >= 1),
+            "{field}: {report}"
+        );
+    }
+    assert_eq!(counts["requests_allowed"], 1, "{report}");
 }
 
 #[test]
@@ -309,6 +320,121 @@ fn an_unusable_database_stops_the_run_unless_no_audit() {
 }
 
 #[test]
+fn with_log_json_every_stderr_line_of_a_run_is_json() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = VendorWorld::new();
+    w.host.serve_name("api.vendor.test");
+    // A database others can read: enforcer warns (a tracing line).
+    let db = db_path();
+    let first = with_db(w.launch(POLICY, &["/bin/true"]), &db).run();
+    assert_eq!(first.code(), 0, "{first:?}");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let script = "curl -sS -m 10 -o /dev/null https://api.vendor.test/v1/customers; \
+                  curl -sS -m 10 -o /dev/null -X DELETE https://api.vendor.test/v1/customers/1; true";
+    let out = with_db(w.launch(POLICY, &["/bin/sh", "-c", script]), &db)
+        .flag("--log-json")
+        .flag("-v")
+        .run();
+    out.assert_clean();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut events = Vec::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", out.stderr));
+        let ts = v["ts"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+            "no RFC 3339 ts: {line}"
+        );
+        assert!(
+            ["error", "warn", "info", "debug", "trace"]
+                .contains(&v["level"].as_str().unwrap_or("")),
+            "no level: {line}"
+        );
+        events.push(v);
+    }
+    let has = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().any(f);
+    assert!(
+        has(&|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chmod 600"))),
+        "the tracing warning: {}",
+        out.stderr
+    );
+    assert!(
+        has(&|v| v["event"] == "decision" && v["method"] == "DELETE"),
+        "the refusal: {}",
+        out.stderr
+    );
+    assert!(
+        has(&|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited with code 0"))),
+        "the summary: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn after_a_run_the_database_file_alone_holds_every_row() {
+    let w = VendorWorld::new();
+    w.host.serve_name("api.vendor.test");
+    let db = db_path();
+    let script = files::write(
+        "many.py",
+        r#"
+import http.client, ssl
+c = http.client.HTTPSConnection("api.vendor.test", 443, context=ssl.create_default_context(), timeout=10)
+for i in range(300):
+    c.request("GET", "/v1/customers/%d" % i)
+    r = c.getresponse(); r.read()
+    c.request("DELETE", "/v1/customers/%d" % i)
+    r = c.getresponse(); r.read()
+"#,
+    );
+    // Another connection has the database open (another enforcer, a
+    // sqlite3 shell, a daemon's reader): enforcer's is not the last to
+    // close, so closing it does not checkpoint the WAL by itself.
+    let first = with_db(w.launch(POLICY, &["/bin/true"]), &db).run();
+    assert_eq!(first.code(), 0, "{first:?}");
+    let other = Connection::open(&db).expect("open db");
+    let _: i64 = other
+        .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .expect("read");
+    let out = with_db(
+        w.launch(
+            POLICY,
+            &["/usr/bin/python3", script.to_str().expect("utf-8")],
+        ),
+        &db,
+    )
+    .run();
+    out.assert_clean();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let run_id = out.run_id.clone().expect("run id");
+    let sql = format!("SELECT COUNT(*) FROM events WHERE run_id = '{run_id}'");
+    let all = count(&db, &sql);
+    assert!(all >= 600, "{all} rows: {out:?}");
+    // A backup that copies the database file only, as people do.
+    let backup = db.with_file_name(format!("backup-{}.db", rand_suffix()));
+    std::fs::copy(&db, &backup).expect("copy the .db file");
+    let c = Connection::open(&backup).expect("open the copy");
+    let copied: i64 = c
+        .query_row(&sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("the copy of {} alone has no events: {e}", db.display()));
+    let ended: Option<String> = c
+        .query_row("SELECT ended_at FROM runs WHERE id = ?1", [&run_id], |r| {
+            r.get(0)
+        })
+        .expect("the run's row in the copy");
+    drop(c);
+    drop(other);
+    let _ = std::fs::remove_file(&backup);
+    assert_eq!(copied, all, "rows missing from the .db file alone");
+    assert!(ended.is_some(), "the run's end is in the copy");
+}
+
+#[test]
 fn a_database_that_fills_up_mid_run_refuses_further_requests() {
     let w = VendorWorld::new();
     let dir = files::scratch_dir().join(format!("full-{}", std::process::id()));
@@ -353,6 +479,21 @@ print(sorted(codes.items()))
         out.stdout.contains("503"),
         "the proxy kept forwarding without an audit log: {out:?}"
     );
+    // The run still ends with its summary, from enforcer's own counts, says
+    // that the log failed and since when, and exits with its own status.
+    assert_eq!(out.code(), 74, "{out:?}");
+    for want in [
+        "exited with code 0",
+        " allowed, ",
+        "THE AUDIT LOG FAILED at ",
+        "since then no request was forwarded",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "{want:?} missing: {}",
+            out.stderr
+        );
+    }
     let received = w
         .vendor
         .count("GET", &format!("/v1/fill/{}", "x".repeat(200)));

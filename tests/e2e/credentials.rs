@@ -370,3 +370,255 @@ fn the_real_key_is_nowhere_in_the_audit_database_or_the_logs() {
         "an Authorization header was written"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Echoes in other encodings (issue 11, item 4): the vendor echoes what it
+// received percent-encoded, base64-encoded, JSON-escaped, as hex, in
+// response headers, in a 101's headers and gzip-compressed unasked. The
+// agent's output must hold no variant of any real key, while the plain
+// echo still shows the placeholder.
+// ---------------------------------------------------------------------------
+
+mod echoes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use enforcer_e2e::{vendor::echo, world::VendorWorld};
+
+    use super::{REAL, key_file};
+
+    /// A basic-auth password and a query key with the characters that
+    /// encoders treat differently (`/`, `+`, `=`, `%`, space).
+    const BASIC_REAL: &str = "bk_live_B4s1c/Pass+word=0123456789abcdef";
+    const QUERY_REAL: &str = "qk/Query+Key=0123456789 abcdefABCDEF%2Fxy";
+
+    fn root_file(name: &str, content: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = enforcer_e2e::files::scratch_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::write(&p, content).expect("write key");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        p
+    }
+
+    fn policy() -> String {
+        let header = key_file();
+        let basic = root_file("basic-key", BASIC_REAL);
+        let query = root_file("query-key", QUERY_REAL);
+        format!(
+            r#"
+[[secret]]
+name = "VENDOR_KEY"
+from = "file:{header}"
+hosts = ["api.vendor.test", "ws.vendor.test"]
+header = "Authorization"
+format = "Bearer {{}}"
+
+[[secret]]
+name = "BASIC_KEY"
+from = "file:{basic}"
+hosts = ["other.vendor.test"]
+basic = "password"
+
+[[secret]]
+name = "QUERY_KEY"
+from = "file:{query}"
+hosts = ["open.vendor.test", "ws.vendor.test"]
+query = "api_key"
+
+[[host]]
+name = "api.vendor.test"
+  [[host.rule]]
+  method = ["GET", "POST"]
+  path = "/v1/**"
+  action = "allow"
+
+[[host]]
+name = "other.vendor.test"
+  [[host.rule]]
+  method = ["GET", "POST"]
+  path = "/v1/**"
+  action = "allow"
+
+[[host]]
+name = "open.vendor.test"
+  [[host.rule]]
+  method = ["GET", "POST"]
+  path = "/v1/**"
+  action = "allow"
+
+[[host]]
+name = "ws.vendor.test"
+  [[host.rule]]
+  method = "GET"
+  path = "/v1/**"
+  action = "allow"
+"#,
+            header = header.display(),
+            basic = basic.display(),
+            query = query.display(),
+        )
+    }
+
+    /// Every encoding of `real` the agent must not see: the test's own list,
+    /// written independently of enforcer's.
+    fn variants(real: &str) -> Vec<String> {
+        let mut v = vec![
+            real.to_string(),
+            echo::pct_all(real, true),
+            echo::pct_all(real, false),
+            echo::pct_reserved(real, true),
+            echo::pct_reserved(real, false),
+            echo::form(real),
+            echo::json_u(real, true),
+            echo::json_u(real, false),
+            echo::json_php(real),
+            echo::hex(real, false),
+            echo::hex(real, true),
+        ];
+        let b = real.as_bytes();
+        // Inside any base64 blob, the key shows as one of three aligned runs.
+        for o in 0..3 {
+            let n = (b.len() - o) / 3 * 3;
+            let core = STANDARD_NO_PAD.encode(&b[o..o + n]);
+            v.push(echo::json_php(&core));
+            v.push(echo::json_html(&core));
+            v.push(echo::pct_reserved(&core, true));
+            v.push(URL_SAFE_NO_PAD.encode(&b[o..o + n]));
+            v.push(core);
+        }
+        v.retain(|s| !s.is_empty());
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn leaks(out: &str, real: &str) -> Vec<String> {
+        variants(real)
+            .into_iter()
+            .filter(|v| out.contains(v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn no_encoding_of_a_real_key_reaches_the_agent() {
+        let w = VendorWorld::new();
+        let script = r#"
+echo "header=$VENDOR_KEY"; echo "basic=$BASIC_KEY"; echo "query=$QUERY_KEY"
+for p in me echo/encoded echo/headers; do
+  curl -sS -m 20 -D - -H "Authorization: Bearer $VENDOR_KEY" "https://api.vendor.test/v1/$p"; echo
+  curl -sS -m 20 -D - -u "someone:$BASIC_KEY" "https://other.vendor.test/v1/$p"; echo
+  curl -sS -m 20 -D - --get --data-urlencode "api_key=$QUERY_KEY" "https://open.vendor.test/v1/$p"; echo
+done
+echo "--- gzip"
+curl -sS -m 20 --compressed -D - -H "Authorization: Bearer $VENDOR_KEY" https://api.vendor.test/v1/echo/gzip; echo
+curl -sS -m 20 --compressed -D - -u "someone:$BASIC_KEY" https://other.vendor.test/v1/echo/gzip; echo
+curl -sS -m 20 --compressed -D - --get --data-urlencode "api_key=$QUERY_KEY" https://open.vendor.test/v1/echo/gzip; echo
+echo "--- zstd"
+curl -sS -m 20 -w '\n@@ %{http_code}\n' -H "Authorization: Bearer $VENDOR_KEY" https://api.vendor.test/v1/echo/zstd; echo
+echo "--- reason"
+curl -sS -m 20 --http1.1 -D - -H "Authorization: Bearer $VENDOR_KEY" https://ws.vendor.test/v1/echo/reason; echo
+curl -sS -m 20 --http1.1 -D - --get --data-urlencode "api_key=$QUERY_KEY" https://ws.vendor.test/v1/echo/reason; echo
+echo "--- upgrade"
+U='-H Connection:Upgrade -H Upgrade:websocket -H Sec-WebSocket-Version:13 -H Sec-WebSocket-Key:dGhlIHNhbXBsZSBub25jZQ=='
+curl -sS -m 5 --http1.1 -D - $U -H "Authorization: Bearer $VENDOR_KEY" --get --data-urlencode "api_key=$QUERY_KEY" https://ws.vendor.test/v1/echo/upgrade; echo
+echo "--- end"
+"#;
+        let out = w.launch(&policy(), &["/bin/sh", "-c", script]).run();
+        out.assert_clean();
+        eprintln!("what the agent saw:\n{}", out.stdout);
+        let placeholder = |name: &str| {
+            out.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} placeholder: {out:?}"))
+                .to_string()
+        };
+        let (header_p, basic_p, query_p) = (
+            placeholder("header"),
+            placeholder("basic"),
+            placeholder("query"),
+        );
+        // The vendor got every real key (so it had them to echo)...
+        let seen = w.vendor.seen();
+        assert!(
+            seen.iter()
+                .any(|s| s.authorization.as_deref() == Some(format!("Bearer {REAL}").as_str())),
+            "{seen:?}"
+        );
+        let basic_wire = format!("Basic {}", STANDARD.encode(format!("someone:{BASIC_REAL}")));
+        assert!(
+            seen.iter()
+                .any(|s| s.authorization.as_deref() == Some(basic_wire.as_str())),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().any(|s| s
+                .query
+                .as_deref()
+                .is_some_and(|q| q.contains(&echo::form(QUERY_REAL)))),
+            "{seen:?}"
+        );
+        // ...and every echo reached the agent: the gzip and upgrade answers too.
+        for (marker, n) in [
+            ("\"echoes\":[", 6),
+            ("x-echo-0:", 4),
+            ("HTTP/1.1 101", 1),
+            ("HTTP/1.1 401 Invalid key", 2),
+        ] {
+            assert!(
+                out.stdout.matches(marker).count() >= n,
+                "{marker} seen {} times: {}",
+                out.stdout.matches(marker).count(),
+                out.stdout
+            );
+        }
+        // No variant of a real key reached the agent.
+        for (name, real) in [
+            ("header", REAL),
+            ("basic", BASIC_REAL),
+            ("query", QUERY_REAL),
+        ] {
+            let found = leaks(&out.stdout, real);
+            assert!(
+                found.is_empty(),
+                "the real {name} key reached the agent as {found:?}:\n{}",
+                out.stdout
+            );
+        }
+        // A coding enforcer cannot decode is refused, by name, not relayed.
+        let zstd = out
+            .stdout
+            .split("--- zstd")
+            .nth(1)
+            .and_then(|s| s.split("--- reason").next())
+            .unwrap_or_default();
+        assert!(
+            zstd.contains("@@ 502") && zstd.contains("\"encoding\":\"zstd\""),
+            "{zstd}"
+        );
+        // The plain echoes show the placeholders, and the encoded ones show
+        // the placeholder in the same encoding.
+        for expected in [
+            format!("\"authorization\":\"Bearer {header_p}\""),
+            format!(
+                "\"authorization\":\"Basic {}\"",
+                STANDARD.encode(format!("someone:{basic_p}"))
+            ),
+            format!(
+                "\"b64\":\"{}\"",
+                STANDARD.encode(format!("Bearer {header_p}"))
+            ),
+            format!(
+                "\"pct_upper\":\"{}\"",
+                echo::pct_all(&format!("Bearer {header_p}"), true)
+            ),
+            format!("\"plain\":\"someone:{basic_p}\""),
+            format!("\"plain\":\"{query_p}\""),
+        ] {
+            assert!(
+                out.stdout.contains(&expected),
+                "{expected} not in:\n{}",
+                out.stdout
+            );
+        }
+    }
+}

@@ -519,3 +519,30 @@ fn names_resolved_through_the_enforcers_dns_get_the_same_decisions() {
     assert_eq!(w.vendor.count("GET", "/v1/dns"), 1);
     assert_eq!(w.vendor.count("DELETE", "/v1/dns"), 0);
 }
+
+#[test]
+fn a_plain_curl_run_reports_only_what_it_did() {
+    let w = World::new();
+    for name in NAMES {
+        w.host.serve_name(name);
+    }
+    // A name lookup by glibc tries nscd (a unix socket) and sorts the
+    // addresses with UDP connect()s: both are refused in the kernel, and
+    // neither is a refusal worth a person's attention.
+    let script = "curl -sS -m 20 --noproxy '*' -o /dev/null -w '%{http_code}\\n' https://api.vendor.test/v1/once";
+    let out = w
+        .launch(&["/bin/sh", "-c", script])
+        .resolver(format!("{}:53", w.host.v4))
+        .resolv_conf(&w.host.resolv_conf())
+        .run();
+    out.assert_clean();
+    assert_eq!(out.stdout.trim(), "200", "{out:?}");
+    assert!(
+        out.stderr.contains("requests: 1 allowed, 0 refused"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("refused kernel"), "{}", out.stderr);
+    assert!(!out.stderr.contains("also refused"), "{}", out.stderr);
+    assert!(!out.stderr.contains("top refused"), "{}", out.stderr);
+}

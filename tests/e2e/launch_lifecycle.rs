@@ -51,6 +51,9 @@ fn sudo_callers_run_the_agent_as_themselves() {
     let out = Command::new(files::enforcer())
         .args(["launch", "--policy"])
         .arg(files::write("p.toml", DENY_ALL))
+        // Never the machine's own audit log.
+        .arg("--audit-db")
+        .arg(files::audit_db())
         .args(["--", "/usr/bin/id", "-u"])
         .env("SUDO_UID", "65534")
         .env("SUDO_GID", "65534")
@@ -65,6 +68,9 @@ fn a_root_agent_needs_allow_root() {
     let out = Command::new(files::enforcer())
         .args(["launch", "--policy"])
         .arg(files::write("p.toml", DENY_ALL))
+        // Never the machine's own audit log.
+        .arg("--audit-db")
+        .arg(files::audit_db())
         .args(["--", "/usr/bin/id", "-u"])
         .env_remove("SUDO_UID")
         .output()

@@ -324,10 +324,17 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Outcome {
     }
 }
 
-/// The run id from the "run <id> started" line.
+/// The run id from the "run <id> started" line (plain, or the message of
+/// a `--log-json` line).
 pub fn run_id_from(stderr: &str) -> Option<String> {
     stderr.lines().find_map(|l| {
-        let rest = l.strip_prefix("enforcer: run ")?;
+        let message = serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(|m| format!("enforcer: {m}")));
+        let rest = message
+            .as_deref()
+            .unwrap_or(l)
+            .strip_prefix("enforcer: run ")?;
         let (id, tail) = rest.split_once(' ')?;
         tail.starts_with("started").then(|| id.to_string())
     })

@@ -5,8 +5,9 @@
 //!
 //! Endpoints: `.../download?bytes=N` streams N bytes; `POST
 //! /v1/payment_intents` behaves like Stripe's (see [`payment_intent`]);
-//! every request body is counted; everything else answers a JSON echo of
-//! the request.
+//! every request body is counted; `/v1/echo/...` echoes the credentials it
+//! received in other encodings (see the block at the end); everything else
+//! answers a JSON echo of the request.
 
 use std::{
     convert::Infallible,
@@ -62,7 +63,11 @@ pub const NAMES: &[&str] = &[
     "cdn.vendor.test",
     "open.vendor.test",
     "upload.vendor.test",
+    "ws.vendor.test",
 ];
+
+/// A name whose TLS offers only HTTP/1.1 (WebSocket upgrades need it).
+pub const H1_ONLY: &str = "ws.vendor.test";
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -94,6 +99,9 @@ impl Vendor {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .expect("server config");
+        let mut h1 = tls.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let h1 = Arc::new(h1);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tls = Arc::new(tls);
 
@@ -122,8 +130,8 @@ impl Vendor {
         let conns = Arc::new(AtomicU64::new(0));
         let (t4, t6, p4, p6) = listeners;
         for (l, tls) in [
-            (t4, Some(Arc::clone(&tls))),
-            (t6, Some(tls)),
+            (t4, Some((Arc::clone(&tls), Arc::clone(&h1)))),
+            (t6, Some((tls, h1))),
             (p4, None),
             (p6, None),
         ] {
@@ -140,9 +148,17 @@ impl Vendor {
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         match tls {
-                            Some(cfg) => {
-                                let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await
-                                else {
+                            Some((cfg, h1)) => {
+                                let lazy = tokio_rustls::LazyConfigAcceptor::new(
+                                    rustls::server::Acceptor::default(),
+                                    s,
+                                );
+                                let Ok(start) = lazy.await else {
+                                    return;
+                                };
+                                let only_h1 = start.client_hello().server_name() == Some(H1_ONLY);
+                                let cfg = if only_h1 { h1 } else { cfg };
+                                let Ok(s) = start.into_stream(cfg).await else {
                                     return;
                                 };
                                 serve(s, true, id, seen).await;
@@ -200,7 +216,7 @@ fn full(s: impl Into<Bytes>) -> Body {
 }
 
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     tls: bool,
     id: u64,
     seen: &Arc<Mutex<Vec<Seen>>>,
@@ -223,6 +239,12 @@ async fn respond(
         })
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
+    // A WebSocket-style upgrade the echo endpoints may accept.
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut req));
     let authorization = req
         .headers()
         .get("authorization")
@@ -286,6 +308,9 @@ async fn respond(
     }
     if method == "POST" && path == "/v1/payment_intents" {
         return payment_intent(&body_sample, seen);
+    }
+    if let Some(resp) = echo::respond(&path, authorization.as_deref(), &query, upgrade) {
+        return resp;
     }
     let body = serde_json::json!({
         "vendor": "fake",
@@ -496,5 +521,287 @@ impl hyper::body::Body for Chunks {
             return std::task::Poll::Ready(Some(Ok(Frame::data(r))));
         }
         std::task::Poll::Ready(None)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Echoes in other encodings (issue 11): careless vendors echo the
+// credentials they received percent-encoded, base64-encoded, JSON-escaped,
+// hex, in response headers, in a 101's headers, or compressed although the
+// request asked for no compression. The agent must never see the real key
+// in any of them. Written independently of enforcer's own encoders.
+// ---------------------------------------------------------------------------
+pub mod echo {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use http::{Response, StatusCode};
+    use hyper::upgrade::OnUpgrade;
+    use std::io::Write as _;
+
+    use super::{Body, full};
+
+    /// What the vendor echoes: the Authorization value, the credentials of
+    /// Basic authentication, and every decoded query value.
+    fn material(authorization: Option<&str>, query: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(a) = authorization {
+            out.push(("authorization".to_string(), a.to_string()));
+            if let Some(b) = a.strip_prefix("Basic ")
+                && let Ok(d) = STANDARD.decode(b.trim())
+            {
+                out.push((
+                    "basic".to_string(),
+                    String::from_utf8_lossy(&d).into_owned(),
+                ));
+            }
+        }
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            out.push((format!("query {k}"), percent_decode(v)));
+        }
+        out
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && i + 2 < b.len()
+                && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+            } else if b[i] == b'+' {
+                out.push(b' ');
+                i += 1;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Percent-encoding of every byte.
+    pub fn pct_all(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    /// Percent-encoding of everything but RFC 3986's unreserved characters.
+    pub fn pct_reserved(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    /// application/x-www-form-urlencoded (space as `+`).
+    pub fn form(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b' ' => "+".to_string(),
+                b if b.is_ascii_alphanumeric() || b"*-._".contains(&b) => (b as char).to_string(),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    /// JSON string content with every character as `\u00XX`.
+    pub fn json_u(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if upper {
+                    format!("\\u{:04X}", b)
+                } else {
+                    format!("\\u{:04x}", b)
+                }
+            })
+            .collect()
+    }
+
+    /// JSON string content as PHP's json_encode writes it (`/` as `\/`).
+    pub fn json_php(s: &str) -> String {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('/', "\\/")
+    }
+
+    /// JSON string content with the HTML-safe escapes of Go, Gson and .NET.
+    pub fn json_html(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'<' | b'>' | b'&' | b'=' | b'\'' => format!("\\u{:04x}", b),
+                b'+' | b'`' => format!("\\u{:04X}", b),
+                b'"' => "\\\"".to_string(),
+                b'\\' => "\\\\".to_string(),
+                b => (b as char).to_string(),
+            })
+            .collect()
+    }
+
+    pub fn hex(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if upper {
+                    format!("{b:02X}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    /// A JSON document (written by hand: serde_json would escape nothing)
+    /// with each value of `material` in every encoding.
+    fn encoded(material: &[(String, String)]) -> String {
+        let mut doc = String::from("{\"vendor\":\"fake\",\"echoes\":[");
+        for (i, (source, s)) in material.iter().enumerate() {
+            if i > 0 {
+                doc.push(',');
+            }
+            let b64 = STANDARD.encode(s);
+            let mut fields: Vec<(String, String)> = vec![
+                ("source".into(), json_php(source)),
+                ("plain".into(), json_php(s)),
+                ("pct_upper".into(), pct_all(s, true)),
+                ("pct_lower".into(), pct_all(s, false)),
+                ("pct_reserved_upper".into(), pct_reserved(s, true)),
+                ("pct_reserved_lower".into(), pct_reserved(s, false)),
+                ("form".into(), form(s)),
+                ("b64".into(), b64.clone()),
+                ("b64_raw".into(), STANDARD_NO_PAD.encode(s)),
+                ("b64url".into(), URL_SAFE.encode(s)),
+                ("b64url_raw".into(), URL_SAFE_NO_PAD.encode(s)),
+                ("b64_php".into(), json_php(&b64)),
+                ("b64_html".into(), json_html(&b64)),
+                ("b64_pct".into(), pct_reserved(&b64, true)),
+                ("json_u_upper".into(), json_u(s, true)),
+                ("json_u_lower".into(), json_u(s, false)),
+                ("hex".into(), hex(s, false)),
+                ("hex_upper".into(), hex(s, true)),
+            ];
+            // The value inside a larger blob, at each of base64's three alignments.
+            for pad in 1..=3 {
+                let blob = format!("{}{s}{}", "<".repeat(pad), ">".repeat(pad));
+                fields.push((format!("blob{pad}"), STANDARD.encode(&blob)));
+                fields.push((format!("blob{pad}_url"), URL_SAFE_NO_PAD.encode(&blob)));
+            }
+            doc.push('{');
+            for (j, (k, v)) in fields.iter().enumerate() {
+                if j > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(&format!("\"{k}\":\"{v}\""));
+            }
+            doc.push('}');
+        }
+        doc.push_str("]}");
+        doc
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = e.write_all(data);
+        e.finish().unwrap_or_default()
+    }
+
+    fn json(body: impl Into<bytes::Bytes>) -> Response<Body> {
+        let mut resp = Response::new(full(body));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        resp
+    }
+
+    /// `/v1/echo/encoded`: the credentials in every encoding, in the body.
+    /// `/v1/echo/gzip`: the same, gzip-compressed whatever the request asked.
+    /// `/v1/echo/zstd`: the same, labelled `Content-Encoding: zstd`.
+    /// `/v1/echo/headers`: the credentials in response headers.
+    /// `/v1/echo/reason`: a 401 whose HTTP/1 reason phrase holds them.
+    /// `/v1/echo/upgrade`: a 101 whose headers carry the credentials.
+    pub fn respond(
+        path: &str,
+        authorization: Option<&str>,
+        query: &str,
+        upgrade: Option<OnUpgrade>,
+    ) -> Option<Response<Body>> {
+        let m = material(authorization, query);
+        match path {
+            "/v1/echo/encoded" => Some(json(encoded(&m))),
+            "/v1/echo/zstd" => {
+                // Labelled with a coding enforcer does not decode (the bytes
+                // are the plain echo: whoever ignores the label reads the key).
+                let mut resp = json(encoded(&m));
+                resp.headers_mut()
+                    .insert("content-encoding", "zstd".parse().expect("header"));
+                Some(resp)
+            }
+            "/v1/echo/reason" => {
+                let mut resp = json("{}");
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                let reason = format!("Invalid key {}", m.first().map_or("", |(_, s)| s.as_str()));
+                if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+                    resp.extensions_mut().insert(r);
+                }
+                Some(resp)
+            }
+            "/v1/echo/gzip" => {
+                let mut resp = json(gzip(encoded(&m).as_bytes()));
+                resp.headers_mut()
+                    .insert("content-encoding", "gzip".parse().expect("header"));
+                Some(resp)
+            }
+            "/v1/echo/headers" | "/v1/echo/upgrade" => {
+                let mut resp = json("{}");
+                for (i, (_, s)) in m.iter().enumerate() {
+                    let h = resp.headers_mut();
+                    let mut put = |name: String, v: String| {
+                        if let (Ok(n), Ok(v)) = (
+                            http::HeaderName::from_bytes(name.as_bytes()),
+                            http::HeaderValue::from_str(&v),
+                        ) {
+                            h.append(n, v);
+                        }
+                    };
+                    put(format!("x-echo-{i}"), s.clone());
+                    put(format!("x-echo-{i}-b64"), STANDARD.encode(s));
+                    put(format!("x-echo-{i}-pct"), pct_all(s, false));
+                    put(format!("x-echo-{i}-hex"), hex(s, true));
+                }
+                if path == "/v1/echo/upgrade" {
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut()
+                        .insert("upgrade", "websocket".parse().expect("header"));
+                    resp.headers_mut()
+                        .insert("connection", "upgrade".parse().expect("header"));
+                    // Accept the upgrade, then close it at once.
+                    if let Some(u) = upgrade {
+                        tokio::spawn(async move {
+                            let _ = u.await;
+                        });
+                    }
+                }
+                Some(resp)
+            }
+            _ => None,
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `enforcer audit`: the audit log on the command line (runs, events,
 //! pruning), as a table, JSON lines or CSV.
 
+use std::io::Write as _;
+
 use crate::{
     audit::{self, AuditError, AuditStore, EventFilter, OutputFormat, RunFilter},
     cli::AuditCommand,
@@ -59,7 +61,7 @@ fn format(f: &str) -> Result<OutputFormat, AuditCliError> {
 
 /// Runs one `enforcer audit` command, writing to stdout.
 pub fn run(cmd: AuditCommand) -> Result<(), AuditCliError> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match cmd {
         AuditCommand::Runs {
             db,
@@ -69,11 +71,7 @@ pub fn run(cmd: AuditCommand) -> Result<(), AuditCliError> {
         } => {
             let store = AuditStore::open_read_only(&db.audit_db)?;
             let filter = RunFilter {
-                since: since
-                    .as_deref()
-                    .map(audit::parse_age)
-                    .transpose()?
-                    .map(audit::ago),
+                since: since.map(audit::ago),
                 limit,
             };
             audit::write_runs(&mut out, &store.runs(&filter)?, format(&f)?)?;
@@ -91,11 +89,7 @@ pub fn run(cmd: AuditCommand) -> Result<(), AuditCliError> {
             let store = AuditStore::open_read_only(&db.audit_db)?;
             let filter = EventFilter {
                 run_id: run,
-                since: since
-                    .as_deref()
-                    .map(audit::parse_age)
-                    .transpose()?
-                    .map(audit::ago),
+                since: since.map(audit::ago),
                 verdict: v.as_deref().map(verdict).transpose()?,
                 host,
                 layer: l.as_deref().map(layer).transpose()?,
@@ -105,13 +99,15 @@ pub fn run(cmd: AuditCommand) -> Result<(), AuditCliError> {
         }
         AuditCommand::Prune { db, older_than } => {
             let store = AuditStore::open(&db.audit_db)?;
-            let report = store.prune(audit::parse_age(&older_than)?)?;
-            println!(
-                "pruned {} events and {} finished runs older than {older_than} from {}",
+            let report = store.prune(older_than)?;
+            writeln!(
+                out,
+                "pruned {} events and {} finished runs older than {} from {}",
                 report.events,
                 report.runs,
+                crate::policy::format_duration(older_than),
                 db.audit_db.display()
-            );
+            )?;
         }
     }
     Ok(())

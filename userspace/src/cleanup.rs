@@ -12,8 +12,14 @@ use crate::{
 pub enum CleanupError {
     #[error("enforcer cleanup must run as root")]
     NotRoot,
-    #[error("{0:?} is not a run id")]
+    #[error("{0:?} is not a run id (run ids look like 20261122-101502-3fa9c1)")]
     BadRunId(String),
+    #[error(
+        "no run {0} on this host: no cgroup, pinned programs, run record, control socket or \
+         trust files of it are left (`enforcer cleanup` without RUN_ID removes every run \
+         whose enforcer is gone)"
+    )]
+    UnknownRun(String),
     #[error("run {0} is still supervised by a live enforcer (pid {1}); stop that enforcer instead")]
     Alive(String, u32),
     #[error(transparent)]
@@ -22,8 +28,15 @@ pub enum CleanupError {
     Bpffs(#[from] bpffs::BpffsError),
 }
 
-/// Removes one run, or every run without a live enforcer. Returns what was removed.
+/// Removes one run, or every run without a live enforcer. Returns what was
+/// removed. A named run of which nothing is left is an error
+/// ([`CleanupError::UnknownRun`]), so that a typo is not taken for success.
 pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
+    if let Some(id) = run_id
+        && !runid::is_valid(id)
+    {
+        return Err(CleanupError::BadRunId(id.to_string()));
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err(CleanupError::NotRoot);
     }
@@ -33,8 +46,15 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
     let pin_parent = Path::new(bpffs::BPFFS_ROOT).join(bpffs::PINS_DIR);
     let candidates: Vec<String> = match run_id {
         Some(id) => {
-            if !runid::is_valid(id) {
-                return Err(CleanupError::BadRunId(id.to_string()));
+            let leftovers = [
+                cg_parent.join(id),
+                pin_parent.join(id),
+                RunRecord::path(&runs_dir, id),
+                crate::control::socket_path(&runs_dir, id),
+                Path::new(crate::tls::trust::TRUST_DIR).join(id),
+            ];
+            if !leftovers.iter().any(|p| p.symlink_metadata().is_ok()) {
+                return Err(CleanupError::UnknownRun(id.to_string()));
             }
             vec![id.to_string()]
         }

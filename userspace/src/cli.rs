@@ -1,7 +1,7 @@
 //! The command line: `enforcer launch`, `enforcer policy check|explain`,
 //! `enforcer cleanup`.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -23,17 +23,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CMD under enforcement (needs root: run it with sudo).
-    #[command(after_help = "Examples:\n  \
-        sudo enforcer launch --policy policies/demo.toml -- curl -sS https://api.github.com/zen\n  \
-        sudo enforcer launch --policy billing.toml --user agent -- python agent.py\n\n\
+    #[command(
+        after_help = "Examples (from a checkout of enforcer; sudo keeps the keys the \
+        policies read only when told to, with --preserve-env):\n  \
+        sudo --preserve-env=GITHUB_TOKEN enforcer launch \\\n      \
+        --policy policies/ci-readonly.toml -- curl -sS https://api.github.com/zen\n  \
+        sudo --preserve-env=STRIPE_SECRET_KEY enforcer launch \\\n      \
+        --policy policies/billing.toml --user agent -- python3 agent.py\n\n\
         The agent runs as the user who invoked sudo (or --user), never as root unless \
         --allow-root is given. Exit status: the command's own, 128+N if it was killed by \
-        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 1 for other errors.")]
+        signal N, 2 for a bad policy or usage, 126/127 if CMD cannot be run, 74 if the audit \
+        log failed during the run (the summary then says since when nothing was forwarded), \
+        1 for other errors."
+    )]
     Launch(LaunchArgs),
     /// Validate and inspect policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Remove what a crashed or pinned run left behind (cgroup, pinned programs).
+    #[command(
+        after_help = "Exit status: 0 when the run (or every dead run) was removed, or \
+        nothing was left to remove; 1 for a RUN_ID of which nothing is left on this host, a \
+        run whose enforcer is still alive, or another error."
+    )]
     Cleanup(CleanupArgs),
     /// Query the audit log: runs, their events, and pruning.
     #[command(subcommand)]
@@ -115,10 +127,10 @@ pub struct LaunchArgs {
     /// can read the agent's environment, memory and connections; avoid.
     #[arg(long)]
     pub allow_unisolated: bool,
-    /// How long the run's credentials stay usable (e.g. 30m, 3h); overrides
-    /// the policy's `[run] ttl`. After it, placeholders stop working.
-    #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
+    /// How long the run's credentials stay usable (e.g. 30m, 3h, 1h30m);
+    /// overrides the policy's `[run] ttl`. After it, placeholders stop working.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub ttl: Option<Duration>,
     /// End the run (kill the agent) when its credentials expire.
     #[arg(long)]
     pub kill_on_expiry: bool,
@@ -137,6 +149,10 @@ pub struct LaunchArgs {
     /// vendors, tests). Repeatable. The system's roots are always trusted.
     #[arg(long = "upstream-ca", value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to send its response headers before
+    /// the agent gets a 504 (the row says `failure = timeout`).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    pub upstream_timeout: Duration,
     /// The audit database (SQLite). Every decision is a row in it.
     #[arg(long, value_name = "PATH", default_value = crate::audit::DEFAULT_PATH)]
     pub audit_db: PathBuf,
@@ -147,8 +163,8 @@ pub struct LaunchArgs {
     #[arg(long, value_enum, default_value = "terminal")]
     pub approver: Approver,
     /// How long a request waits for an answer before it is denied.
-    #[arg(long, value_name = "DURATION", default_value = "60s")]
-    pub approval_timeout: String,
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub approval_timeout: Duration,
     /// Write the end-of-run summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -175,11 +191,19 @@ pub enum PolicyCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show the decision FILE makes for one request, and the rule that makes it.
-    #[command(
-        after_help = "Example:\n  enforcer policy explain policies/billing.toml POST https://api.stripe.com/v1/refunds"
-    )]
+    /// Show the decision FILE makes for one request, the rule that makes
+    /// it, and what applies on the way out (cost, caps, rate and call
+    /// limits, secrets injected).
+    #[command(after_help = "Example:\n  \
+        enforcer policy explain policies/billing.toml POST https://api.stripe.com/v1/refunds\n  \
+        enforcer policy explain --exit-code policies/ci-readonly.toml GET https://api.github.com/zen\n\n\
+        Exit status: 0 when it answers; with --exit-code, 0 for ALLOW, 1 for DENY, 3 for ASK. \
+        2 for a policy that does not load, a bad method or URL, or bad usage.")]
     Explain {
+        /// Exit 1 when the request is denied and 3 when it needs a human
+        /// (0 when allowed), for scripts and CI checks.
+        #[arg(long)]
+        exit_code: bool,
         #[arg(value_name = "FILE")]
         file: PathBuf,
         #[arg(value_name = "METHOD")]
@@ -211,8 +235,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         db: AuditDbArg,
         /// Only runs started within this long (e.g. 1h, 7d).
-        #[arg(long, value_name = "AGE")]
-        since: Option<String>,
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        since: Option<Duration>,
         #[arg(long)]
         limit: Option<usize>,
         /// table, jsonl or csv.
@@ -231,8 +255,8 @@ pub enum AuditCommand {
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
         /// Only events within this long (e.g. 30m, 1d).
-        #[arg(long, value_name = "AGE")]
-        since: Option<String>,
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        since: Option<Duration>,
         /// allow, deny or ask.
         #[arg(long)]
         verdict: Option<String>,
@@ -253,7 +277,18 @@ pub enum AuditCommand {
     Prune {
         #[command(flatten)]
         db: AuditDbArg,
-        #[arg(long, value_name = "AGE")]
-        older_than: String,
+        /// E.g. 30d, 2w.
+        #[arg(long, value_name = "AGE", value_parser = age)]
+        older_than: Duration,
     },
+}
+
+/// `--ttl`, `--approval-timeout`: the policy's duration grammar, longer than zero.
+fn duration(text: &str) -> Result<Duration, crate::policy::DurationError> {
+    crate::policy::parse_duration(text)
+}
+
+/// `--since`, `--older-than`: the same grammar, zero included.
+fn age(text: &str) -> Result<Duration, crate::policy::DurationError> {
+    crate::policy::parse_duration_or_zero(text)
 }

@@ -14,6 +14,8 @@ pub mod decision;
 pub mod dns;
 pub mod kernel;
 pub mod launch;
+pub mod logging;
+pub mod output;
 pub mod policy;
 pub mod proxy;
 pub mod runid;

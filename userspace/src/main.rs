@@ -1,108 +1,151 @@
-//! The `enforcer` binary: parses the command line and maps errors to exit codes.
+//! The `enforcer` binary: parses the command line, sets up stderr (human
+//! text or `--log-json` lines), runs the command and maps its outcome to an
+//! exit code. A closed stdout (`| head`) ends any command quietly.
 
 use clap::Parser as _;
-use enforcer::cli::{Cli, Command, PolicyCommand};
+use enforcer::{
+    cli::{Cli, Command, PolicyCommand},
+    logging, output,
+    policy::{Action, Policy},
+};
 
 fn main() {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let code = match cli.command {
+    // The run's unix connector is this binary, re-executed: it must not
+    // parse a command line or start anything before dropping privileges.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(enforcer::launch::connector::ARG)) {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        std::process::exit(enforcer::launch::connector::main(&rest));
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(&e),
+    };
+    let json = matches!(&cli.command, Command::Launch(a) if a.log_json);
+    logging::init(if json {
+        logging::Format::Json
+    } else {
+        logging::Format::Human
+    });
+    let code = run(cli.command);
+    std::process::exit(output::finish(code));
+}
+
+/// A command line clap refuses: its message as usual, or as a JSON line
+/// when `--log-json` was given (before the agent's `--`), so that every
+/// stderr line still parses. `--help` and `--version` print as usual.
+fn usage_error(e: &clap::Error) -> ! {
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--log-json");
+    if !json || !e.use_stderr() {
+        e.exit()
+    }
+    logging::init(logging::Format::Json);
+    logging::verbatim(logging::Level::Error, e.to_string().trim_end());
+    std::process::exit(e.exit_code())
+}
+
+/// `policy explain --exit-code`: how the decision shows in the exit status.
+fn explain_code(action: Action) -> i32 {
+    match action {
+        Action::Allow => 0,
+        Action::Deny => 1,
+        Action::Ask => 3,
+    }
+}
+
+fn run(command: Command) -> i32 {
+    match command {
         Command::Launch(args) => match enforcer::launch::run(args) {
             Ok(code) => code,
+            Err(e) => failed(&e, e.exit_code()),
+        },
+        Command::Policy(PolicyCommand::Check { file }) => match Policy::load(&file) {
+            Ok(p) => {
+                enforcer::outln!("{}", p.summary());
+                for w in p.warnings() {
+                    logging::verbatim(logging::Level::Warn, format!("warning: {w}"));
+                }
+                0
+            }
             Err(e) => {
-                eprintln!("enforcer: error: {e}");
-                e.exit_code()
+                logging::verbatim(logging::Level::Error, &e);
+                2
             }
         },
-        Command::Policy(PolicyCommand::Check { file }) => {
-            match enforcer::policy::Policy::load(&file) {
-                Ok(p) => {
-                    println!("{}", p.summary());
-                    for w in p.warnings() {
-                        eprintln!("warning: {w}");
-                    }
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    2
-                }
+        Command::Policy(PolicyCommand::Explain {
+            file,
+            method,
+            url,
+            exit_code,
+        }) => match Policy::load(&file).and_then(|p| p.explain(&method, &url)) {
+            Ok(x) => {
+                enforcer::outln!("{x}");
+                if exit_code { explain_code(x.action) } else { 0 }
             }
-        }
-        Command::Policy(PolicyCommand::Explain { file, method, url }) => {
-            match enforcer::policy::Policy::load(&file).and_then(|p| p.explain(&method, &url)) {
-                Ok(x) => {
-                    println!("{x}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    2
-                }
+            Err(e) => {
+                logging::verbatim(logging::Level::Error, &e);
+                2
             }
-        }
+        },
         Command::Audit(cmd) => match enforcer::audit_cli::run(cmd) {
             Ok(()) => 0,
-            Err(e) => {
-                eprintln!("enforcer: error: {e}");
-                1
-            }
+            Err(e) => failed(&e, 1),
         },
-        Command::Status { json } => exit_on_error(enforcer::control::client::status(json)),
-        Command::Revoke { run_id } => exit_on_error(enforcer::control::client::revoke(&run_id)),
+        Command::Status { json } => control(enforcer::control::client::status(json)),
+        Command::Revoke { run_id } => control(enforcer::control::client::revoke(&run_id)),
         Command::Reset { run_id, key } => {
-            exit_on_error(enforcer::control::client::reset(&run_id, key.as_deref()))
+            control(enforcer::control::client::reset(&run_id, key.as_deref()))
         }
-        Command::Approvals { json } => exit_on_error(enforcer::control::approvals::list(json)),
+        Command::Approvals { json } => control(enforcer::control::approvals::list(json)),
         Command::Approve { id, always, run } => {
             let answer = if always {
                 enforcer::approval::Answer::Always
             } else {
                 enforcer::approval::Answer::Approve
             };
-            exit_on_error(enforcer::control::approvals::answer(
+            control(enforcer::control::approvals::answer(
                 id,
                 answer,
                 run.as_deref(),
             ))
         }
-        Command::Deny { id, run } => exit_on_error(enforcer::control::approvals::answer(
+        Command::Deny { id, run } => control(enforcer::control::approvals::answer(
             id,
             enforcer::approval::Answer::Deny,
             run.as_deref(),
         )),
         Command::Cleanup(args) => match enforcer::cleanup::run(args.run_id.as_deref()) {
             Ok(removed) if removed.is_empty() => {
-                eprintln!("enforcer: nothing to clean up");
+                logging::note("nothing to clean up");
                 0
             }
             Ok(removed) => {
                 for id in removed {
-                    eprintln!("enforcer: removed run {id}");
+                    logging::note(format!("removed run {id}"));
                 }
                 0
             }
-            Err(e) => {
-                eprintln!("enforcer: error: {e}");
-                1
-            }
+            Err(e) => failed(&e, 1),
         },
-    };
-    std::process::exit(code);
+    }
 }
 
-fn exit_on_error(r: Result<(), enforcer::control::client::ControlError>) -> i32 {
+fn control(r: Result<(), enforcer::control::client::ControlError>) -> i32 {
     match r {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("enforcer: error: {e}");
-            1
-        }
+        Err(e) => failed(&e, 1),
     }
+}
+
+/// Reports `e` and returns `code`; an error that is only stdout having been
+/// closed by its reader ends the process quietly instead.
+fn failed(e: &dyn std::fmt::Display, code: i32) -> i32 {
+    if output::failure() == Some(std::io::ErrorKind::BrokenPipe) {
+        output::exit_closed();
+    }
+    logging::error(e);
+    code
 }

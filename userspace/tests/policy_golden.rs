@@ -177,6 +177,7 @@ fn docs_examples_match_real_output() {
         "docs/policy.md should contain the summary of policies/billing.toml:\n{summary}"
     );
     for (method, url) in [
+        ("POST", "https://api.stripe.com/v1/payment_intents"),
         ("POST", "https://api.stripe.com/v1/refunds"),
         ("DELETE", "https://api.stripe.com/v1/customers/cus_1"),
         ("GET", "https://files.pypi.org/packages/x.whl"),

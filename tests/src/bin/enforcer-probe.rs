@@ -59,7 +59,9 @@ fn main() {
         )),
         // Run isolation (issue 11): see `mod isolation` at the end.
         a if a.starts_with("iso-") => isolation::run(a, rest),
-        other => Err(format!("usage unknown action {other}")),
+        other => {
+            unix_attack(other, rest).unwrap_or_else(|| Err(format!("usage unknown action {other}")))
+        }
     };
     match result {
         Ok(msg) => {
@@ -90,6 +92,12 @@ fn errno_text(e: &std::io::Error) -> String {
         Some(libc::EINVAL) => "EINVAL",
         Some(libc::EPIPE) => "EPIPE",
         Some(libc::EAGAIN) => "EAGAIN",
+        Some(libc::EISCONN) => "EISCONN",
+        Some(libc::ENOTCONN) => "ENOTCONN",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ELOOP) => "ELOOP",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
         Some(n) => return format!("errno{n} {e}"),
         None => "other",
     };
@@ -1403,4 +1411,445 @@ mod isolation {
             )
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// Unix-socket attacks (issue 11): symlinks planted at and above listed paths,
+// the run's own control socket, relative paths, threads, datagrams, full
+// backlogs. A target written `@name` is an abstract socket; `{run}` in a path
+// becomes the run's id (ENFORCER_RUN_ID).
+// ---------------------------------------------------------------------------
+
+/// The unix-socket actions, or None when `action` is not one of them.
+fn unix_attack(action: &str, rest: &[String]) -> Option<Result<String, String>> {
+    Some(match action {
+        // Connects (stream), sends MESSAGE (default `hello`), prints the reply line.
+        "unix-talk" => unix_talk(arg(rest, 0), arg(rest, 1)),
+        "unix-talk-thread" => {
+            let (target, msg) = (arg(rest, 0).to_string(), arg(rest, 1).to_string());
+            std::thread::spawn(move || unix_talk(&target, &msg))
+                .join()
+                .unwrap_or_else(|_| Err(String::from("the thread panicked")))
+        }
+        "unix-talk-from" => unix_talk_from(arg(rest, 0), arg(rest, 1)),
+        "unix-plant-symlink" => {
+            unix_plant_symlink(arg(rest, 0), arg(rest, 1), arg(rest, 2), arg(rest, 3))
+        }
+        "unix-swap-parent" => unix_swap_parent(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
+        "unix-dgram-pair" => unix_dgram_pair(arg(rest, 0), arg(rest, 1)),
+        "unix-dgram-socket" => unix_dgram_socket(arg(rest, 0), arg(rest, 1)),
+        "unix-stream-pair" => unix_stream_pair(arg(rest, 0), arg(rest, 1)),
+        "unix-backlog" => unix_backlog(arg(rest, 0), arg(rest, 1)),
+        "unix-talk-after" => unix_talk_after(arg(rest, 0), arg(rest, 1)),
+        "unix-connector-takeover" => unix_connector_takeover(),
+        "unix-kill-connector" => unix_kill_connector(arg(rest, 0)),
+        "unix-signal-storm" => unix_signal_storm(arg(rest, 0), arg(rest, 1)),
+        "unix-wait-then-talk" => unix_wait_then_talk(arg(rest, 0), arg(rest, 1), arg(rest, 2)),
+        _ => return None,
+    })
+}
+
+/// A `sockaddr_un` for `target` and its length.
+fn sun_addr(target: &str) -> Result<(libc::sockaddr_un, u32), String> {
+    let run = std::env::var("ENFORCER_RUN_ID").unwrap_or_default();
+    let target = target.replace("{run}", &run);
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (name, lead) = match target.strip_prefix('@') {
+        Some(n) => (n.as_bytes(), 1),
+        None => (target.as_bytes(), 0),
+    };
+    if name.is_empty() || lead + name.len() >= a.sun_path.len() {
+        return Err(format!("usage bad unix address {target:?}"));
+    }
+    for (i, b) in name.iter().enumerate() {
+        a.sun_path[lead + i] = *b as libc::c_char;
+    }
+    // Path names count their NUL; abstract names are exactly their bytes.
+    let len = 2 + lead + name.len() + (1 - lead);
+    Ok((a, len as u32))
+}
+
+fn sun_connect(fd: RawFd, target: &str) -> Result<(), String> {
+    let (a, len) = sun_addr(target)?;
+    // SAFETY: connect with a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) };
+    if rc != 0 { Err(last_err()) } else { Ok(()) }
+}
+
+fn sun_sendto(fd: RawFd, data: &[u8], target: &str) -> Result<isize, String> {
+    let (a, len) = sun_addr(target)?;
+    // SAFETY: sendto with our buffer and a valid sockaddr_un.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL,
+            (&a as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if n < 0 { Err(last_err()) } else { Ok(n) }
+}
+
+fn close_fd(fd: RawFd) {
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+}
+
+/// A connected stream socket to `target`.
+fn unix_stream_to(target: &str) -> Result<RawFd, String> {
+    let fd = raw_socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)?;
+    if let Err(e) = sun_connect(fd, target) {
+        close_fd(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+fn unix_talk(target: &str, message: &str) -> Result<String, String> {
+    let fd = unix_stream_to(target)?;
+    // SAFETY: we own fd; File closes it.
+    let mut s = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let message = if message.is_empty() { "hello" } else { message };
+    s.write_all(format!("{message}\n").as_bytes())
+        .map_err(|e| errno_text(&e))?;
+    let tv = libc::timeval {
+        tv_sec: 3,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a timeval.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    while !reply.contains(&b'\n') && reply.len() < 4096 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(format!(
+        "connected reply {}",
+        String::from_utf8_lossy(&reply).trim()
+    ))
+}
+
+fn unix_talk_from(dir: &str, relative: &str) -> Result<String, String> {
+    std::env::set_current_dir(dir).map_err(|e| format!("setup chdir {}", errno_text(&e)))?;
+    unix_talk(relative, "")
+}
+
+/// Makes LINK a symlink to TARGET (replacing whatever is there), then talks to PATH.
+fn unix_plant_symlink(link: &str, target: &str, path: &str, msg: &str) -> Result<String, String> {
+    let run = std::env::var("ENFORCER_RUN_ID").unwrap_or_default();
+    let target = target.replace("{run}", &run);
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&target, link)
+        .map_err(|e| format!("setup symlink {}", errno_text(&e)))?;
+    unix_talk(path, msg)
+}
+
+/// Moves directory DIR aside, puts a symlink to TARGET in its place, then talks to PATH.
+fn unix_swap_parent(dir: &str, target: &str, path: &str) -> Result<String, String> {
+    std::fs::rename(dir, format!("{dir}.old"))
+        .map_err(|e| format!("setup rename {}", errno_text(&e)))?;
+    std::os::unix::fs::symlink(target, dir)
+        .map_err(|e| format!("setup symlink {}", errno_text(&e)))?;
+    unix_talk(path, "")
+}
+
+/// socketpair(AF_UNIX, SOCK_DGRAM), then `sendto` TARGET or `connect` + send.
+fn unix_dgram_pair(mode: &str, target: &str) -> Result<String, String> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair into a two-element array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(last_err());
+    }
+    let r = match mode {
+        "sendto" => sun_sendto(fds[0], b"escape-attempt", target).map(|n| format!("sent {n}")),
+        "connect" => sun_connect(fds[0], target).and_then(|()| {
+            // SAFETY: send on our own socket.
+            let n = unsafe { libc::send(fds[0], b"escape-attempt".as_ptr().cast(), 14, 0) };
+            if n < 0 {
+                Err(last_err())
+            } else {
+                Ok(format!("connected sent {n}"))
+            }
+        }),
+        _ => Err(String::from("usage unix-dgram-pair sendto|connect TARGET")),
+    };
+    close_fd(fds[0]);
+    close_fd(fds[1]);
+    r
+}
+
+/// socket(AF_UNIX, SOCK_DGRAM or SOCK_RAW), then sendto TARGET.
+fn unix_dgram_socket(ty: &str, target: &str) -> Result<String, String> {
+    let ty = match ty {
+        "dgram" => libc::SOCK_DGRAM,
+        // The kernel makes AF_UNIX SOCK_RAW a datagram socket.
+        "raw" => libc::SOCK_RAW,
+        _ => return Err(String::from("usage unix-dgram-socket dgram|raw TARGET")),
+    };
+    let fd = raw_socket(libc::AF_UNIX, ty | libc::SOCK_NONBLOCK, 0)?;
+    let r = sun_sendto(fd, b"escape-attempt", target).map(|n| format!("sent {n}"));
+    close_fd(fd);
+    r
+}
+
+/// A stream or seqpacket socketpair: it must carry data between its ends,
+/// and neither connect() nor sendto() may point it anywhere else.
+fn unix_stream_pair(ty: &str, target: &str) -> Result<String, String> {
+    let ty = match ty {
+        "stream" => libc::SOCK_STREAM,
+        "seqpacket" => libc::SOCK_SEQPACKET,
+        _ => {
+            return Err(String::from(
+                "usage unix-stream-pair stream|seqpacket TARGET",
+            ));
+        }
+    };
+    let mut fds = [0; 2];
+    // SAFETY: socketpair into a two-element array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0
+    {
+        return Err(last_err());
+    }
+    let read_peer = |fd: RawFd| -> String {
+        let mut buf = [0u8; 64];
+        // SAFETY: non-blocking read into our buffer.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        }
+    };
+    // SAFETY: write on our own socket.
+    unsafe { libc::write(fds[0], b"ping".as_ptr().cast(), 4) };
+    let works = read_peer(fds[1]) == "ping";
+    let connect = match sun_connect(fds[0], target) {
+        Ok(()) => String::from("connected"),
+        Err(e) => e.split_whitespace().next().unwrap_or("").to_string(),
+    };
+    let sendto = match sun_sendto(fds[0], b"escape-attempt", target) {
+        Ok(_) if read_peer(fds[1]) == "escape-attempt" => String::from("went-to-the-pair"),
+        Ok(_) => String::from("sent-elsewhere"),
+        Err(e) => e.split_whitespace().next().unwrap_or("").to_string(),
+    };
+    close_fd(fds[0]);
+    close_fd(fds[1]);
+    if !works {
+        return Err(String::from("the pair does not carry data"));
+    }
+    Ok(format!("pair-works connect={connect} sendto={sendto}"))
+}
+
+/// Connects to FULL (a listener with a backlog of 0 that never accepts),
+/// forks a child whose second connect to FULL blocks, then connects to
+/// OTHER: that must not wait for the child's connect.
+fn unix_backlog(full: &str, other: &str) -> Result<String, String> {
+    let first = unix_stream_to(full).map_err(|e| format!("setup first connect {e}"))?;
+    // SAFETY: fork while this program is single-threaded; the child only
+    // makes system calls and _exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(last_err());
+    }
+    if child == 0 {
+        let _ = unix_stream_to(full);
+        // SAFETY: leaving the forked child.
+        unsafe { libc::_exit(0) };
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = other.to_string();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let r = unix_talk(&other, "");
+        let _ = tx.send((r, started.elapsed()));
+    });
+    let r = rx.recv_timeout(Duration::from_secs(5));
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    close_fd(first);
+    match r {
+        Ok((r, took)) => r.map(|m| format!("{m} after {} ms", took.as_millis())),
+        Err(_) => Err(String::from(
+            "blocked: the other connect did not finish within 5 s",
+        )),
+    }
+}
+
+/// Talks to PATH, waits (up to 20 s) for FILE to exist, talks again.
+fn unix_talk_after(path: &str, file: &str) -> Result<String, String> {
+    let first = unix_talk(path, "")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("setup {file} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = unix_talk(path, "")?;
+    Ok(format!("first {first}; second {second}"))
+}
+
+/// Pids of processes named `agent-connect` in our cgroup (our run's connector).
+fn connector_pids() -> Vec<i32> {
+    let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "agent-connect")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c == mine)
+        })
+        .collect()
+}
+
+/// Tries every way the agent's uid could take the connector over: ptrace,
+/// its memory, its environment, its descriptors.
+fn unix_connector_takeover() -> Result<String, String> {
+    let pids = connector_pids();
+    let Some(&pid) = pids.first() else {
+        return Err(String::from("setup no connector found"));
+    };
+    let mut took = Vec::new();
+    let mut seen = Vec::new();
+    // SAFETY: ptrace(PTRACE_SEIZE) on another process; detached below on success.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+    if r == 0 {
+        took.push("ptrace");
+        // SAFETY: detach what we attached.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    } else {
+        seen.push(format!("ptrace={}", short_err()));
+    }
+    for what in ["mem", "environ", "fd/3"] {
+        match std::fs::File::open(format!("/proc/{pid}/{what}")) {
+            Ok(_) => took.push(what),
+            Err(e) => seen.push(format!("{what}={}", short(&errno_text(&e)))),
+        }
+    }
+    // SAFETY: pidfd_open and pidfd_getfd; we close what we get.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            seen.push(format!("pidfd={}", short_err()));
+        } else {
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, 3, 0);
+            if fd >= 0 {
+                took.push("pidfd_getfd");
+                libc::close(fd as i32);
+            } else {
+                seen.push(format!("getfd={}", short_err()));
+            }
+            libc::close(pidfd as i32);
+        }
+    }
+    if took.is_empty() {
+        Ok(format!("untouched {}", seen.join(" ")))
+    } else {
+        Err(format!("took over the connector: {}", took.join(", ")))
+    }
+}
+
+fn short(text: &str) -> String {
+    text.split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn short_err() -> String {
+    short(&last_err())
+}
+
+/// Kills the run's connector, then talks to PATH.
+fn unix_kill_connector(path: &str) -> Result<String, String> {
+    let pids = connector_pids();
+    if pids.is_empty() {
+        return Err(String::from("setup no connector found"));
+    }
+    for pid in &pids {
+        // SAFETY: kill(2).
+        if unsafe { libc::kill(*pid, libc::SIGKILL) } != 0 {
+            return Err(format!("setup kill {}", last_err()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unix_talk(path, "")
+}
+
+extern "C" fn on_sigurg(_: libc::c_int) {}
+
+/// N connects to PATH while another thread sends this one SIGURG nonstop
+/// (as Go's scheduler does, with an SA_RESTART handler): every connect must
+/// succeed once, not fail half-done.
+fn unix_signal_storm(path: &str, n: &str) -> Result<String, String> {
+    let n: u32 = n.parse().map_err(|_| String::from("usage bad count"))?;
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = zeroed();
+        sa.sa_sigaction = on_sigurg as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+    let pid = std::process::id() as libc::pid_t;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: tgkill to our own main thread.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, me, libc::SIGURG) };
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            sent
+        })
+    };
+    let mut failures: std::collections::BTreeMap<String, u32> = Default::default();
+    for _ in 0..n {
+        match unix_stream_to(path) {
+            Ok(fd) => close_fd(fd),
+            Err(e) => *failures.entry(short(&e)).or_default() += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = storm.join().unwrap_or(0);
+    if failures.is_empty() {
+        Ok(format!("{n} connected under {sent} signals"))
+    } else {
+        Err(format!("failed {failures:?} under {sent} signals"))
+    }
+}
+
+/// Waits (up to 20 s) for FILE to exist, then talks to PATH with MESSAGE.
+fn unix_wait_then_talk(file: &str, path: &str, msg: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("setup {file} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unix_talk(path, msg)
 }

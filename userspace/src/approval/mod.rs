@@ -9,6 +9,7 @@ pub mod terminal;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::Arc,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -25,22 +26,53 @@ pub enum ApproverMode {
     Humans,
 }
 
-/// One request waiting for a human.
+/// One request waiting for a human: everything they need to see to know
+/// what they approve.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Pending {
     /// Unique within the run.
     pub id: u64,
     pub run_id: String,
+    /// `https` or `http`.
+    #[serde(default)]
+    pub scheme: String,
     pub host: String,
     pub method: String,
+    /// The path, without its query.
     pub path: String,
+    /// The full request target, query included (placeholders shown by name).
+    #[serde(default)]
+    pub target: String,
+    /// The start of the body, as text (placeholders shown by name).
+    #[serde(default)]
+    pub body_preview: Option<String>,
     /// Names of the secrets that would be injected.
     pub secrets: Vec<String>,
-    /// The parsed cost, if the rule has one (e.g. "50.00 USD").
+    /// The parsed cost, if the rule has one (e.g. "$50.00 (5000 usd)").
     pub cost: Option<String>,
+    /// What each cap has left, after this call if it is approved.
+    #[serde(default)]
+    pub caps: Vec<String>,
     pub rule: String,
     /// Seconds left before it is denied for lack of an answer.
     pub expires_in_secs: u64,
+}
+
+impl Pending {
+    /// `POST https://api.stripe.com/v1/refunds?charge=ch_1`
+    pub fn request_line(&self) -> String {
+        let scheme = if self.scheme.is_empty() {
+            "https"
+        } else {
+            &self.scheme
+        };
+        let target = if self.target.is_empty() {
+            &self.path
+        } else {
+            &self.target
+        };
+        format!("{} {scheme}://{}{target}", self.method, self.host)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +141,26 @@ pub struct ApprovalHub {
     inner: Mutex<Inner>,
     /// Woken whenever a request starts waiting (the terminal prompter listens).
     pub arrived: Notify,
+    /// Whether a terminal prompts for answers (otherwise each waiting
+    /// request is announced with how to answer it).
+    terminal: std::sync::atomic::AtomicBool,
+}
+
+/// A request in the queue: its id, and the answer to wait for. Dropped
+/// before its answer came (the agent went away), it leaves the queue.
+pub struct Ticket {
+    pub id: u64,
+    wait: Option<(oneshot::Receiver<(Answer, String)>, Duration)>,
+    decided: Option<Outcome>,
+    hub: Option<std::sync::Weak<ApprovalHub>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.as_ref().and_then(std::sync::Weak::upgrade) {
+            hub.lock().waiting.remove(&self.id);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +174,17 @@ impl ApprovalHub {
             timeout,
             inner: Mutex::new(Inner::default()),
             arrived: Notify::new(),
+            terminal: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Says whether a terminal prompts for answers.
+    pub fn set_terminal(&self, on: bool) {
+        self.terminal.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn has_terminal(&self) -> bool {
+        self.terminal.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn mode(&self) -> ApproverMode {
@@ -135,53 +197,84 @@ impl ApprovalHub {
 
     /// Holds the caller until a human answers (or the timeout passes).
     /// `rule_key` is (host index, rule index) for `always`.
-    pub async fn ask(&self, mut p: Pending, rule_key: (usize, usize)) -> Outcome {
+    pub async fn ask(self: &Arc<Self>, p: Pending, rule_key: (usize, usize)) -> Outcome {
+        let ticket = self.submit(p, rule_key);
+        self.wait(ticket).await
+    }
+
+    /// Queues a request (or decides it at once: no approver, an earlier
+    /// `always`). Wait for the answer with [`ApprovalHub::wait`].
+    pub fn submit(self: &Arc<Self>, mut p: Pending, rule_key: (usize, usize)) -> Ticket {
         if self.mode == ApproverMode::None {
-            return Outcome::NoApprover;
+            return Ticket {
+                id: 0,
+                wait: None,
+                decided: Some(Outcome::NoApprover),
+                hub: None,
+            };
         }
-        let rx = {
-            let mut inner = self.lock();
-            if inner.always.contains(&rule_key) {
-                return Outcome::Approved {
+        let mut inner = self.lock();
+        if inner.always.contains(&rule_key) {
+            return Ticket {
+                id: 0,
+                wait: None,
+                decided: Some(Outcome::Approved {
                     by: String::from("an earlier 'always' for this rule"),
-                };
-            }
-            inner.next += 1;
-            p.id = inner.next;
-            p.expires_in_secs = self.timeout.as_secs();
-            let (tx, rx) = oneshot::channel();
-            let id = p.id;
-            inner.waiting.insert(
-                id,
-                Waiting {
-                    pending: p,
-                    rule_key,
-                    deadline: Instant::now() + self.timeout,
-                    reply: tx,
-                },
-            );
-            (id, rx)
-        };
+                }),
+                hub: None,
+            };
+        }
+        inner.next += 1;
+        p.id = inner.next;
+        p.expires_in_secs = self.timeout.as_secs();
+        let (tx, rx) = oneshot::channel();
+        let id = p.id;
+        inner.waiting.insert(
+            id,
+            Waiting {
+                pending: p,
+                rule_key,
+                deadline: Instant::now() + self.timeout,
+                reply: tx,
+            },
+        );
+        drop(inner);
         // A permit is kept if the prompter is busy: it will look again.
         self.arrived.notify_one();
-        let (id, rx) = rx;
-        match tokio::time::timeout(self.timeout, rx).await {
+        Ticket {
+            id,
+            wait: Some((rx, self.timeout)),
+            decided: None,
+            hub: Some(Arc::downgrade(self)),
+        }
+    }
+
+    /// The answer to a submitted request.
+    pub async fn wait(&self, mut ticket: Ticket) -> Outcome {
+        if let Some(o) = ticket.decided.take() {
+            return o;
+        }
+        let Some((rx, timeout)) = ticket.wait.take() else {
+            return Outcome::TimedOut;
+        };
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((Answer::Deny, by))) => Outcome::Denied { by },
             Ok(Ok((_, by))) => Outcome::Approved { by },
             Ok(Err(_)) => Outcome::TimedOut,
             Err(_) => {
-                self.lock().waiting.remove(&id);
+                self.lock().waiting.remove(&ticket.id);
                 Outcome::TimedOut
             }
         }
     }
 
-    /// Requests waiting now, oldest first.
+    /// Requests waiting now, oldest first (not those past their deadline).
     pub fn pending(&self) -> Vec<Pending> {
         let now = Instant::now();
         self.lock()
             .waiting
             .values()
+            .filter(|w| w.deadline > now)
             .map(|w| {
                 let mut p = w.pending.clone();
                 p.expires_in_secs = w.deadline.saturating_duration_since(now).as_secs();
@@ -212,11 +305,15 @@ mod tests {
         Pending {
             id: 0,
             run_id: "r".into(),
+            scheme: "https".into(),
             host: "api.example.com".into(),
             method: "POST".into(),
             path: "/v1/refunds".into(),
+            target: "/v1/refunds?charge=ch_1".into(),
+            body_preview: None,
             secrets: vec!["KEY".into()],
             cost: Some("5.00 USD".into()),
+            caps: Vec::new(),
             rule: "POST /v1/refunds -> ask".into(),
             expires_in_secs: 0,
         }
@@ -251,10 +348,16 @@ mod tests {
         assert!(asking.await.unwrap().approved());
         // The same rule now passes without asking; another rule still asks.
         assert!(hub.ask(pending(), (0, 1)).await.approved());
-        let quick = ApprovalHub::new(ApproverMode::Humans, Duration::from_millis(50));
+        let quick = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_millis(50),
+        ));
         assert_eq!(quick.ask(pending(), (0, 2)).await, Outcome::TimedOut);
         assert!(quick.pending().is_empty());
-        let none = ApprovalHub::new(ApproverMode::None, Duration::from_secs(60));
+        let none = Arc::new(ApprovalHub::new(
+            ApproverMode::None,
+            Duration::from_secs(60),
+        ));
         assert_eq!(none.ask(pending(), (0, 1)).await, Outcome::NoApprover);
     }
 }

@@ -282,17 +282,21 @@ fn printable(s: &str) -> String {
 /// left half-written and resetting colours, so the agent cannot hide it.
 pub fn prompt_text(p: &Pending, code: &str, run_id: &str) -> String {
     let mut text = format!(
-        "\x1b\\\x1b[0m\r\n\x1b[1;33m[enforcer approval {code}]\x1b[0m run {run_id} wants to send:\r\n  {} https://{}{}\r\n  rule: {}\r\n",
-        printable(&p.method),
-        printable(&p.host),
-        printable(&p.path),
+        "\x1b\\\x1b[0m\r\n\x1b[1;33m[enforcer approval {code}]\x1b[0m run {run_id} wants to send:\r\n  {}\r\n  rule: {}\r\n",
+        printable(&p.request_line()),
         printable(&p.rule)
     );
+    if let Some(b) = &p.body_preview {
+        text.push_str(&format!("  body: {}\r\n", printable(b)));
+    }
     if !p.secrets.is_empty() {
         text.push_str(&format!("  secrets injected: {}\r\n", p.secrets.join(", ")));
     }
     if let Some(c) = &p.cost {
         text.push_str(&format!("  cost: {}\r\n", printable(c)));
+    }
+    for cap in &p.caps {
+        text.push_str(&format!("  {}\r\n", printable(cap)));
     }
     text.push_str(&format!(
         "  (denied in {} s without an answer; request #{})\r\nAllow? [y/N/always] ",
@@ -389,16 +393,25 @@ mod tests {
         let p = Pending {
             id: 3,
             run_id: "r".into(),
+            scheme: "https".into(),
             host: "api.example.com".into(),
             method: "POST".into(),
             path: "/v1/x\u{1b}[2J".into(),
+            target: "/v1/x\u{1b}[2J?charge=ch_0&amount=0".into(),
+            body_preview: Some("amount=5000\u{7}".into()),
             secrets: vec![],
-            cost: None,
+            cost: Some("$50.00 (5000 usd)".into()),
+            caps: vec!["run cap $500.00: $450.00 left after this call".into()],
             rule: "POST /v1/** -> ask".into(),
             expires_in_secs: 60,
         };
         let text = prompt_text(&p, "AAAA-BBBB", "r");
-        assert!(text.contains("/v1/x?[2J"), "{text}");
+        assert!(
+            text.contains("POST https://api.example.com/v1/x?[2J?charge=ch_0&amount=0"),
+            "{text}"
+        );
+        assert!(text.contains("body: amount=5000?"), "{text}");
+        assert!(text.contains("$450.00 left"), "{text}");
         assert!(text.contains("[enforcer approval AAAA-BBBB]"));
         assert!(text.contains("request #3"));
     }

@@ -41,32 +41,14 @@ pub(crate) fn now_text() -> String {
     to_text(SystemTime::now())
 }
 
-/// Parses an age such as `45s`, `90m`, `12h`, `30d` or `2w` (for `--since`
-/// and `--older-than`).
+/// Parses an age such as `45s`, `90m`, `12h`, `30d`, `2w` or `1h30m` (for
+/// `--since` and `--older-than`): the duration grammar of policies
+/// ([`crate::policy::parse_duration`]), zero included.
 pub fn parse_age(s: &str) -> Result<Duration, AuditError> {
-    let err = |why: &str| AuditError::InvalidAge {
+    crate::policy::parse_duration_or_zero(s).map_err(|e| AuditError::InvalidAge {
         input: s.to_owned(),
-        why: why.to_owned(),
-    };
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(err("it does not start with a number"));
-    }
-    let n: u64 = num.parse().map_err(|_| err("the number is too large"))?;
-    let unit_secs: u64 = match unit.trim() {
-        "s" | "sec" | "secs" | "second" | "seconds" => 1,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60,
-        "h" | "hour" | "hours" => 3_600,
-        "d" | "day" | "days" => 86_400,
-        "w" | "week" | "weeks" => 604_800,
-        "" => return Err(err("the unit is missing")),
-        _ => return Err(err("unknown unit")),
-    };
-    n.checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| err("the age is too large"))
+        why: e.to_string(),
+    })
 }
 
 /// The instant `age` before now (the Unix epoch if that is earlier).
@@ -104,20 +86,21 @@ mod tests {
         assert_eq!(parse_age("45s").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_age(" 2w ").unwrap(), Duration::from_secs(14 * 86_400));
         assert_eq!(parse_age("0d").unwrap(), Duration::ZERO);
+        assert_eq!(parse_age("1h30m").unwrap(), Duration::from_secs(5_400));
         for bad in [
             "",
             "d",
             "30",
             "30x",
             "-1d",
-            "1.5h",
+            "1 year",
             "99999999999999999999999d",
             "999999999999999999d",
             "３０d",
         ] {
             let e = parse_age(bad).unwrap_err();
             assert!(matches!(e, AuditError::InvalidAge { .. }), "{bad}: {e}");
-            assert!(e.to_string().contains("30d"), "{e}");
+            assert!(e.to_string().contains(bad.trim()), "{e}");
         }
     }
 

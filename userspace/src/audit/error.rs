@@ -76,9 +76,7 @@ pub enum AuditError {
     #[error("the audit database already has a run {0:?}")]
     DuplicateRun(String),
 
-    #[error(
-        "invalid age {input:?}: {why} (expected a number and a unit, such as 45s, 90m, 12h or 30d)"
-    )]
+    #[error("invalid age {input:?}: {why}")]
     InvalidAge { input: String, why: String },
 
     #[error("unknown output format {0:?} (expected table, jsonl or csv)")]

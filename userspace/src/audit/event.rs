@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use crate::decision::{Alarm, Decision, Layer, Verdict};
+use crate::decision::{Alarm, Cause, Decision, Layer, Verdict};
 
 use super::{clock, vendor};
 
@@ -72,7 +72,11 @@ pub struct AuditEvent {
     pub secrets: Vec<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    /// `None` only for rows made up in tests of old databases.
+    pub cause: Option<Cause>,
     pub alarm: Option<Alarm>,
+    pub rule_line: Option<usize>,
+    pub failure: Option<Failure>,
 }
 
 impl Default for AuditEvent {
@@ -101,7 +105,10 @@ impl Default for AuditEvent {
             secrets: Vec::new(),
             approver: None,
             decided_ms: None,
+            cause: None,
             alarm: None,
+            rule_line: None,
+            failure: None,
         }
     }
 }
@@ -125,8 +132,50 @@ impl AuditEvent {
             approver: d.approver.clone(),
             decided_ms: d.decided_ms,
             reserved_usd: d.reserved_usd,
+            cause: Some(d.cause),
             alarm: d.alarm,
+            rule_line: d.rule_line,
             ..Self::default()
+        }
+    }
+}
+
+/// How an upstream failed, as typed as its status would have been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Its name did not resolve.
+    Dns,
+    /// No connection (refused, unreachable, timed out connecting).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// It closed or reset the connection before the response headers.
+    ResetBeforeHeaders,
+    /// It closed or reset the connection in the middle of the body.
+    ResetMidBody,
+    /// It did not send its response headers in time.
+    Timeout,
+    /// The agent went away before the response ended.
+    ClientGone,
+    /// Anything else the HTTP client reports.
+    Protocol,
+    /// Its answer had to be scanned for a real credential and could not
+    /// be (an encoding enforcer cannot decode): not passed on.
+    Unscannable,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::ResetBeforeHeaders => "reset-before-headers",
+            Self::ResetMidBody => "reset-mid-body",
+            Self::Timeout => "timeout",
+            Self::ClientGone => "client-gone",
+            Self::Protocol => "protocol",
+            Self::Unscannable => "unscannable",
         }
     }
 }
@@ -141,6 +190,10 @@ pub struct Outcome {
     pub latency_ms: Option<f64>,
     pub cost_usd: Option<f64>,
     pub vendor_txn_id: Option<String>,
+    /// How the upstream failed, if it did.
+    pub failure: Option<Failure>,
+    /// What went wrong, in words, appended to the row's reason.
+    pub detail: Option<String>,
 }
 
 /// An event ready to insert, prepared on the caller's thread so that the
@@ -172,7 +225,10 @@ pub(crate) struct EventRecord {
     pub secrets: Option<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    pub cause: Option<&'static str>,
     pub alarm: Option<&'static str>,
+    pub rule_line: Option<i64>,
+    pub failure: Option<&'static str>,
 }
 
 impl From<AuditEvent> for EventRecord {
@@ -221,7 +277,10 @@ impl From<AuditEvent> for EventRecord {
             secrets,
             approver: text(e.approver),
             decided_ms: real(e.decided_ms),
+            cause: e.cause.map(Cause::as_str),
             alarm: e.alarm.map(Alarm::as_str),
+            rule_line: e.rule_line.and_then(|l| i64::try_from(l).ok()),
+            failure: e.failure.map(Failure::as_str),
         }
     }
 }
@@ -235,6 +294,8 @@ pub(crate) struct OutcomeRecord {
     pub latency_ms: Option<f64>,
     pub cost_usd: Option<f64>,
     pub vendor_txn_id: Option<String>,
+    pub failure: Option<&'static str>,
+    pub detail: Option<String>,
 }
 
 impl From<Outcome> for OutcomeRecord {
@@ -246,6 +307,8 @@ impl From<Outcome> for OutcomeRecord {
             latency_ms: real(o.latency_ms),
             cost_usd: real(o.cost_usd),
             vendor_txn_id: text(o.vendor_txn_id),
+            failure: o.failure.map(Failure::as_str),
+            detail: o.detail.map(|d| bounded(d, MAX_TEXT)),
         }
     }
 }
@@ -376,7 +439,7 @@ mod tests {
 
     #[test]
     fn decisions_convert() {
-        let d = Decision::new(Layer::Kernel, Verdict::Deny, "UDP refused")
+        let d = Decision::new(Layer::Kernel, crate::decision::Cause::Kernel, "UDP refused")
             .host("10.0.0.1")
             .port(53)
             .process(7, "curl");

@@ -173,7 +173,7 @@ fn run_fields(r: &RunRow) -> Vec<String> {
     ]
 }
 
-const EVENT_COLUMNS: [&str; 27] = [
+const EVENT_COLUMNS: [&str; 30] = [
     "id",
     "run_id",
     "run_name",
@@ -201,6 +201,9 @@ const EVENT_COLUMNS: [&str; 27] = [
     "approver",
     "decided_ms",
     "alarm",
+    "cause",
+    "rule_line",
+    "failure",
 ];
 
 fn event_fields(e: &EventRow) -> Vec<String> {
@@ -233,6 +236,9 @@ fn event_fields(e: &EventRow) -> Vec<String> {
         opt(e.approver.as_ref()),
         opt(e.decided_ms),
         opt(e.alarm.as_ref()),
+        opt(e.cause.as_ref()),
+        opt(e.rule_line),
+        opt(e.failure.as_ref()),
     ]
 }
 

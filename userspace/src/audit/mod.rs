@@ -22,7 +22,7 @@ mod report;
 mod schema;
 mod store;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod vendor;
 mod writer;
 
@@ -31,11 +31,11 @@ mod tests;
 
 pub use clock::{ago, parse_age};
 pub use error::AuditError;
-pub use event::{AuditEvent, EventId, Outcome, RunEnd, RunInfo, redact_target};
+pub use event::{AuditEvent, EventId, Failure, Outcome, RunEnd, RunInfo, redact_target};
 pub use format::{OutputFormat, write_events, write_runs};
 pub use prune::PruneReport;
 pub use query::{EventFilter, EventRow, RunFilter, RunRow};
-pub use report::{RunSummary, TOP_REFUSED};
+pub use report::{RunSummary, TOP_REFUSED, destination};
 pub use schema::SCHEMA_VERSION;
 pub use store::{AuditStore, BUSY_TIMEOUT, StoreOptions};
 pub use vendor::vendor_of;

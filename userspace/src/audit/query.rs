@@ -87,8 +87,13 @@ pub struct EventRow {
     pub secrets: Vec<String>,
     pub approver: Option<String>,
     pub decided_ms: Option<f64>,
+    /// Why (see `decision::Cause`); `None` for rows older than schema 2.
+    pub cause: Option<String>,
     /// `exfiltration` or `forged-approval` (see `decision::Alarm`).
     pub alarm: Option<String>,
+    pub rule_line: Option<u64>,
+    /// How the upstream failed (see `audit::Failure`).
+    pub failure: Option<String>,
 }
 
 impl EventRow {
@@ -177,7 +182,8 @@ impl AuditStore {
             "SELECT e.id, e.run_id, r.name, e.at, e.layer, e.verdict, e.pid, e.comm, e.host,
                     e.port, e.method, e.path, e.query_redacted, e.rule, e.reason, e.status,
                     e.bytes_up, e.bytes_down, e.latency_ms, e.cost_usd, e.reserved_usd,
-                    e.vendor, e.vendor_txn_id, e.secrets, e.approver, e.decided_ms, e.alarm
+                    e.vendor, e.vendor_txn_id, e.secrets, e.approver, e.decided_ms, e.alarm,
+                    e.cause, e.rule_line, e.failure
              FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE 1",
         );
         let mut args: Vec<Value> = Vec::new();
@@ -275,6 +281,9 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         approver: opt_text(r, 24),
         decided_ms: real(r, 25),
         alarm: opt_text(r, 26),
+        cause: opt_text(r, 27),
+        rule_line: int(r, 28).and_then(|v| u64::try_from(v).ok()),
+        failure: opt_text(r, 29),
     })
 }
 

@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Serialize, Serializer, ser::SerializeSeq as _};
 
 use super::{AuditError, AuditStore, format::clean};
+use crate::decision::tally::Counts;
 
 /// How many refused destinations the summary names.
 pub const TOP_REFUSED: usize = 5;
@@ -20,17 +21,20 @@ pub struct RunSummary {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub exit_code: Option<i32>,
-    pub allowed: u64,
-    pub denied: u64,
-    pub asked: u64,
+    /// Requests, connections, names and kernel refusals, counted apart.
+    pub counts: Counts,
     /// Most refused destinations (`host:port`, `METHOD host:port/path` for
     /// requests, the name for DNS) with their counts, most frequent first.
     #[serde(serialize_with = "destinations")]
     pub top_refused: Vec<(String, u64)>,
     pub spend_usd: f64,
-    /// Events whose `alarm` is `exfiltration`.
-    pub exfiltration_attempts: u64,
     pub db_path: String,
+    /// When the audit log failed during the run (RFC 3339), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_failed_at: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<String>,
 }
 
 fn destinations<S: Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
@@ -51,16 +55,21 @@ fn destinations<S: Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Er
 
 impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.exfiltration_attempts > 0 {
+        let c = &self.counts;
+        if c.exfiltration_attempts > 0 {
             writeln!(
                 f,
                 "enforcer: !!! WARNING: {} CREDENTIAL EXFILTRATION ATTEMPT{} in this run: the agent tried to send a secret (its placeholder) where that secret does not belong. Treat the agent as compromised. !!!",
-                self.exfiltration_attempts,
-                if self.exfiltration_attempts == 1 {
-                    ""
-                } else {
-                    "S"
-                }
+                c.exfiltration_attempts,
+                plural_caps(c.exfiltration_attempts)
+            )?;
+        }
+        if c.forged_approvals > 0 {
+            writeln!(
+                f,
+                "enforcer: !!! WARNING: {} FORGED APPROVAL ATTEMPT{} in this run: something without the right to tried to answer an approval or control the run. Treat the agent as compromised. !!!",
+                c.forged_approvals,
+                plural_caps(c.forged_approvals)
             )?;
         }
         let name = clean(&self.name);
@@ -69,11 +78,33 @@ impl fmt::Display for RunSummary {
             Some(code) => writeln!(f, "enforcer: run {run} ({name}) exited with code {code}")?,
             None => writeln!(f, "enforcer: run {run} ({name}) has not ended")?,
         }
+        let asked = if c.requests_asked > 0 {
+            format!(" ({} asked a human)", c.requests_asked)
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "enforcer:   {} allowed, {} denied, {} asked",
-            self.allowed, self.denied, self.asked
+            "enforcer:   requests: {} allowed, {} refused{asked}",
+            c.requests_allowed, c.requests_refused
         )?;
+        if c.connections_allowed + c.connections_refused > 0 {
+            writeln!(
+                f,
+                "enforcer:   connections: {} allowed, {} refused",
+                c.connections_allowed, c.connections_refused
+            )?;
+        }
+        if c.names_refused + c.kernel_refused > 0 {
+            writeln!(
+                f,
+                "enforcer:   also refused: {} DNS name{}, {} socket operation{} in the kernel",
+                c.names_refused,
+                plural(c.names_refused),
+                c.kernel_refused,
+                plural(c.kernel_refused)
+            )?;
+        }
         if !self.top_refused.is_empty() {
             let list: Vec<String> = self
                 .top_refused
@@ -91,7 +122,26 @@ impl fmt::Display for RunSummary {
     }
 }
 
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn plural_caps(n: u64) -> &'static str {
+    if n == 1 { "" } else { "S" }
+}
+
 impl RunSummary {
+    /// The summary as one JSON line for `--log-json` (`event: "summary"`).
+    pub fn json_line(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("ts".into(), crate::logging::now_rfc3339().into());
+            obj.insert("level".into(), "info".into());
+            obj.insert("event".into(), "summary".into());
+        }
+        v.to_string()
+    }
+
     /// Writes the JSON report atomically (a temporary file renamed over `path`).
     pub fn write_json(&self, path: &Path) -> Result<(), AuditError> {
         let fail = |e: &dyn fmt::Display| AuditError::Report {
@@ -148,20 +198,38 @@ pub(crate) fn summarize(
     let Some((name, started_at, ended_at, exit_code)) = run else {
         return Err(AuditError::UnknownRun(run_id.to_owned()));
     };
-    let (allowed, denied, asked, spend, exfil) = conn
+    let (counts, spend) = conn
         .query_row(
-            "SELECT coalesce(sum(verdict = 'allow'), 0), coalesce(sum(verdict = 'deny'), 0),
-                    coalesce(sum(verdict = 'ask' OR approver IS NOT NULL), 0), total(cost_usd),
-                    coalesce(sum(alarm = 'exfiltration'), 0)
+            "SELECT coalesce(sum(layer = 'request' AND verdict = 'allow'), 0),
+                    coalesce(sum(layer = 'request' AND verdict = 'deny'), 0),
+                    coalesce(sum(approver IS NOT NULL OR verdict = 'ask'), 0),
+                    coalesce(sum(layer = 'connection' AND verdict = 'allow'), 0),
+                    coalesce(sum(layer = 'connection' AND verdict = 'deny'), 0),
+                    coalesce(sum(layer = 'dns' AND verdict = 'deny'), 0),
+                    coalesce(sum(layer = 'kernel' AND verdict = 'deny'
+                                 AND coalesce(cause, '') <> 'benign-probe'), 0),
+                    coalesce(sum(cause = 'benign-probe'), 0),
+                    coalesce(sum(alarm = 'exfiltration'), 0),
+                    coalesce(sum(alarm = 'forged-approval'), 0),
+                    total(cost_usd)
              FROM events WHERE run_id = ?1",
             params![run_id],
             |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(count);
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, i64>(4)?,
+                    Counts {
+                        requests_allowed: n(0)?,
+                        requests_refused: n(1)?,
+                        requests_asked: n(2)?,
+                        connections_allowed: n(3)?,
+                        connections_refused: n(4)?,
+                        names_refused: n(5)?,
+                        kernel_refused: n(6)?,
+                        benign_probes: n(7)?,
+                        exfiltration_attempts: n(8)?,
+                        forged_approvals: n(9)?,
+                    },
+                    r.get::<_, f64>(10)?,
                 ))
             },
         )
@@ -172,13 +240,12 @@ pub(crate) fn summarize(
         started_at,
         ended_at,
         exit_code: exit_code.and_then(|c| i32::try_from(c).ok()),
-        allowed: count(allowed),
-        denied: count(denied),
-        asked: count(asked),
+        counts,
         top_refused: top_refused(conn, run_id).map_err(fail)?,
         spend_usd: spend,
-        exfiltration_attempts: count(exfil),
         db_path: path.display().to_string(),
+        audit_failed_at: None,
+        audit_error: None,
     })
 }
 
@@ -189,7 +256,8 @@ fn count(v: i64) -> u64 {
 fn top_refused(conn: &Connection, run_id: &str) -> rusqlite::Result<Vec<(String, u64)>> {
     let mut stmt = conn.prepare(
         "SELECT layer, host, port, method, path, count(*) FROM events
-         WHERE run_id = ?1 AND verdict = 'deny'
+         WHERE run_id = ?1 AND verdict = 'deny' AND layer <> 'control'
+               AND coalesce(cause, '') <> 'benign-probe'
          GROUP BY layer, host, port, method, path",
     )?;
     let mut merged: HashMap<String, u64> = HashMap::new();
@@ -217,7 +285,7 @@ fn top_refused(conn: &Connection, run_id: &str) -> rusqlite::Result<Vec<(String,
 
 /// Where a decision was headed, by layer: `host:port` (`[v6]:port`),
 /// `METHOD host:port/path` for requests, the bare name for DNS.
-pub(crate) fn destination(
+pub fn destination(
     layer: Option<&str>,
     host: Option<&str>,
     port: Option<i64>,
@@ -249,20 +317,36 @@ mod tests {
             started_at: Some(String::from("2026-11-22 10:00:00.000")),
             ended_at: Some(String::from("2026-11-22 10:05:00.000")),
             exit_code: Some(0),
-            allowed: 12,
-            denied: 3,
-            asked: 1,
+            counts: Counts {
+                requests_allowed: 12,
+                requests_refused: 3,
+                requests_asked: 1,
+                connections_allowed: 2,
+                kernel_refused: 4,
+                benign_probes: 9,
+                ..Counts::default()
+            },
             top_refused: vec![(String::from("evil.test:443"), 2)],
             spend_usd: 12.5,
-            exfiltration_attempts: 0,
             db_path: String::from("/var/lib/enforcer/audit.db"),
+            audit_failed_at: None,
+            audit_error: None,
         }
     }
 
     #[test]
     fn human_summary_names_counts_spend_and_log() {
         let s = sample().to_string();
-        assert!(s.contains("12 allowed, 3 denied, 1 asked"), "{s}");
+        assert!(
+            s.contains("requests: 12 allowed, 3 refused (1 asked a human)"),
+            "{s}"
+        );
+        assert!(s.contains("connections: 2 allowed, 0 refused"), "{s}");
+        assert!(
+            s.contains("also refused: 0 DNS names, 4 socket operations in the kernel"),
+            "{s}"
+        );
+        assert!(!s.contains('9'), "benign probes are not printed: {s}");
         assert!(s.contains("top refused: evil.test:443 (2)"), "{s}");
         assert!(s.contains("spend: $12.50"), "{s}");
         assert!(s.contains("/var/lib/enforcer/audit.db"), "{s}");
@@ -272,7 +356,7 @@ mod tests {
     #[test]
     fn exfiltration_comes_first_and_loud() {
         let mut sum = sample();
-        sum.exfiltration_attempts = 2;
+        sum.counts.exfiltration_attempts = 2;
         sum.top_refused = vec![(String::from("evil\x1b[2J.test:443"), 2)];
         let s = sum.to_string();
         let first = s.lines().next().unwrap_or_default();
@@ -289,7 +373,8 @@ mod tests {
         let path = dir.path().join("report.json");
         sample().write_json(&path).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        assert_eq!(v["allowed"], 12);
+        assert_eq!(v["counts"]["requests_allowed"], 12);
+        assert_eq!(v["counts"]["benign_probes"], 9);
         assert_eq!(v["top_refused"][0]["destination"], "evil.test:443");
         assert_eq!(v["top_refused"][0]["count"], 2);
         assert_eq!(v["exit_code"], 0);

@@ -118,11 +118,17 @@ FROM events e
 LEFT JOIN runs r ON r.id = e.run_id;
 "#;
 
-/// V2: alarms are a typed column (`exfiltration`, `forged-approval`), never
-/// found by matching reason text. Rows written before it get theirs from
-/// the text they were written with.
+/// V2: what used to hide in text is typed: `cause` (why, e.g.
+/// `default-deny`, `over-cap`, `benign-probe`), `alarm` (`exfiltration`,
+/// `forged-approval`), `rule_line` (the deciding rule's line in the policy)
+/// and `failure` (how an upstream failed: `connect`, `reset-before-headers`,
+/// `timeout`...). Rows written before it get their alarm from the text they
+/// were written with; their cause stays NULL.
 const V2: &str = r#"
+ALTER TABLE events ADD COLUMN cause TEXT;
 ALTER TABLE events ADD COLUMN alarm TEXT;
+ALTER TABLE events ADD COLUMN rule_line INTEGER;
+ALTER TABLE events ADD COLUMN failure TEXT;
 UPDATE events SET alarm = 'exfiltration'
     WHERE instr(lower(reason), 'credential exfiltration attempt') > 0;
 CREATE INDEX events_alarm ON events(alarm) WHERE alarm IS NOT NULL;
@@ -163,7 +169,10 @@ SELECT
     e.decided_ms      AS decided_ms,
     e.pid             AS pid,
     e.comm            AS comm,
+    e.cause           AS cause,
     e.alarm           AS alarm,
+    e.rule_line       AS policy_rule_line,
+    e.failure         AS failure,
     r.policy_path     AS policy_path,
     r.policy_sha256   AS policy_sha256,
     r.invoking_user   AS invoking_user,

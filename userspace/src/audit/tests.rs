@@ -57,6 +57,7 @@ fn record_complete_and_finish_round_trip() {
                 latency_ms: Some(81.5),
                 cost_usd: Some(50.0),
                 vendor_txn_id: Some(String::from("pi_123")),
+                ..Outcome::default()
             },
         );
         w.record_later(AuditEvent {
@@ -116,10 +117,14 @@ fn record_complete_and_finish_round_trip() {
         .await
         .unwrap()
     });
-    assert_eq!((summary.allowed, summary.denied, summary.asked), (1, 5, 1));
+    let c = summary.counts;
+    assert_eq!(
+        (c.requests_allowed, c.requests_refused, c.requests_asked),
+        (1, 2, 1)
+    );
     assert_eq!(summary.exit_code, Some(3));
     assert_eq!(summary.name, "billing-agent");
-    assert_eq!(summary.exfiltration_attempts, 1);
+    assert_eq!(summary.counts.exfiltration_attempts, 1);
     assert!((summary.spend_usd - 50.0).abs() < 1e-9);
     assert_eq!(
         summary.top_refused.first(),

@@ -9,6 +9,13 @@
 //! committer also runs WAL checkpoints, off the request path. The first
 //! failed write makes the writer unhealthy for good: callers then refuse
 //! requests.
+//!
+//! Checkpoints: SQLite's automatic checkpoint is off (it would run on the
+//! request path); instead the committer copies the WAL into the database
+//! every [`CHECKPOINT_EVERY`] commits, and empties it (TRUNCATE) when the
+//! writer has been idle for [`IDLE_CHECKPOINT`], when a run finishes, and
+//! when the writer closes. So `audit.db` alone, copied without its `-wal`,
+//! holds every row of every finished run.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,7 +23,7 @@ use std::{
         Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -37,7 +44,13 @@ pub const MAX_QUEUED_LATER: usize = 65_536;
 pub const LAZY_COMMIT: Duration = Duration::from_millis(20);
 /// Commits between two WAL checkpoints (a commit adds a few pages; SQLite's
 /// own default is every 1000 pages).
-const CHECKPOINT_EVERY: u64 = 250;
+pub const CHECKPOINT_EVERY: u64 = 250;
+/// How long the writer must have committed nothing before it empties the
+/// WAL into the database file (a daemon serving many runs may never stop).
+pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
+/// The longest a checkpoint at the end of a run waits for other
+/// connections (another enforcer, a `sqlite3` reader) to let it finish.
+const FINISH_CHECKPOINT_WAIT: Duration = Duration::from_secs(1);
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
 
@@ -101,6 +114,8 @@ struct Queue {
 struct Shared {
     path: PathBuf,
     failure: OnceLock<AuditError>,
+    /// When `failure` happened: from then on nothing was forwarded.
+    failed_at: OnceLock<SystemTime>,
     commits: AtomicU64,
     rows: AtomicU64,
     dropped: AtomicU64,
@@ -134,6 +149,7 @@ impl AuditWriter {
         let shared = Arc::new(Shared {
             path,
             failure: OnceLock::new(),
+            failed_at: OnceLock::new(),
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -147,7 +163,7 @@ impl AuditWriter {
             .name(String::from("enforcer-audit"))
             .spawn(move || committer(&weak));
         if let Err(e) = spawned {
-            let _ = shared.failure.set(AuditError::Sqlite {
+            shared.fail(AuditError::Sqlite {
                 path: shared.path.clone(),
                 detail: format!("cannot start the audit committer thread: {e}"),
             });
@@ -197,6 +213,19 @@ impl AuditWriter {
             id,
             outcome: OutcomeRecord::from(o),
         });
+    }
+
+    /// The write failure that stopped the writer, and when it happened
+    /// (nothing was forwarded since), if one did.
+    pub fn failure(&self) -> Option<(AuditError, SystemTime)> {
+        let e = self.shared.failure.get()?.clone();
+        let at = self
+            .shared
+            .failed_at
+            .get()
+            .copied()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Some((e, at))
     }
 
     /// `Err` once any write has failed: callers must then refuse requests
@@ -260,6 +289,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Records the writer's first failure, and when; returns the failure
+    /// that stands (the first).
+    fn fail(&self, e: AuditError) -> AuditError {
+        let first = self.failure.get_or_init(|| {
+            let _ = self.failed_at.set(SystemTime::now());
+            e
+        });
+        first.clone()
+    }
+
     /// Queues `msg`; returns how many queued items are waited on, or more
     /// than one when the committer is at work anyway.
     fn push(&self, msg: Msg) -> usize {
@@ -341,14 +380,47 @@ impl Drop for Shared {
                 tracing::error!("audit write at exit failed: {e}");
             }
         }
+        if self.failure.get().is_none() {
+            checkpoint(conn, FINISH_CHECKPOINT_WAIT);
+        }
+    }
+}
+
+/// Copies every committed row from the WAL into the database file and
+/// empties the WAL (`wal_checkpoint(TRUNCATE)`), waiting at most `wait` for
+/// other connections to the file; what it cannot copy without waiting
+/// longer is copied next time. Returns whether it completed.
+fn checkpoint(conn: &Connection, wait: Duration) -> bool {
+    let previous: Option<i64> = conn
+        .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+        .ok();
+    let _ = conn.busy_timeout(wait);
+    let done = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|busy| busy == 0);
+    if let Some(ms) = previous.and_then(|ms| u64::try_from(ms).ok()) {
+        let _ = conn.busy_timeout(Duration::from_millis(ms));
+    }
+    match done {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit log checkpoint failed");
+            false
+        }
     }
 }
 
 /// The committer thread: commits when asked (the database was busy when a
 /// row needed committing), and otherwise every [`LAZY_COMMIT`] what nobody
-/// waits on; checkpoints the WAL. Ends when the last handle is dropped.
+/// waits on; checkpoints the WAL (every [`CHECKPOINT_EVERY`] commits, and
+/// after [`IDLE_CHECKPOINT`] without one). Ends when the last handle is
+/// dropped.
 fn committer(weak: &Weak<Shared>) {
     let mut checkpointed_at = 0;
+    // Commits seen at the last look, and since when that number holds.
+    let mut seen = (0, std::time::Instant::now());
     loop {
         let Some(shared) = weak.upgrade() else { return };
         {
@@ -373,12 +445,27 @@ fn committer(weak: &Weak<Shared>) {
             }
         }
         let commits = shared.commits.load(Ordering::Relaxed);
+        if commits != seen.0 {
+            seen = (commits, std::time::Instant::now());
+        }
         if commits - checkpointed_at >= CHECKPOINT_EVERY {
             let conn = lock(&shared.conn);
             // PASSIVE: never waits for readers; what it cannot copy now is
             // copied next time.
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             checkpointed_at = commits;
+        } else if commits != checkpointed_at
+            && seen.1.elapsed() >= IDLE_CHECKPOINT
+            && shared.failure.get().is_none()
+        {
+            // Idle: empty the WAL, without waiting for anybody (a reader
+            // in the way only means it is tried again later).
+            let conn = lock(&shared.conn);
+            if checkpoint(&conn, Duration::ZERO) {
+                checkpointed_at = commits;
+            } else {
+                seen.1 = std::time::Instant::now();
+            }
         }
     }
 }
@@ -410,7 +497,7 @@ fn process(conn: &mut Connection, batch: &mut Vec<Msg>, shared: &Shared) {
         Err(e) => {
             let err = AuditError::sqlite(&shared.path, &e);
             tracing::error!(error = %err, "audit write failed; refusing further requests");
-            let err = shared.failure.get_or_init(|| err).clone();
+            let err = shared.fail(err);
             fail_all(batch, &err);
         }
     }
@@ -455,7 +542,10 @@ fn write_batch(
                         r.secrets,
                         r.approver,
                         r.decided_ms,
+                        r.cause,
                         r.alarm,
+                        r.rule_line,
+                        r.failure,
                     ])?;
                     *rows += 1;
                     Done::Id(tx.last_insert_rowid())
@@ -469,6 +559,8 @@ fn write_batch(
                         o.latency_ms,
                         o.cost_usd,
                         o.vendor_txn_id,
+                        o.failure,
+                        o.detail,
                     ])?;
                     Done::Nothing
                 }
@@ -508,6 +600,9 @@ fn acknowledge(conn: &Connection, msg: Msg, done: Done, path: &Path) {
         }
         (Msg::FinishRun(end, ack), Done::Finished(r)) => {
             let summary = r.and_then(|()| report::summarize(conn, &end.run_id, path));
+            // The run is over: its rows go into the database file itself,
+            // so that a copy of `audit.db` alone has them.
+            checkpoint(conn, FINISH_CHECKPOINT_WAIT);
             let _ = ack.send(summary);
         }
         _ => {}
@@ -534,9 +629,9 @@ fn fail_all(batch: &mut Vec<Msg>, e: &AuditError) {
 const INSERT_EVENT: &str = "INSERT INTO events (
     run_id, at, layer, verdict, pid, comm, host, port, method, path, query_redacted,
     rule, reason, status, bytes_up, bytes_down, latency_ms, cost_usd, reserved_usd,
-    vendor, vendor_txn_id, secrets, approver, decided_ms, alarm)
+    vendor, vendor_txn_id, secrets, approver, decided_ms, cause, alarm, rule_line, failure)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
+            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 const COMPLETE_EVENT: &str = "UPDATE events SET
     status        = coalesce(?2, status),
@@ -544,5 +639,163 @@ const COMPLETE_EVENT: &str = "UPDATE events SET
     bytes_down    = coalesce(?4, bytes_down),
     latency_ms    = coalesce(?5, latency_ms),
     cost_usd      = coalesce(?6, cost_usd),
-    vendor_txn_id = coalesce(?7, vendor_txn_id)
+    vendor_txn_id = coalesce(?7, vendor_txn_id),
+    failure       = coalesce(?8, failure),
+    reason        = CASE WHEN ?9 IS NULL THEN reason ELSE reason || '; ' || ?9 END
     WHERE id = ?1";
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        audit::{
+            AuditStore,
+            testutil::{TempDir, request, run_info},
+        },
+        decision::Verdict,
+    };
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// What a backup that copies only `audit.db` (no `-wal`, no `-shm`)
+    /// holds: the number of events of `run`, or the error opening it gives.
+    fn events_in_a_copy_of_the_db_file_alone(db: &Path, run: &str) -> Result<i64, String> {
+        let copy_dir = TempDir::new("backup");
+        let copy = copy_dir.path().join("audit.db");
+        std::fs::copy(db, &copy).unwrap();
+        let c = Connection::open(&copy).unwrap();
+        c.query_row(
+            "SELECT COUNT(*) FROM events WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn wal_len(db: &Path) -> u64 {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-wal");
+        std::fs::metadata(p).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn a_finished_run_is_in_the_database_file_itself() {
+        let dir = TempDir::new("ckpt-finish");
+        let db = dir.path().join("audit.db");
+        let store = AuditStore::open(&db).unwrap();
+        store.start_run(&run_info("run-c", "agent")).unwrap();
+        let w = store.writer();
+        rt().block_on(async {
+            for i in 0..800 {
+                let e = request("run-c", Verdict::Allow, "api.example.com", "GET", "/v1/x");
+                if i % 2 == 0 {
+                    w.record(e).await.unwrap();
+                } else {
+                    w.record_later(e);
+                }
+            }
+            w.finish_run(RunEnd {
+                run_id: String::from("run-c"),
+                ended_at: SystemTime::now(),
+                exit_code: 0,
+            })
+            .await
+            .unwrap();
+        });
+        // The writer is still open (a daemon goes on serving other runs).
+        assert_eq!(events_in_a_copy_of_the_db_file_alone(&db, "run-c"), Ok(800));
+        assert_eq!(wal_len(&db), 0, "the WAL was emptied");
+        drop(w);
+    }
+
+    #[test]
+    fn an_idle_writer_empties_its_wal_into_the_database_file() {
+        let dir = TempDir::new("ckpt-idle");
+        let db = dir.path().join("audit.db");
+        let store = AuditStore::open(&db).unwrap();
+        store.start_run(&run_info("run-i", "agent")).unwrap();
+        let w = store.writer();
+        rt().block_on(async {
+            for _ in 0..300 {
+                w.record_later(request("run-i", Verdict::Deny, "evil.example", "GET", "/"));
+            }
+            w.flush().await.unwrap();
+        });
+        let deadline = std::time::Instant::now() + IDLE_CHECKPOINT * 3;
+        while events_in_a_copy_of_the_db_file_alone(&db, "run-i") != Ok(300) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not checkpointed after {:?} idle: {:?}",
+                IDLE_CHECKPOINT * 3,
+                events_in_a_copy_of_the_db_file_alone(&db, "run-i")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(wal_len(&db), 0, "the WAL was emptied");
+        drop(w);
+    }
+
+    #[test]
+    fn closing_the_writer_empties_its_wal() {
+        let dir = TempDir::new("ckpt-close");
+        let db = dir.path().join("audit.db");
+        let store = AuditStore::open(&db).unwrap();
+        store.start_run(&run_info("run-x", "agent")).unwrap();
+        let w = store.writer();
+        for _ in 0..50 {
+            w.record_later(request("run-x", Verdict::Deny, "evil.example", "GET", "/"));
+        }
+        drop(w);
+        // The last handle may be the committer thread's for a moment: the
+        // close (and its checkpoint) then happens there, a little later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while events_in_a_copy_of_the_db_file_alone(&db, "run-x") != Ok(50) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                events_in_a_copy_of_the_db_file_alone(&db, "run-x")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_failure_is_dated() {
+        let dir = TempDir::new("failed-at");
+        let db = dir.path().join("audit.db");
+        let store = AuditStore::open(&db).unwrap();
+        store.start_run(&run_info("run-f", "agent")).unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let _: i64 = store
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let w = store.writer();
+        assert!(w.failure().is_none());
+        let before = SystemTime::now();
+        rt().block_on(async {
+            for _ in 0..200 {
+                let mut e = request("run-f", Verdict::Allow, "api.example.com", "GET", "/");
+                e.reason = "x".repeat(1500);
+                if w.record(e).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (e, at) = w.failure().expect("the database filled up");
+        assert!(matches!(e, AuditError::DiskFull { .. }), "{e}");
+        assert!(at >= before && at <= SystemTime::now());
+    }
+}

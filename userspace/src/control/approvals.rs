@@ -44,31 +44,50 @@ pub fn list(json: bool) -> Result<(), ControlError> {
     let pending = all_pending();
     if json {
         for p in &pending {
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
+            crate::outln!("{}", serde_json::to_string(p).unwrap_or_default());
         }
         return Ok(());
     }
     if pending.is_empty() {
-        println!("no requests are waiting for approval");
+        crate::outln!("no requests are waiting for approval");
         return Ok(());
     }
-    println!(
-        "{:>4}  {:<24} {:>5}  {:<7} {:<40} {:<12} SECRETS",
-        "ID", "RUN", "LEFT", "METHOD", "URL", "COST"
-    );
+    // One block per request: everything the human approves, in full.
     for p in pending {
-        println!(
-            "{:>4}  {:<24} {:>4}s  {:<7} {:<40} {:<12} {}",
+        crate::outln!(
+            "#{} run {} ({}s left): {}",
             p.id,
-            p.run_id,
+            printable(&p.run_id),
             p.expires_in_secs,
-            p.method,
-            format!("https://{}{}", p.host, p.path),
-            p.cost.as_deref().unwrap_or("-"),
-            p.secrets.join(",")
+            printable(&p.request_line())
+        );
+        crate::outln!("    rule: {}", printable(&p.rule));
+        if let Some(b) = &p.body_preview {
+            crate::outln!("    body: {}", printable(b));
+        }
+        if let Some(c) = &p.cost {
+            crate::outln!("    cost: {}", printable(c));
+        }
+        for cap in &p.caps {
+            crate::outln!("    {}", printable(cap));
+        }
+        if !p.secrets.is_empty() {
+            crate::outln!("    secrets injected: {}", p.secrets.join(", "));
+        }
+        crate::outln!(
+            "    answer: sudo enforcer approve {id} --run {run}   (or: deny {id} --run {run}, approve {id} --always)",
+            id = p.id,
+            run = printable(&p.run_id)
         );
     }
     Ok(())
+}
+
+/// What the agent wrote, with its control characters made harmless.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Who is answering, for the audit row: root, and the sudo caller if any.
@@ -120,7 +139,7 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlE
                 Answer::Always => "approved, with every later request of its rule in this run",
                 Answer::Deny => "denied",
             };
-            println!("run {run_id}: request {id} {what}");
+            crate::outln!("run {run_id}: request {id} {what}");
             Ok(())
         }
         Response::Error { message } => Err(ControlError::Refused {

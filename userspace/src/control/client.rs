@@ -68,14 +68,14 @@ pub fn revoke(run_id: &str) -> Result<(), ControlError> {
     let started = std::time::Instant::now();
     match ask(&path, run_id, &Request::Revoke)? {
         Response::Revoked { already: false, .. } => {
-            println!(
+            crate::outln!(
                 "run {run_id}: credentials revoked ({:.1} ms); no further request gets a real key",
                 started.elapsed().as_secs_f64() * 1000.0
             );
             Ok(())
         }
         Response::Revoked { already: true, .. } => {
-            println!("run {run_id}: credentials were already revoked");
+            crate::outln!("run {run_id}: credentials were already revoked");
             Ok(())
         }
         other => Err(ControlError::Protocol {
@@ -99,11 +99,11 @@ pub fn reset(run_id: &str, key: Option<&str>) -> Result<(), ControlError> {
     };
     match ask(&path, run_id, &req)? {
         Response::Reset { cleared: 0 } => {
-            println!("run {run_id}: no tripped loop breaker matched; nothing to reset");
+            crate::outln!("run {run_id}: no tripped loop breaker matched; nothing to reset");
             Ok(())
         }
         Response::Reset { cleared } => {
-            println!("run {run_id}: loop breaker reset ({cleared} call(s) may go out again)");
+            crate::outln!("run {run_id}: loop breaker reset ({cleared} call(s) may go out again)");
             Ok(())
         }
         Response::Error { message } => Err(ControlError::Refused {
@@ -136,24 +136,32 @@ pub fn status(json: bool) -> Result<(), ControlError> {
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     if json {
         for r in &rows {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            crate::outln!("{}", serde_json::to_string(r).unwrap_or_default());
         }
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no live runs");
+        crate::outln!("no live runs");
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  SECRETS",
-        "RUN", "NAME", "AGENT", "CREDS", "TTL LEFT", "ALLOWED", "REFUSED", "ASKED", "SPENT"
+        "RUN",
+        "NAME",
+        "AGENT",
+        "CREDS",
+        "TTL LEFT",
+        "ALLOWED",
+        "REFUSED",
+        "ASKED",
+        "SPENT"
     );
     for r in rows {
         let ttl = r.ttl_left_secs.map_or_else(
             || String::from("-"),
             |s| format!("{}m{:02}s", s / 60, s % 60),
         );
-        println!(
+        crate::outln!(
             "{:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  {}",
             r.run_id,
             r.name,
@@ -168,7 +176,7 @@ pub fn status(json: bool) -> Result<(), ControlError> {
             r.secrets.join(",")
         );
         for t in &r.tripped {
-            println!(
+            crate::outln!(
                 "    loop breaker tripped: {t}  (sudo enforcer reset {} KEY)",
                 r.run_id
             );

@@ -13,7 +13,7 @@ use tokio::{
 
 use super::protocol::{Request, Response, Status};
 use crate::{
-    decision::{Alarm, Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     secrets::{Access, Secrets},
 };
 
@@ -85,13 +85,12 @@ async fn handle(stream: UnixStream, ctx: ControlContext) {
             .and_then(|p| u32::try_from(p).ok());
         let mut d = Decision::new(
             Layer::Control,
-            Verdict::Deny,
+            Cause::ForgedApproval,
             format!(
                 "the run's control socket was used by uid {uid}{}: only root may answer approvals or control a run",
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             ),
-        )
-        .alarm(Alarm::ForgedApproval);
+        );
         if let Some(p) = pid {
             d = d.process(p, comm_of(p));
         }
@@ -145,9 +144,9 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 }
                 .to_string(),
                 ttl_left_secs: ctx.secrets.ttl_left().map(|d| d.as_secs()),
-                allowed: t.allowed,
-                denied: t.denied,
-                asked: t.asked,
+                allowed: t.counts.requests_allowed,
+                denied: t.counts.refused(),
+                asked: t.counts.requests_asked,
                 spent_usd: ctx.spend.ledger.run_spent() as f64
                     / crate::spend::MICROS_PER_USD as f64,
                 tripped: ctx
@@ -179,7 +178,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Control,
-                        Verdict::Allow,
+                        Cause::Allowed,
                         format!("loop breaker reset by root ({cleared} call(s))"),
                     )
                     .host("run"),
@@ -217,8 +216,8 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Control,
-                        Verdict::Deny,
-                        "credentials revoked by root (enforcer revoke)",
+                        Cause::CredentialsRevoked,
+                        "by root (enforcer revoke): placeholders no longer work",
                     )
                     .host("run"),
                 );
@@ -228,5 +227,74 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 already: !first,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::{
+        approval::{ApprovalHub, ApproverMode},
+        decision::LogMode,
+        policy::Policy,
+        spend::SpendControl,
+    };
+
+    /// Connects from a thread whose own credentials are `nobody`'s (when
+    /// the tests run as root; otherwise they are already not root).
+    fn connect_as_nobody(path: &Path) -> std::io::Result<String> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            if nix::unistd::geteuid().is_root() {
+                // SAFETY: raw setresuid changes this thread's credentials only.
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                assert_eq!(rc, 0, "setresuid");
+            }
+            let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+            // The server answers a peer that is not root without reading a
+            // request (sending one would race its close into a reset).
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut s, &mut out)?;
+            Ok(out)
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn anyone_but_root_at_the_control_socket_raises_a_forged_approval_alarm() {
+        let dir = crate::audit::testutil::TempDir::new("control");
+        let path = dir.path().join("control.sock");
+        let socket = ControlSocket::bind(&path).unwrap();
+        // A hole that lets the agent's user reach the socket (what the
+        // unix-socket supervisor used to be).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let policy = Policy::parse("", Path::new("p.toml")).unwrap();
+        let secrets = Arc::new(Secrets::for_tests(&policy, &[]));
+        let sink = DecisionSink::new("r1", LogMode::Quiet);
+        let ctx = ControlContext {
+            run_id: "r1".into(),
+            name: "n".into(),
+            policy: "p.toml".into(),
+            secrets: Arc::clone(&secrets),
+            sink: sink.clone(),
+            agent_pid: Arc::new(AtomicU32::new(0)),
+            audit_db: None,
+            approvals: Arc::new(ApprovalHub::new(ApproverMode::None, Duration::from_secs(1))),
+            spend: Arc::new(SpendControl::open(&policy, "r1", None).unwrap()),
+        };
+        let server = tokio::spawn(socket.serve(ctx));
+        let p = path.clone();
+        let answer = tokio::task::spawn_blocking(move || connect_as_nobody(&p))
+            .await
+            .unwrap()
+            .unwrap();
+        server.abort();
+        assert!(answer.contains("only root may control a run"), "{answer}");
+        assert_eq!(secrets.access(), Access::Live, "nothing was done");
+        assert_eq!(sink.tally().counts.forged_approvals, 1);
     }
 }

@@ -19,7 +19,7 @@ use super::{
     server::DnsContext,
 };
 use crate::{
-    decision::{Alarm, Decision, Layer, Verdict},
+    decision::{Cause, Decision, Layer},
     secrets::scan,
 };
 
@@ -74,7 +74,7 @@ pub struct Lookup {
 pub enum Triage {
     /// Answered without asking anyone, and the decision to record, if any
     /// (malformed queries get an error code and no decision).
-    Done(Reply, Option<Decision>),
+    Done(Reply, Option<Box<Decision>>),
     /// An allowed name: [`resolve`] it.
     Resolve(Lookup),
 }
@@ -141,15 +141,10 @@ pub fn parse(wire: &[u8]) -> Option<Message> {
     (query.message_type() == MessageType::Query).then_some(query)
 }
 
-fn decision(
-    verdict: Verdict,
-    name: &str,
-    qtype: RecordType,
-    reason: impl Into<String>,
-) -> Decision {
-    Decision::new(Layer::Dns, verdict, reason)
+fn decision(cause: Cause, name: &str, qtype: RecordType, reason: impl Into<String>) -> Decision {
+    Decision::new(Layer::Dns, cause, reason)
         .host(name.to_string())
-        .rule(format!("type {qtype}"))
+        .rule(format!("type {qtype}"), None)
 }
 
 /// Decides what can be decided without a lookup. Never waits.
@@ -174,7 +169,12 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
                 ede::BLOCKED,
                 "refused by enforcer policy",
             ),
-            Some(decision(Verdict::Deny, &name, qtype, reason).alarm(Alarm::Exfiltration)),
+            Some(Box::new(decision(
+                Cause::Exfiltration,
+                &name,
+                qtype,
+                reason,
+            ))),
         );
     }
     if !ctx.policy.allows_name(&name) {
@@ -184,12 +184,12 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
                 ede::BLOCKED,
                 "name not allowed by enforcer policy",
             ),
-            Some(decision(
-                Verdict::Deny,
+            Some(Box::new(decision(
+                Cause::NotInPolicy,
                 &name,
                 qtype,
                 "name not allowed by policy (NXDOMAIN, nothing sent upstream)",
-            )),
+            ))),
         );
     }
     if qtype != RecordType::A && qtype != RecordType::AAAA {
@@ -199,12 +199,12 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
                 ede::PROHIBITED,
                 format!("record type {qtype} refused by enforcer"),
             ),
-            Some(decision(
-                Verdict::Deny,
+            Some(Box::new(decision(
+                Cause::NotInPolicy,
                 &name,
                 qtype,
                 format!("record type {qtype} refused: only A and AAAA are answered"),
-            )),
+            ))),
         );
     }
     Triage::Resolve(Lookup { name, qname, qtype })
@@ -237,12 +237,12 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
         return match &e.failure {
             Failure::Budget(b) => (
                 Reply::with_ede(ResponseCode::NXDomain, ede::BLOCKED, b.to_string()),
-                decision(Verdict::Deny, name, qtype, b.to_string()),
+                decision(Cause::RateLimited, name, qtype, b.to_string()),
             ),
             Failure::NxDomain { .. } => (
                 Reply::new(ResponseCode::NXDomain),
                 decision(
-                    Verdict::Allow,
+                    Cause::Allowed,
                     name,
                     qtype,
                     format!("allowed, but the name does not exist: {e}"),
@@ -251,7 +251,7 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
             Failure::NoAddress { .. } => (
                 Reply::new(ResponseCode::NoError),
                 decision(
-                    Verdict::Allow,
+                    Cause::Allowed,
                     name,
                     qtype,
                     format!("allowed, but the name has no address: {e}"),
@@ -262,7 +262,7 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
                 (
                     Reply::with_ede(ResponseCode::ServFail, code, text),
                     decision(
-                        Verdict::Allow,
+                        Cause::Allowed,
                         name,
                         qtype,
                         format!("allowed, but the lookup failed: {e}"),
@@ -275,7 +275,7 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
         return (
             Reply::new(ResponseCode::NoError),
             decision(
-                Verdict::Allow,
+                Cause::Allowed,
                 name,
                 qtype,
                 "allowed (no AAAA: the proxy has no IPv6 listener)",
@@ -289,7 +289,12 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
                 ede::OTHER,
                 "enforcer: this run has handed out all its synthetic addresses",
             ),
-            decision(Verdict::Deny, name, qtype, "synthetic addresses exhausted"),
+            decision(
+                Cause::RateLimited,
+                name,
+                qtype,
+                "synthetic addresses exhausted",
+            ),
         );
     };
     let rdata = if qtype == RecordType::A {
@@ -302,7 +307,7 @@ pub async fn resolve(l: &Lookup, ctx: &DnsContext) -> (Reply, Decision) {
             answers: vec![Record::from_rdata(l.qname.clone(), ANSWER_TTL, rdata)],
             ..Reply::new(ResponseCode::NoError)
         },
-        decision(Verdict::Allow, name, qtype, "allowed by policy"),
+        decision(Cause::Allowed, name, qtype, "allowed by policy"),
     )
 }
 
@@ -343,7 +348,7 @@ pub async fn answer(wire: &[u8], ctx: &DnsContext) -> Option<Vec<u8>> {
         Triage::Done(reply, decision) => (reply, decision),
         Triage::Resolve(l) => {
             let (reply, decision) = resolve(&l, ctx).await;
-            (reply, Some(decision))
+            (reply, Some(Box::new(decision)))
         }
     };
     if let Some(d) = decision {

@@ -31,7 +31,7 @@ use super::{
     answer::{self, Triage},
 };
 use crate::{
-    decision::{Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     policy::Policy,
     secrets::Secrets,
 };
@@ -86,13 +86,13 @@ impl Drops {
             sink.record(
                 &Decision::new(
                     Layer::Dns,
-                    Verdict::Deny,
+                    Cause::RateLimited,
                     format!(
                         "{refusals} queries for refused names dropped unanswered: \
                          {MAX_QUEUED_REFUSALS} refusals were already waiting (a flood)"
                     ),
                 )
-                .rule("dns flood"),
+                .rule("dns flood", None),
             );
         }
         let lookups = self.lookups.swap(0, Ordering::Relaxed);
@@ -100,13 +100,13 @@ impl Drops {
             sink.record(
                 &Decision::new(
                     Layer::Dns,
-                    Verdict::Deny,
+                    Cause::RateLimited,
                     format!(
                         "{lookups} queries for allowed names dropped unanswered: \
                          {MAX_LOOKUPS} lookups were already under way"
                     ),
                 )
-                .rule("dns flood"),
+                .rule("dns flood", None),
             );
         }
     }
@@ -448,7 +448,11 @@ mod tests {
         }
         assert_eq!(drops.refusals.load(Ordering::Relaxed), 0, "summarised");
         let tally = ctx.sink.tally();
-        assert_eq!(tally.denied, 3 + 1, "three refusals and one summary");
+        assert_eq!(
+            tally.counts.names_refused,
+            3 + 1,
+            "three refusals and one summary"
+        );
     }
 
     /// Lookups under way are bounded, however many queries for allowed

@@ -4,11 +4,13 @@
 
 pub mod child;
 pub mod command;
+pub mod connector;
 pub mod isolation;
 pub mod seccomp;
 pub mod signals;
 pub mod supervisor;
 pub mod target_user;
+pub mod unix_list;
 pub mod watchdog;
 
 use std::{
@@ -23,7 +25,7 @@ use crate::{
     approval::{ApprovalHub, ApproverMode, terminal::Terminal},
     cli::Approver,
     cli::LaunchArgs,
-    decision::{Decision, DecisionSink, Layer, LogMode, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer, LogMode},
     dns::{self, Resolver},
     kernel::{
         Enforcement, KernelConfig, RunCgroup,
@@ -66,6 +68,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Isolation(#[from] isolation::IsolationError),
     #[error(transparent)]
+    UnixList(#[from] unix_list::UnixListError),
+    #[error(transparent)]
+    Connector(#[from] connector::ConnectorError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
@@ -73,12 +79,6 @@ pub enum LaunchError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Spend(#[from] crate::spend::SpendError),
-    #[error("invalid {flag} {value:?}: {reason}")]
-    BadDuration {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -92,10 +92,9 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
-            | Self::BadDuration { .. }
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
             Self::Command(command::CommandError::NotFound(_) | command::CommandError::Empty) => 127,
             Self::Command(command::CommandError::NotExecutable(_)) => 126,
@@ -121,7 +120,12 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // kernel is touched.
     let policy = Arc::new(Policy::load(&args.policy)?);
     for w in policy.warnings() {
-        eprintln!("enforcer: warning: {w}");
+        crate::say!(Warn, "enforcer: warning: {w}");
+    }
+    // Before anything is read with root's rights (secrets, CA files): a
+    // user without them learns that, not that a secret is missing.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LaunchError::NotRoot);
     }
     let resolver_overrides = args
         .resolver
@@ -132,7 +136,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let upstream_dns = match dns::config::upstreams(&resolver_overrides) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("enforcer: note: {e}; allowed names resolve only through --resolve entries");
+            crate::say!(
+                Info,
+                "enforcer: note: {e}; allowed names resolve only through --resolve entries"
+            );
             Vec::new()
         }
     };
@@ -143,17 +150,12 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Arc::clone(&policy),
     )?);
     let upstream_roots = tls::upstream::root_store(&args.upstream_ca)?;
-    let ttl = match &args.ttl {
-        Some(t) => Some(duration_flag("--ttl", t)?),
-        None => policy.run.ttl,
-    };
-    let approval_timeout = duration_flag("--approval-timeout", &args.approval_timeout)?;
+    let ttl = args.ttl.or(policy.run.ttl);
+    let approval_timeout = args.approval_timeout;
+    let upstream_timeout = args.upstream_timeout;
     // Real values are read now, as root, before anything else exists; a
     // missing or unreadable source stops here.
     let secrets = Arc::new(Secrets::load(&policy, ttl)?);
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LaunchError::NotRoot);
-    }
     let user = target_user::resolve(args.user.as_deref(), args.allow_root)?;
     // A key file the agent could read or swap would give it the real key.
     let gids: Vec<u32> = user.groups.iter().copied().chain([user.gid]).collect();
@@ -166,6 +168,17 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             },
         )?;
     }
+    // Listed unix sockets are resolved now, before the agent exists.
+    let (unix, notes) = unix_list::UnixAllowlist::resolve(
+        &policy.local.unix_sockets,
+        unix_list::AgentIds {
+            uid: user.uid,
+            gids: &gids,
+        },
+    )?;
+    for n in notes {
+        crate::say!(Info, "enforcer: note: {n}");
+    }
     let (cmd, cmd_args) = args
         .command
         .split_first()
@@ -176,10 +189,15 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // provide it stops the launch here, unless the user says otherwise.
     let isolation = isolation::Isolation::prepare(&user.name, args.allow_unisolated)?;
     if !isolation.missing.is_empty() {
-        eprintln!("{}", isolation::warning(&user.name, &isolation.missing));
+        crate::say!(
+            Warn,
+            "{}",
+            isolation::warning(&user.name, &isolation.missing)
+        );
     }
     if user.is_root() {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: WARNING: the agent runs as ROOT (--allow-root). A root agent can detach \
              the kernel programs, leave its cgroup and read every secret on this host. Its \
              confinement is advisory."
@@ -189,7 +207,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // The audit log must be writable before anything happens: a run that
     // cannot be recorded does not start (unless --no-audit).
     let audit_store = if args.no_audit {
-        eprintln!("enforcer: WARNING: --no-audit: nothing will record what the agent does");
+        crate::say!(
+            Warn,
+            "enforcer: WARNING: --no-audit: nothing will record what the agent does"
+        );
         None
     } else {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
@@ -294,6 +315,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         ca,
         trust_env: trust.env(),
         upstream_tls,
+        upstream_timeout,
         user,
         isolation,
         program,
@@ -305,6 +327,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         approvals,
         terminal,
         spend,
+        unix,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
     let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
@@ -348,6 +371,7 @@ struct Plan {
     ca: Arc<tls::RunCa>,
     trust_env: Vec<(String, PathBuf)>,
     upstream_tls: rustls::ClientConfig,
+    upstream_timeout: Duration,
     user: target_user::TargetUser,
     isolation: isolation::Isolation,
     program: PathBuf,
@@ -360,6 +384,8 @@ struct Plan {
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
     spend: Arc<crate::spend::SpendControl>,
+    /// The policy's unix sockets, resolved at start.
+    unix: unix_list::UnixAllowlist,
 }
 
 enum Outcome {
@@ -376,6 +402,16 @@ async fn supervise(
     sink: DecisionSink,
     t0: std::time::Instant,
 ) -> Result<Outcome, LaunchError> {
+    // The connector (supervised connects, as the agent) starts first: its
+    // exec overlaps with loading the kernel programs.
+    let connector = if plan.unix.is_empty() {
+        None
+    } else {
+        Some(connector::Connector::spawn(
+            cgroup.dir().as_fd(),
+            &plan.user,
+        )?)
+    };
     let listeners = Listeners::bind()
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
@@ -395,7 +431,8 @@ async fn supervise(
 
     let record_kernel = {
         let sink = sink.clone();
-        move |e: KernelEvent| sink.record(&kernel_decision(&e))
+        let resolver = Arc::clone(&plan.resolver);
+        move |e: KernelEvent| sink.record(&kernel_decision(&e, &resolver.names))
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events_task(ring, record_kernel.clone()));
@@ -406,7 +443,11 @@ async fn supervise(
         origdst,
         resolver: Arc::clone(&plan.resolver),
         sink: sink.clone(),
-        upstream: Upstream::new(Arc::clone(&plan.resolver), plan.upstream_tls.clone()),
+        upstream: Upstream::new(
+            Arc::clone(&plan.resolver),
+            plan.upstream_tls.clone(),
+            plan.upstream_timeout,
+        ),
         tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
         secrets: Arc::clone(&plan.secrets),
         approvals: Arc::clone(&plan.approvals),
@@ -457,9 +498,19 @@ async fn supervise(
         return Err(LaunchError::Interrupted);
     }
 
-    let unix = Arc::new(supervisor::UnixAllowlist::from_policy(
-        &plan.policy.local.unix_sockets,
-    ));
+    let connects = match connector {
+        Some(c) => {
+            if let Err(e) = c.wait_ready(Duration::from_secs(5)) {
+                enforcement.detach()?;
+                return Err(e.into());
+            }
+            Some(Arc::new(supervisor::Connects {
+                list: plan.unix.clone(),
+                connector: c,
+            }))
+        }
+        None => None,
+    };
     let spec = child::ChildSpec {
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
@@ -468,13 +519,14 @@ async fn supervise(
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
-            unix_sockets: !unix.is_empty(),
+            unix_sockets: connects.is_some(),
             user_namespaces: plan.policy.local.allow_user_namespaces,
         },
         isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
     };
-    eprintln!(
+    crate::say!(
+        Info,
         "enforcer: run {} started: {} as {} (uid {}), policy {}",
         plan.run_id,
         plan.program.display(),
@@ -516,12 +568,11 @@ async fn supervise(
     // The seccomp supervisor runs on its own thread (it blocks in ioctl).
     let (stop_read, stop_write) = stop_pipe().map_err(io_err("cannot create a pipe"))?;
     let supervisor_thread = {
-        let record = record_kernel.clone();
-        let unix = Arc::clone(&unix);
+        let record: supervisor::Report = Arc::new(record_kernel.clone());
         let listener = started.listener;
         std::thread::Builder::new()
             .name("seccomp".into())
-            .spawn(move || supervisor::serve(listener, stop_read, unix, record))
+            .spawn(move || supervisor::serve(listener, stop_read, connects, record))
             .map_err(io_err("cannot start the seccomp supervisor"))?
     };
 
@@ -556,15 +607,17 @@ async fn supervise(
     while tasks.join_next().await.is_some() {}
     let counters = enforcement.counters();
     if counters.events_lost > 0 || counters.table_full > 0 {
-        eprintln!(
+        crate::say!(
+            Warn,
             "enforcer: note: {} kernel refusal reports were lost (ring buffer full); {} sockets were \
              refused because a socket table was full",
-            counters.events_lost, counters.table_full
+            counters.events_lost,
+            counters.table_full
         );
     }
     enforcement.detach()?;
     let _ = plan.pin;
-    summarize(&plan, code, &sink).await?;
+    let code = summarize(&plan, code, &sink).await?;
     Ok(Outcome::Exited(code))
 }
 
@@ -578,14 +631,50 @@ async fn events_task(
     }
 }
 
-fn kernel_decision(e: &KernelEvent) -> Decision {
-    let reason =
-        if e.reason_code == enforcer_common::Reason::UnixPathRefused as u32 && e.path.is_none() {
-            "unix sockets are refused: the policy lists none ([local] unix_sockets)"
-        } else {
-            e.reason
-        };
-    let mut d = Decision::new(Layer::Kernel, Verdict::Deny, reason).process(e.pid, e.comm.clone());
+/// `socket()` type bits of glibc's nscd client: SOCK_STREAM | SOCK_NONBLOCK
+/// | SOCK_CLOEXEC.
+const NSCD_SOCKET_TYPE: u32 = 1 | 0o4000 | 0o2000000;
+
+/// The decision for a refusal the kernel (or the seccomp supervisor)
+/// reported. Two are benign probes, refused all the same but neither
+/// counted nor printed (the audit log keeps them, as `benign-probe`):
+/// getaddrinfo's UDP `connect()` to an address the resolver handed out (it
+/// sorts addresses that way; no datagram follows), and a unix stream socket
+/// created with exactly glibc's nscd flags when the policy lists no unix
+/// socket (every name lookup of a glibc program tries nscd first).
+fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
+    let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
+    let reason = if unix_refused && e.path.is_none() {
+        // socket() or socketpair(): a datagram type, or any unix socket
+        // when none is listed.
+        match e.sock_type & 0xf {
+            1 | 5 => "unix sockets are refused: the policy lists none ([local] unix_sockets)",
+            _ => "unix datagram sockets are refused (where each datagram goes cannot be checked)",
+        }
+    } else {
+        e.reason
+    };
+    let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
+        && e.addr.is_some_and(|a| names.name_for(a).is_some());
+    let nscd_probe = unix_refused
+        && e.path.is_none()
+        && e.family == "unix"
+        && e.sock_type == NSCD_SOCKET_TYPE
+        && e.protocol == 0;
+    let (cause, reason) = if sort_probe {
+        (
+            Cause::BenignProbe,
+            "getaddrinfo's UDP connect() to sort the addresses the resolver gave (refused; no datagram is sent)",
+        )
+    } else if nscd_probe {
+        (
+            Cause::BenignProbe,
+            "a unix stream socket with glibc's nscd flags (its name-service cache probe; refused)",
+        )
+    } else {
+        (Cause::Kernel, reason)
+    };
+    let mut d = Decision::new(Layer::Kernel, cause, reason).process(e.pid, e.comm.clone());
     if let Some(a) = e.addr {
         d = d.host(a.to_string());
         if e.port != 0 {
@@ -650,14 +739,6 @@ fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
     env
 }
 
-fn duration_flag(flag: &'static str, value: &str) -> Result<Duration, LaunchError> {
-    crate::policy::parse_duration(value).map_err(|reason| LaunchError::BadDuration {
-        flag,
-        value: value.to_string(),
-        reason,
-    })
-}
-
 /// The run's approval queue and, with `--approver terminal` on a terminal,
 /// the pseudo-terminal the agent gets instead of the real one.
 fn approvers(
@@ -676,7 +757,8 @@ fn approvers(
         Approver::Terminal if asks => {
             let t = Terminal::open().map_err(io_err("cannot set up the agent's terminal"))?;
             if t.is_none() && asks {
-                eprintln!(
+                crate::say!(
+                    Info,
                     "enforcer: note: stdin is not a terminal (or enforcer is not in its \
                      foreground): approvals only through `sudo enforcer approve ID` from \
                      another terminal"
@@ -686,8 +768,10 @@ fn approvers(
         }
         Approver::Terminal | Approver::Socket | Approver::None => None,
     };
+    hub.set_terminal(terminal.is_some());
     if approver == Approver::None && asks {
-        eprintln!(
+        crate::say!(
+            Info,
             "enforcer: note: --approver none: every request that needs an approval is denied"
         );
     }
@@ -715,41 +799,88 @@ fn stop_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The end-of-run summary on stderr (from the audit log when there is one),
-/// and `--report FILE.json`.
-async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<(), LaunchError> {
-    let summary = match sink.audit() {
+/// Exit status of a run whose audit log failed while it ran (EX_IOERR),
+/// whatever the agent's own status: the run was not fully recorded, and
+/// from the failure on nothing was forwarded.
+pub const EXIT_AUDIT_FAILED: i32 = 74;
+
+/// The end-of-run summary on stderr (from the audit log when there is one
+/// that still works, otherwise from the run's own counts), and `--report
+/// FILE.json`. Returns the exit status: the agent's, or
+/// [`EXIT_AUDIT_FAILED`] when the audit log failed during the run.
+async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, LaunchError> {
+    let from_log = match sink.audit() {
         Some(writer) => {
             let end = crate::audit::RunEnd {
                 run_id: plan.run_id.clone(),
                 ended_at: std::time::SystemTime::now(),
                 exit_code: code,
             };
-            writer.finish_run(end).await?
-        }
-        None => {
-            let t = sink.tally();
-            crate::audit::RunSummary {
-                run_id: plan.run_id.clone(),
-                name: plan.policy.run.name.clone(),
-                started_at: None,
-                ended_at: None,
-                exit_code: Some(code),
-                allowed: t.allowed,
-                denied: t.denied,
-                asked: t.asked,
-                top_refused: t.top_refused(crate::audit::TOP_REFUSED),
-                spend_usd: 0.0,
-                exfiltration_attempts: t.exfiltration_attempts,
-                db_path: String::from("(none: --no-audit)"),
+            match writer.finish_run(end).await {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    if writer.failure().is_none() {
+                        crate::say!(
+                            Warn,
+                            "enforcer: warning: the run's end could not be recorded: {e}"
+                        );
+                    }
+                    None
+                }
             }
         }
+        None => None,
     };
-    eprintln!("{summary}");
+    let failure = sink.audit().and_then(crate::audit::AuditWriter::failure);
+    let summary = from_log.unwrap_or_else(|| {
+        let t = sink.tally();
+        crate::audit::RunSummary {
+            run_id: plan.run_id.clone(),
+            name: plan.policy.run.name.clone(),
+            started_at: None,
+            ended_at: None,
+            exit_code: Some(code),
+            counts: t.counts,
+            top_refused: t.top_refused(crate::audit::TOP_REFUSED),
+            spend_usd: plan.spend.ledger.run_spent() as f64 / crate::spend::MICROS_PER_USD as f64,
+            db_path: match (&failure, sink.audit()) {
+                (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
+                _ => String::from("(none: --no-audit)"),
+            },
+            audit_failed_at: None,
+            audit_error: None,
+        }
+    });
+    let mut summary = summary;
+    if let Some((e, at)) = &failure {
+        summary.audit_failed_at = Some(crate::logging::format_rfc3339(*at));
+        summary.audit_error = Some(e.to_string());
+    }
+    match crate::logging::format() {
+        crate::logging::Format::Json => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "{}", summary.json_line());
+        }
+        crate::logging::Format::Human => crate::say!(Info, "{summary}"),
+    }
+    let code = match &failure {
+        Some((e, at)) => {
+            crate::say!(
+                Error,
+                "enforcer: THE AUDIT LOG FAILED at {}: {e}\n\
+                 enforcer:   since then no request was forwarded (each was refused with 503); \
+                 the counts above are enforcer's own, not the log's, and the log lacks what \
+                 happened after the failure. Exit status {EXIT_AUDIT_FAILED} (the agent's was {code}).",
+                crate::logging::format_rfc3339(*at)
+            );
+            EXIT_AUDIT_FAILED
+        }
+        None => code,
+    };
     if let Some(path) = &plan.report {
         summary.write_json(path)?;
     }
-    Ok(())
+    Ok(code)
 }
 
 /// What the audit log records about the run at its start.
@@ -799,11 +930,11 @@ fn plan_ca_lifetime(policy: &Policy) -> Duration {
 async fn expiry(left: Duration, kill: bool, cgroup: PathBuf, sink: DecisionSink) {
     tokio::time::sleep(left).await;
     let reason = if kill {
-        "credentials expired (TTL); --kill-on-expiry: ending the run"
+        "the run's TTL has passed; --kill-on-expiry: ending the run"
     } else {
-        "credentials expired (TTL): placeholders no longer work"
+        "the run's TTL has passed: placeholders no longer work"
     };
-    sink.record(&Decision::new(Layer::Control, Verdict::Deny, reason).host("run"));
+    sink.record(&Decision::new(Layer::Control, Cause::CredentialsExpired, reason).host("run"));
     if kill {
         let _ = tokio::task::spawn_blocking(move || {
             crate::kernel::cgroup::kill_all(&cgroup, Duration::from_secs(10))

@@ -1,7 +1,12 @@
 //! The seccomp filter every agent process runs under. It covers what the
 //! cgroup programs cannot see: socket families other than inet and inet6
 //! (AF_PACKET, AF_VSOCK, AF_XDP, netlink other than route...), unix sockets
-//! (refused unless the policy lists paths), user namespaces, io_uring (whose
+//! (refused unless the policy lists paths; then only stream and seqpacket
+//! sockets, whose connect() is supervised), unix datagram sockets (never:
+//! not from socket(), not from socketpair(), and not as SOCK_RAW, which the
+//! kernel turns into a datagram socket; a datagram socket names its
+//! destination in each sendmsg(), which seccomp cannot read), user
+//! namespaces, io_uring (whose
 //! socket and connect operations would bypass this filter), clone3 (whose
 //! flags it cannot inspect), foreign-architecture system calls, and the
 //! ioctls that type into a terminal (TIOCSTI, TIOCLINUX): with them an agent
@@ -16,7 +21,7 @@
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FilterOptions {
     /// Unix stream/seqpacket sockets may be created (the policy lists paths);
-    /// connect() is then supervised so only listed paths are reached.
+    /// connect() is then supervised so only listed sockets are reached.
     pub unix_sockets: bool,
     pub user_namespaces: bool,
 }
@@ -59,7 +64,9 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const AF_NETLINK: u32 = 16;
 const NETLINK_ROUTE: u32 = 0;
-const SOCK_DGRAM: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+const SOCK_SEQPACKET: u32 = 5;
+/// The type without SOCK_NONBLOCK / SOCK_CLOEXEC (the kernel's mask).
 const SOCK_TYPE_MASK: u32 = 0xf;
 const CLONE_NEWUSER: u32 = 0x1000_0000;
 /// ioctl requests that inject input into a terminal.
@@ -106,7 +113,10 @@ fn assemble(items: Vec<Item>) -> Vec<SockFilter> {
             Item::JumpIf(code, k, label) => {
                 let here = out.len();
                 let target = labels.get(label).copied().unwrap_or(here + 1);
-                let jt = u8::try_from(target - here - 1).unwrap_or(u8::MAX);
+                // Classic BPF only jumps forward; the tests check every
+                // label is ahead of its jumps.
+                let offset = target.saturating_sub(here + 1);
+                let jt = u8::try_from(offset).unwrap_or(u8::MAX);
                 out.push(SockFilter { code, jt, jf: 0, k });
             }
             Item::Label(_) => {}
@@ -117,6 +127,11 @@ fn assemble(items: Vec<Item>) -> Vec<SockFilter> {
 
 /// Builds the filter program for these options.
 pub fn build(opts: FilterOptions) -> Vec<SockFilter> {
+    assemble(program(opts))
+}
+
+/// The program before label resolution.
+fn program(opts: FilterOptions) -> Vec<Item> {
     use Item::{JumpIf, Label};
     let mut p = vec![
         stmt(LD_W_ABS, OFF_ARCH),
@@ -156,18 +171,24 @@ pub fn build(opts: FilterOptions) -> Vec<SockFilter> {
     }
     p.extend([
         ret(RET_USER_NOTIF),
+        // A pair is connected to itself and cannot be pointed elsewhere,
+        // unless it is a datagram pair: sendto() and connect() re-point those.
+        Label("socketpair"),
+        stmt(LD_W_ABS, off_arg(0)),
+        JumpIf(JEQ_K, AF_UNIX, "unix"),
+        ret(RET_USER_NOTIF),
         Label("netlink"),
         stmt(LD_W_ABS, off_arg(2)),
         JumpIf(JEQ_K, NETLINK_ROUTE, "allow"),
         ret(RET_USER_NOTIF),
+        // Connection-oriented unix sockets only: datagram sockets (and
+        // SOCK_RAW, which unix_create() makes a datagram socket) could send
+        // to any path with sendto(), which seccomp cannot read.
         Label("unix"),
         stmt(LD_W_ABS, off_arg(1)),
         stmt(AND_K, SOCK_TYPE_MASK),
-        JumpIf(JEQ_K, SOCK_DGRAM, "notify"),
-        ret(RET_ALLOW),
-        Label("socketpair"),
-        stmt(LD_W_ABS, off_arg(0)),
-        JumpIf(JEQ_K, AF_UNIX, "allow"),
+        JumpIf(JEQ_K, SOCK_STREAM, "allow"),
+        JumpIf(JEQ_K, SOCK_SEQPACKET, "allow"),
         ret(RET_USER_NOTIF),
         Label("ioctl"),
         // The request number is an unsigned int: only the low 32 bits count.
@@ -186,11 +207,16 @@ pub fn build(opts: FilterOptions) -> Vec<SockFilter> {
         Label("enosys"),
         ret(RET_ERRNO | libc::ENOSYS as u32),
     ]);
-    assemble(p)
+    p
 }
 
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// Once the supervisor has received a notification, only a fatal signal
+/// interrupts the waiting task. Without it, any signal (Go's preemption
+/// SIGURG, a timer) withdraws the notification and restarts connect()
+/// while the supervised connect may already have happened.
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
 /// Keep speculative-store-bypass mitigation as the rest of the system has it:
 /// by default the kernel forces it on for seccomp'd processes, which slows
 /// the agent down to protect it from itself, not from anything we enforce.
@@ -217,7 +243,9 @@ pub unsafe fn install(filter: &[SockFilter]) -> Result<libc::c_int, i32> {
         libc::syscall(
             libc::SYS_seccomp,
             SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER
+                | SECCOMP_FILTER_FLAG_SPEC_ALLOW
+                | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
             &prog as *const SockFprog,
         )
     };
@@ -272,6 +300,29 @@ mod tests {
     }
 
     #[test]
+    fn every_jump_goes_forward_to_an_existing_label() {
+        for unix_sockets in [false, true] {
+            for user_namespaces in [false, true] {
+                let items = program(FilterOptions {
+                    unix_sockets,
+                    user_namespaces,
+                });
+                for (i, item) in items.iter().enumerate() {
+                    if let Item::JumpIf(_, _, label) = item {
+                        let at = items
+                            .iter()
+                            .position(|x| matches!(x, Item::Label(l) if l == label));
+                        assert!(
+                            at.is_some_and(|at| at > i),
+                            "jump to {label} at {i} does not go forward"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn inet_sockets_pass_and_other_families_are_refused() {
         let p = build(FilterOptions::default());
         assert_eq!(socket(&p, AF_INET, 1, 0), RET_ALLOW);
@@ -296,26 +347,40 @@ mod tests {
         });
         assert_eq!(socket(&open, AF_UNIX, 1, 0), RET_ALLOW);
         assert_eq!(socket(&open, AF_UNIX, 5, 0), RET_ALLOW);
-        assert_eq!(
-            socket(&open, AF_UNIX, 2 | libc::SOCK_NONBLOCK as u32, 0),
-            RET_USER_NOTIF
-        );
+        let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
+        assert_eq!(socket(&open, AF_UNIX, 1 | flags, 0), RET_ALLOW);
+        // Datagram, and SOCK_RAW (a datagram socket to the kernel), and
+        // anything unknown, with or without flags.
+        for ty in [2, 3, 4, 6, 10] {
+            assert_eq!(socket(&open, AF_UNIX, ty, 0), RET_USER_NOTIF, "type {ty}");
+            assert_eq!(
+                socket(&open, AF_UNIX, ty | flags, 0),
+                RET_USER_NOTIF,
+                "type {ty}"
+            );
+        }
         // connect is supervised only when unix sockets are allowed.
         let connect =
             |p: &[SockFilter]| run(p, AUDIT_ARCH, libc::SYS_connect as u32, [3, 0, 0, 0, 0, 0]);
         assert_eq!(connect(&closed), RET_ALLOW);
         assert_eq!(connect(&open), RET_USER_NOTIF);
-        // socketpair stays available for unix only.
-        let pair = |p: &[SockFilter], f: u32| {
+        // socketpair stays available for unix streams and seqpackets only.
+        let pair = |p: &[SockFilter], f: u32, ty: u32| {
             run(
                 p,
                 AUDIT_ARCH,
                 libc::SYS_socketpair as u32,
-                [f.into(), 1, 0, 0, 0, 0],
+                [f.into(), ty.into(), 0, 0, 0, 0],
             )
         };
-        assert_eq!(pair(&closed, AF_UNIX), RET_ALLOW);
-        assert_eq!(pair(&closed, AF_INET), RET_USER_NOTIF);
+        for p in [&closed, &open] {
+            assert_eq!(pair(p, AF_UNIX, 1), RET_ALLOW);
+            assert_eq!(pair(p, AF_UNIX, 5 | flags), RET_ALLOW);
+            assert_eq!(pair(p, AF_UNIX, 2), RET_USER_NOTIF);
+            assert_eq!(pair(p, AF_UNIX, 2 | flags), RET_USER_NOTIF);
+            assert_eq!(pair(p, AF_UNIX, 3), RET_USER_NOTIF);
+            assert_eq!(pair(p, AF_INET, 1), RET_USER_NOTIF);
+        }
     }
 
     #[test]

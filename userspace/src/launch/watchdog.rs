@@ -126,7 +126,8 @@ fn watch(read_end: OwnedFd, leftovers: &Leftovers) {
             let _ = std::fs::remove_file(&leftovers.record);
             let _ = std::fs::remove_file(leftovers.record.with_extension("sock"));
             crate::tls::trust::remove(&leftovers.trust);
-            eprintln!(
+            crate::say!(
+                Warn,
                 "enforcer watchdog: the enforcer exited without cleaning up; killed the run's \
                  processes and removed {} ({})",
                 cgroup_path.display(),

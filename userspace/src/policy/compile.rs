@@ -103,8 +103,7 @@ fn compile_breaker(raw: &Spanned<RawBreaker>, d: &mut Diagnostics) -> Option<Loo
             }
             if let Some(w) = &t.window {
                 match parse_duration(w) {
-                    Ok(w) if !w.is_zero() => settings.window = w,
-                    Ok(_) => d.error(raw.span(), "loop_breaker.window must be longer than 0"),
+                    Ok(w) => settings.window = w,
                     Err(e) => d.error(raw.span(), format!("loop_breaker.window: {e}")),
                 }
             }
@@ -200,6 +199,13 @@ fn check_unix_socket(s: &str) -> Result<(), String> {
                 "unix socket `{s}`: write the path without `.` or `..` components"
             ));
         }
+        let under = |dir: &str| s == dir || s.starts_with(&format!("{dir}/"));
+        if under("/run/enforcer") || under("/var/run/enforcer") {
+            return Err(format!(
+                "unix socket `{s}` is enforcer's own: an agent may never reach enforcer's \
+                 control or approval sockets"
+            ));
+        }
         s
     } else {
         return Err(format!("unix socket `{s}`: {expected}"));
@@ -276,5 +282,14 @@ mod tests {
         assert!(check_unix_socket(&format!("/{}", "a".repeat(107))).is_err());
         assert!(check_unix_socket(&format!("/{}", "a".repeat(106))).is_ok());
         assert!(check_unix_socket("/a\0b").is_err());
+        for own in [
+            "/run/enforcer/runs/x.sock",
+            "/run/enforcer",
+            "/var/run/enforcer/runs/x.sock",
+        ] {
+            let e = check_unix_socket(own).unwrap_err();
+            assert!(e.contains("enforcer's own"), "{own}: {e}");
+        }
+        assert!(check_unix_socket("/run/enforcer-other.sock").is_ok());
     }
 }

@@ -1,5 +1,7 @@
 //! `enforcer policy explain METHOD URL`: what the policy does with one
-//! request, and why.
+//! request, and why; for a request that may go out, what applies to it on
+//! the way (cost, caps, rate and call limits, the loop breaker, and the
+//! secrets injected, by name and injection style, never a value).
 
 use std::fmt;
 
@@ -12,11 +14,13 @@ use super::methods::is_token;
 
 /// The outcome of [`Policy::explain`]. `Display` prints one line, e.g.
 /// `POST https://api.stripe.com/v1/refunds -> ASK (rule 3: POST /v1/refunds -> ask, policy.toml:27)`,
-/// followed by any notes, one per line.
+/// followed by what applies to the request (`  cost: ...`, `  rate: ...`),
+/// then any notes, one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     pub method: String,
-    /// The URL as parsed (normalized by the `url` crate).
+    /// The URL as given: the request is decided on its path as written
+    /// (dot segments and escapes unresolved), as the proxy would.
     pub url: String,
     /// Host name as it appears in the URL.
     pub host_name: String,
@@ -31,6 +35,10 @@ pub struct Explanation {
     pub action: Action,
     /// Why, in a few words (the text in parentheses).
     pub reason: String,
+    /// What applies to a request that is allowed or asked, one line each:
+    /// `cost: ...`, `spend cap: ...`, `daily cap: ...`, `run spend cap: ...`,
+    /// `rate: ...`, `max calls: ...`, `loop breaker: ...`, `secret NAME: ...`.
+    pub applies: Vec<String>,
     /// Extra hints (e.g. a lowercase method, a raw TCP rule for the host).
     pub notes: Vec<String>,
 }
@@ -45,6 +53,9 @@ impl fmt::Display for Explanation {
             self.action.as_str().to_ascii_uppercase(),
             self.reason
         )?;
+        for line in &self.applies {
+            write!(f, "\n  {line}")?;
+        }
         for note in &self.notes {
             write!(f, "\n  note: {note}")?;
         }
@@ -109,6 +120,7 @@ impl Policy {
         let host = connection.host().or_else(|| self.host_index(&host_name));
         let file = self.source.display();
         let governing = connection.host().and_then(|i| self.hosts.get(i));
+        let mut applies = Vec::new();
         let (action, reason, request) = match (&connection, governing) {
             (ConnectionVerdict::Refuse { reason }, _) => (Action::Deny, reason.clone(), None),
             (ConnectionVerdict::PassThrough { .. }, Some(h)) => (
@@ -145,6 +157,16 @@ impl Policy {
                     ),
                     None => verdict.reason.clone(),
                 };
+                if verdict.action != Action::Deny {
+                    let rule = verdict.rule.as_ref().and_then(|r| h.rules.get(r.index));
+                    applies = self.what_applies(
+                        h,
+                        rule.zip(verdict.rule.as_ref().map(|r| r.index)),
+                        method,
+                        &host_name,
+                        parsed.scheme() == "https",
+                    );
+                }
                 (verdict.action, reason, Some(verdict))
             }
             // Not reachable: a non-refused verdict always names a host.
@@ -152,7 +174,7 @@ impl Policy {
         };
         Ok(Explanation {
             method: method.to_string(),
-            url: parsed.to_string(),
+            url: url.to_string(),
             host_name,
             port,
             host,
@@ -160,8 +182,84 @@ impl Policy {
             request,
             action,
             reason,
+            applies,
             notes,
         })
+    }
+
+    /// What a request that host `h` lets out (through `rule`, with its
+    /// index, when a rule decided) goes through before it leaves.
+    fn what_applies(
+        &self,
+        h: &super::HostPolicy,
+        rule: Option<(&super::Rule, usize)>,
+        method: &str,
+        host_name: &str,
+        tls: bool,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let capped = h.spend_cap_usd.is_some()
+            || h.daily_cap_usd.is_some()
+            || self.run.spend_cap_usd.is_some();
+        match rule.and_then(|(r, _)| r.cost.as_ref()) {
+            Some(cost) => lines.push(format!("cost: {cost}")),
+            None if capped => lines.push(String::from(
+                "cost: none (no cost rule: the call counts $0 against the caps)",
+            )),
+            None => {}
+        }
+        if let Some(cap) = h.spend_cap_usd {
+            lines.push(format!("spend cap: ${cap} per run on {}", h.name));
+        }
+        if let Some(cap) = h.daily_cap_usd {
+            lines.push(format!(
+                "daily cap: ${cap} per UTC day on {}, across every run of policy {}",
+                h.name, self.run.name
+            ));
+        }
+        if let Some(cap) = self.run.spend_cap_usd {
+            lines.push(format!(
+                "run spend cap: ${cap} across every host of the run"
+            ));
+        }
+        let host_scope = format!("every call to {}", h.name);
+        let rule_scope = rule.map(|(_, i)| format!("calls matching rule {}", i + 1));
+        if let Some(rate) = &h.rate {
+            lines.push(format!("rate: {rate} ({host_scope})"));
+        }
+        if let (Some(rate), Some(scope)) = (rule.and_then(|(r, _)| r.rate), &rule_scope) {
+            lines.push(format!("rate: {rate} ({scope})"));
+        }
+        if let Some(n) = h.max_calls {
+            lines.push(format!("max calls: {n} per run ({host_scope})"));
+        }
+        if let (Some(n), Some(scope)) = (rule.and_then(|(r, _)| r.max_calls), &rule_scope) {
+            lines.push(format!("max calls: {n} per run ({scope})"));
+        }
+        if let Some(b) = &self.run.loop_breaker
+            && !matches!(method, "GET" | "HEAD" | "OPTIONS")
+        {
+            let window = super::format_duration(b.window);
+            lines.push(format!(
+                "loop breaker: the same call {} times within {window} is refused, until `enforcer reset` or {window} without it",
+                b.calls
+            ));
+        }
+        for s in self.secrets_for(host_name) {
+            if tls || h.plaintext_secrets {
+                lines.push(format!(
+                    "secret {}: {} (the agent holds a placeholder; the value is read from {})",
+                    s.name, s.injection, s.from
+                ));
+            } else {
+                lines.push(format!(
+                    "secret {}: not injected over plain HTTP (allow_plaintext_secrets is off); \
+                     a request carrying its placeholder is refused",
+                    s.name
+                ));
+            }
+        }
+        lines
     }
 }
 

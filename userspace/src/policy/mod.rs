@@ -37,13 +37,13 @@ pub use canonical::{AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest};
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
 pub use diagnostics::{PolicyError, Problem};
-pub use duration::{format_duration, parse_duration};
+pub use duration::{DurationError, format_duration, parse_duration, parse_duration_or_zero};
 pub use explain::Explanation;
 pub use host::{Action, HostMode, HostPolicy, Rule};
 pub use hosts::{HostPattern, normalize_name, parse_ip};
 pub use methods::MethodSet;
 pub use paths::PathGlob;
-pub use rate::Rate;
+pub use rate::{Rate, RateError};
 pub use secrets::{BasicPart, Injection, SecretSource, SecretSpec};
 
 /// A parsed and validated policy.

@@ -715,7 +715,13 @@ fn explain_outputs() {
         .unwrap();
     assert_eq!(
         e.to_string(),
-        "POST https://api.stripe.com/v1/refunds -> ASK (rule 3: POST /v1/refunds -> ask, policy.toml:31)"
+        "POST https://api.stripe.com/v1/refunds -> ASK (rule 3: POST /v1/refunds -> ask, policy.toml:31)\n  \
+         cost: none (no cost rule: the call counts $0 against the caps)\n  \
+         spend cap: $500 per run on api.stripe.com\n  \
+         run spend cap: $1000 across every host of the run\n  \
+         rate: 60/min (every call to api.stripe.com)\n  \
+         loop breaker: the same call 20 times within 1m is refused, until `enforcer reset` or 1m without it\n  \
+         secret STRIPE_SECRET_KEY: header Authorization: Bearer {} (the agent holds a placeholder; the value is read from env:STRIPE_SECRET_KEY)"
     );
     assert_eq!(e.action, Action::Ask);
     assert_eq!(e.host, Some(0));
@@ -758,6 +764,109 @@ fn explain_outputs() {
     assert!(p.explain("GET", "not a url").is_err());
     assert!(p.explain("GET", "ftp://api.stripe.com/").is_err());
     assert!(p.explain("G T", "https://api.stripe.com/").is_err());
+}
+
+#[test]
+fn explain_shows_what_applies_to_a_request_that_goes_out() {
+    let p = parse(
+        r#"
+[run]
+name = "agent"
+spend_cap_usd = 100
+loop_breaker = { calls = 5, window = "1h30m" }
+
+[[secret]]
+name = "KEY"
+from = "file:/etc/enforcer/key"
+hosts = ["api.example.com"]
+header = "X-Api-Key"
+
+[[secret]]
+name = "PLAIN"
+from = "env:PLAIN"
+hosts = ["plain.example.com"]
+query = "token"
+
+[[host]]
+name = "api.example.com"
+daily_cap_usd = 20
+max_calls = 1000
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/charges"
+  action = "allow"
+  rate = "5/30s"
+  max_calls = 10
+  cost = { json_pointer = "/amount", divide_by = 100, currency = "eur", rates = { eur = 1.1 } }
+  [[host.rule]]
+  method = "GET"
+  path = "/**"
+  action = "allow"
+
+[[host]]
+name = "plain.example.com"
+ports = [80, 443]
+action = "allow"
+"#,
+    );
+    let e = p
+        .explain("POST", "https://api.example.com/v1/charges")
+        .unwrap();
+    assert_eq!(e.action, Action::Allow);
+    assert_eq!(
+        e.applies,
+        [
+            "cost: JSON body /amount / 100 eur, rates eur=1.1",
+            "daily cap: $20 per UTC day on api.example.com, across every run of policy agent",
+            "run spend cap: $100 across every host of the run",
+            "rate: 5/30s (calls matching rule 1)",
+            "max calls: 1000 per run (every call to api.example.com)",
+            "max calls: 10 per run (calls matching rule 1)",
+            "loop breaker: the same call 5 times within 90m is refused, until `enforcer reset` or 90m without it",
+            "secret KEY: header X-Api-Key: {} (the agent holds a placeholder; the value is read from file:/etc/enforcer/key)",
+        ]
+    );
+    // Reads are never counted by the loop breaker.
+    let e = p.explain("GET", "https://api.example.com/v1/x").unwrap();
+    assert!(
+        !e.applies.iter().any(|l| l.starts_with("loop breaker")),
+        "{e}"
+    );
+    assert!(e.applies.iter().any(|l| l.starts_with("cost: none")), "{e}");
+    // Nothing applies to what does not go out.
+    let e = p.explain("DELETE", "https://api.example.com/v1/x").unwrap();
+    assert_eq!(e.action, Action::Deny);
+    assert!(e.applies.is_empty(), "{e}");
+    // Secrets cross the network over TLS only.
+    let e = p.explain("GET", "https://plain.example.com/").unwrap();
+    assert_eq!(
+        e.applies,
+        [
+            "cost: none (no cost rule: the call counts $0 against the caps)",
+            "run spend cap: $100 across every host of the run",
+            "secret PLAIN: query parameter token (the agent holds a placeholder; the value is read from env:PLAIN)"
+        ]
+    );
+    let e = p.explain("GET", "http://plain.example.com/").unwrap();
+    assert_eq!(e.action, Action::Allow);
+    assert!(
+        e.applies[2].starts_with("secret PLAIN: not injected over plain HTTP"),
+        "{e}"
+    );
+}
+
+#[test]
+fn explain_shows_the_url_as_given_and_decides_its_raw_path() {
+    let p = parse(BILLING);
+    let e = p
+        .explain("GET", "https://api.stripe.com/v1/customers/../refunds")
+        .unwrap();
+    assert_eq!(e.action, Action::Deny);
+    assert!(
+        e.to_string()
+            .starts_with("GET https://api.stripe.com/v1/customers/../refunds -> DENY (ambiguous"),
+        "{e}"
+    );
 }
 
 #[test]

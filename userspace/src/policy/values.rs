@@ -66,6 +66,6 @@ pub(crate) fn compile_count(v: &Spanned<Count>, key: &str, d: &mut Diagnostics) 
 
 pub(crate) fn compile_rate(v: &Spanned<RateText>, d: &mut Diagnostics) -> Option<Rate> {
     Rate::parse(&v.get_ref().0)
-        .map_err(|e| d.error(v.span(), e))
+        .map_err(|e| d.error(v.span(), e.to_string()))
         .ok()
 }

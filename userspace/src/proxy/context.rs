@@ -5,21 +5,33 @@ use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     approval::ApprovalHub,
-    decision::{Decision, DecisionSink, Layer, Verdict},
+    decision::{Cause, Decision, DecisionSink, Layer},
     dns::Resolver,
-    kernel::origdst::OrigDstTable,
     policy::Policy,
     secrets::Secrets,
 };
 
 use super::upstream::Upstream;
 
+/// Where each accepted connection was headed: the kernel's table in a run,
+/// a plain map in tests.
+pub trait Destinations: Send + Sync {
+    /// The destination the client at `peer` dialed, if it is one of ours.
+    fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr>;
+}
+
+impl Destinations for crate::kernel::origdst::OrigDstTable {
+    fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        crate::kernel::origdst::OrigDstTable::lookup(self, peer)
+    }
+}
+
 /// Shared by every task of a run's proxy. Cheap to clone.
 #[derive(Clone)]
 pub struct ProxyContext {
     pub run_id: Arc<str>,
     pub policy: Arc<Policy>,
-    pub origdst: Arc<OrigDstTable>,
+    pub origdst: Arc<dyn Destinations>,
     pub resolver: Arc<Resolver>,
     pub sink: DecisionSink,
     pub upstream: Upstream,
@@ -37,18 +49,19 @@ impl ProxyContext {
     /// Records that a connection to `name:port` is intercepted under the
     /// `[[host]]` entry `host`: its requests are decided one by one.
     pub fn record_interception(&self, name: &str, port: u16, host: usize) {
+        let entry = self.policy.hosts.get(host);
         self.sink.record(
             &Decision::new(
                 Layer::Connection,
-                Verdict::Allow,
+                Cause::Intercepted,
                 "intercepted: requests are checked one by one",
             )
             .host(name.to_string())
             .port(port)
-            .rule(format!(
-                "host {}",
-                self.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-            )),
+            .rule(
+                format!("host {}", entry.map_or("?", |h| h.name.as_str())),
+                entry.map(|h| h.line),
+            ),
         );
     }
 }

@@ -258,7 +258,11 @@ mod tests {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let client = crate::proxy::upstream::Upstream::new(resolver(up.addr), tls);
+        let client = crate::proxy::upstream::Upstream::new(
+            resolver(up.addr),
+            tls,
+            std::time::Duration::from_secs(30),
+        );
         let req = http::Request::get("http://api.vendor.test/v1/x")
             .body(crate::proxy::upstream::Body::default())
             .unwrap();

@@ -11,14 +11,15 @@ use tokio::net::TcpListener;
 
 use super::{
     context::{Conn, ProxyContext, Via},
-    http as proxy_http, intercept,
+    http as proxy_http, intercept, pipeline,
     prefixed::Prefixed,
+    refusal::{self, Refusal},
     sniff::{self, FirstBytes, host_without_port},
     tunnel,
     upstream::Body,
 };
 use crate::{
-    decision::{Alarm, Decision, Layer, Verdict},
+    decision::{Cause, Decision, Layer},
     policy::ConnectionVerdict,
 };
 
@@ -44,7 +45,7 @@ pub async fn serve(listener: TcpListener, ctx: ProxyContext) {
             {
                 ctx.sink.record(&Decision::new(
                     Layer::Connection,
-                    Verdict::Deny,
+                    Cause::NotFromRun,
                     format!("connection to the explicit proxy from {peer}, which is not a process of this run"),
                 ));
                 return;
@@ -65,38 +66,28 @@ pub async fn serve(listener: TcpListener, ctx: ProxyContext) {
 }
 
 fn bad_request(reason: &str) -> Response<Body> {
-    proxy_http::json_response(
+    refusal::json_response(
         StatusCode::BAD_REQUEST,
-        serde_json::json!({"error": "bad proxy request", "reason": reason}),
+        &serde_json::json!({"error": "bad proxy request", "reason": reason}),
     )
 }
 
+/// Records a connection-level refusal and answers it.
 fn refused(
     ctx: &ProxyContext,
+    cause: Cause,
     name: &str,
     port: u16,
     method: &str,
     path: &str,
     reason: &str,
 ) -> Response<Body> {
-    ctx.sink.record(
-        &Decision::new(Layer::Connection, Verdict::Deny, reason)
-            .host(name)
-            .port(port),
-    );
-    proxy_http::refusal(ctx, &refused_conn(name, port), method, path, None, reason)
-}
-
-/// The connection a refusal is about (no `[[host]]` governs it).
-fn refused_conn(name: &str, port: u16) -> Conn {
-    Conn {
-        name: name.to_string(),
-        port,
-        tls: false,
-        host: usize::MAX,
-        via: Via::Explicit,
-        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-    }
+    let d = Decision::new(Layer::Connection, cause, reason)
+        .host(name)
+        .port(port)
+        .request(method, path);
+    ctx.sink.record(&d);
+    Refusal::new(cause, reason).response(&d, &ctx.run_id)
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Response<Body> {
@@ -114,6 +105,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> 
     match ctx.policy.connection(&host, port) {
         ConnectionVerdict::Refuse { reason } => refused(
             &ctx,
+            Cause::NotInPolicy,
             &host,
             port,
             req.method().as_str(),
@@ -130,7 +122,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> 
                 via: Via::Explicit,
                 peer,
             };
-            proxy_http::handle(req, &conn, &ctx).await
+            pipeline::handle(req, &conn, &ctx).await
         }
     }
 }
@@ -149,24 +141,19 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
             "{}: placeholder of {secret} in the CONNECT host",
             crate::secrets::scan::EXFILTRATION
         );
-        ctx.sink.record(
-            &Decision::new(Layer::Connection, Verdict::Deny, reason.clone())
-                .host(&name)
-                .port(port)
-                .alarm(Alarm::Exfiltration),
-        );
-        return proxy_http::refusal(
+        return refused(
             &ctx,
-            &refused_conn(&name, port),
+            Cause::Exfiltration,
+            &name,
+            port,
             "CONNECT",
             "",
-            None,
             &reason,
         );
     }
     let verdict = ctx.policy.connection(&name, port);
     if let ConnectionVerdict::Refuse { reason } = &verdict {
-        return refused(&ctx, &name, port, "CONNECT", "", reason);
+        return refused(&ctx, Cause::NotInPolicy, &name, port, "CONNECT", "", reason);
     }
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -190,7 +177,7 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Connection,
-                        Verdict::Deny,
+                        Cause::NameMismatch,
                         format!("TLS server name {sni} inside a CONNECT tunnel to {name}"),
                     )
                     .host(&name)
@@ -224,7 +211,7 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
                 ctx.sink.record(
                     &Decision::new(
                         Layer::Connection,
-                        Verdict::Deny,
+                        Cause::UnknownProtocol,
                         "CONNECT tunnel that speaks neither TLS nor HTTP (raw TCP needs a [[tcp]] rule)",
                     )
                     .host(&name)
@@ -233,5 +220,5 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
             }
         }
     });
-    Response::new(proxy_http::full(bytes::Bytes::new()))
+    Response::new(refusal::full(bytes::Bytes::new()))
 }

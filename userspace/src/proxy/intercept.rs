@@ -11,7 +11,7 @@ use super::{
     context::{Conn, ProxyContext},
     http,
 };
-use crate::decision::{Decision, Layer, Verdict};
+use crate::decision::{Cause, Decision, Layer};
 
 /// A client that does not finish its handshake in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,7 +37,7 @@ where
             conn.name
         );
         ctx.sink.record(
-            &Decision::new(Layer::Connection, Verdict::Deny, reason)
+            &Decision::new(Layer::Connection, Cause::NameMismatch, reason)
                 .host(conn.name.clone())
                 .port(conn.port),
         );

@@ -4,14 +4,16 @@
 
 pub mod buffer;
 pub mod context;
-pub mod count;
 pub mod dial;
 pub mod explicit;
-pub mod gate;
+pub mod forward;
 pub mod http;
 pub mod intercept;
 pub mod listeners;
+pub mod outcome;
+pub mod pipeline;
 pub mod prefixed;
+pub mod refusal;
 pub mod relay;
 pub mod sniff;
 pub mod transparent;

@@ -20,11 +20,12 @@ use tokio::{
 use super::{
     context::{Conn, ProxyContext, Via},
     dial, http, intercept,
+    refusal::Refusal,
     sniff::{self, FirstBytes},
     tunnel,
 };
 use crate::{
-    decision::{Alarm, Decision, Layer, Verdict},
+    decision::{Cause, Decision, Layer},
     dns::names,
     policy::ConnectionVerdict,
 };
@@ -64,9 +65,9 @@ pub async fn original_destination(ctx: &ProxyContext, peer: SocketAddr) -> Optio
     None
 }
 
-fn deny(ctx: &ProxyContext, host: String, port: u16, reason: impl Into<String>) {
+fn deny(ctx: &ProxyContext, cause: Cause, host: String, port: u16, reason: impl Into<String>) {
     ctx.sink.record(
-        &Decision::new(Layer::Connection, Verdict::Deny, reason)
+        &Decision::new(Layer::Connection, cause, reason)
             .host(host)
             .port(port),
     );
@@ -77,7 +78,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
         // Not redirected by our programs (or the entry is gone): refuse.
         ctx.sink.record(&Decision::new(
             Layer::Connection,
-            Verdict::Deny,
+            Cause::NotFromRun,
             format!("no original destination recorded for client {peer}"),
         ));
         return;
@@ -88,6 +89,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
     if resolved.is_none() && names::is_synthetic(dst.ip()) {
         return deny(
             &ctx,
+            Cause::NotInPolicy,
             shown,
             dst.port(),
             "address in the resolver's range that it never handed out",
@@ -110,14 +112,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
             Some(name) => format!("{name} on port {} is not allowed by the policy", dst.port()),
             None => format!("no [[tcp]] rule or [[host]] allows port {}", dst.port()),
         };
-        return deny(&ctx, shown, dst.port(), reason);
+        return deny(&ctx, Cause::NotInPolicy, shown, dst.port(), reason);
     }
     let (said, tls) = match sniff::sniff(&client, SNIFF_DEADLINE).await {
         FirstBytes::Tls { sni } => (sni, true),
         FirstBytes::Http { host } => (host, false),
         FirstBytes::Other => {
             let reason = "not TLS or HTTP, and not a [[tcp]] destination (default deny)";
-            return deny(&ctx, shown, dst.port(), reason);
+            return deny(&ctx, Cause::UnknownProtocol, shown, dst.port(), reason);
         }
     };
     // The client's own name (SNI, Host) must agree with the name it resolved.
@@ -125,9 +127,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
         (Some(said), Some(resolved)) if said != resolved => {
             let reason = format!("{said} is not the name {resolved} this address was resolved for");
             if tls {
-                return refuse_tls(client, &ctx, shown, dst.port(), &reason).await;
+                return refuse_tls(
+                    client,
+                    &ctx,
+                    Cause::NameMismatch,
+                    shown,
+                    dst.port(),
+                    &reason,
+                )
+                .await;
             }
-            return deny(&ctx, shown, dst.port(), reason);
+            return deny(&ctx, Cause::NameMismatch, shown, dst.port(), reason);
         }
         (Some(said), _) => said,
         (None, Some(resolved)) if !tls => resolved,
@@ -136,17 +146,26 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
             let verdict = ctx.policy.connection(&resolved, dst.port());
             if !matches!(verdict, ConnectionVerdict::PassThrough { .. }) {
                 let reason = "TLS without a server name (SNI) cannot be intercepted";
-                return refuse_tls(client, &ctx, resolved, dst.port(), reason).await;
+                return refuse_tls(
+                    client,
+                    &ctx,
+                    Cause::NotInPolicy,
+                    resolved,
+                    dst.port(),
+                    reason,
+                )
+                .await;
             }
             resolved
         }
         (None, None) if tls => {
             let reason = "TLS without a server name (SNI): nothing to decide on";
-            return refuse_tls(client, &ctx, shown, dst.port(), reason).await;
+            return refuse_tls(client, &ctx, Cause::NotInPolicy, shown, dst.port(), reason).await;
         }
         (None, None) => {
             return deny(
                 &ctx,
+                Cause::NotInPolicy,
                 shown,
                 dst.port(),
                 "HTTP request without a Host header",
@@ -167,10 +186,9 @@ fn exfiltration_in_name(ctx: &ProxyContext, name: &str, port: u16) -> bool {
         crate::secrets::scan::EXFILTRATION
     );
     ctx.sink.record(
-        &Decision::new(Layer::Connection, Verdict::Deny, reason)
+        &Decision::new(Layer::Connection, Cause::Exfiltration, reason)
             .host(name)
-            .port(port)
-            .alarm(Alarm::Exfiltration),
+            .port(port),
     );
     true
 }
@@ -189,9 +207,9 @@ async fn by_name(
     match ctx.policy.connection(&name, port) {
         ConnectionVerdict::Refuse { reason } => {
             if tls {
-                refuse_tls(client, &ctx, name, port, &reason).await;
+                refuse_tls(client, &ctx, Cause::NotInPolicy, name, port, &reason).await;
             } else {
-                deny(&ctx, name.clone(), port, reason.clone());
+                deny(&ctx, Cause::NotInPolicy, name.clone(), port, reason.clone());
                 refuse_http(client, &ctx, name, port, reason).await;
             }
         }
@@ -222,16 +240,18 @@ async fn by_name(
 async fn refuse_tls(
     mut client: TcpStream,
     ctx: &ProxyContext,
+    cause: Cause,
     host: String,
     port: u16,
     reason: &str,
 ) {
-    deny(ctx, host, port, reason.to_string());
+    deny(ctx, cause, host, port, reason.to_string());
     let _ = client.write_all(&sniff::TLS_ACCESS_DENIED).await;
     let _ = client.shutdown().await;
 }
 
-/// Answers every request on a refused plaintext connection with a 403.
+/// Answers every request on a refused plaintext connection with a 403
+/// (the refusal was recorded once, for the connection).
 async fn refuse_http(
     client: TcpStream,
     ctx: &ProxyContext,
@@ -239,24 +259,13 @@ async fn refuse_http(
     port: u16,
     reason: String,
 ) {
-    let ctx2 = ctx.clone();
+    let run = ctx.run_id.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let conn = Conn {
-            name: host.clone(),
-            port,
-            tls: false,
-            host: usize::MAX,
-            via: Via::Transparent,
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let resp = http::refusal(
-            &ctx2,
-            &conn,
-            req.method().as_str(),
-            req.uri().path(),
-            None,
-            &reason,
-        );
+        let d = Decision::new(Layer::Connection, Cause::NotInPolicy, reason.clone())
+            .host(host.clone())
+            .port(port)
+            .request(req.method().as_str(), req.uri().path());
+        let resp = Refusal::new(Cause::NotInPolicy, reason.clone()).response(&d, &run);
         async move { Ok::<_, std::convert::Infallible>(resp) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -315,24 +324,24 @@ async fn relay_tcp(
             ctx.sink.record(
                 &Decision::new(
                     Layer::Connection,
-                    Verdict::Deny,
+                    Cause::UpstreamFailed,
                     format!("upstream unreachable: {e}"),
                 )
                 .host(shown)
                 .port(port)
-                .rule(rule),
+                .rule(rule, None),
             );
             return;
         }
     };
     let allow = Decision::new(
         Layer::Connection,
-        Verdict::Allow,
+        Cause::Allowed,
         "tcp destination allowed by policy",
     )
     .host(shown)
     .port(port)
-    .rule(rule);
+    .rule(rule, None);
     // A raw TCP destination holds no secret: every placeholder is foreign.
     let watch = ctx
         .secrets

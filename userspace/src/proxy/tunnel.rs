@@ -13,7 +13,7 @@ use tokio::{
 use super::{context::ProxyContext, dial, relay};
 use crate::{
     audit::Outcome,
-    decision::{Alarm, Decision, Layer, Verdict},
+    decision::{Cause, Decision, Layer},
 };
 
 /// Commits `allow`, relays `client` <-> `upstream`, records the traffic.
@@ -32,10 +32,12 @@ pub async fn relay_allowed<IO>(
     let id = match ctx.sink.commit(&allow).await {
         Ok(id) => id,
         Err(e) => {
-            tracing::warn!(
-                "not relaying {}: the audit log cannot be written: {e}",
-                allow.destination()
+            let mut refused = allow.clone();
+            refused.set_cause(
+                Cause::AuditUnavailable,
+                format!("not relayed: the audit log cannot be written: {e}"),
             );
+            ctx.sink.record(&refused);
             return;
         }
     };
@@ -49,11 +51,11 @@ pub async fn relay_allowed<IO>(
                     crate::secrets::scan::EXFILTRATION,
                     allow.destination()
                 );
-                let mut d = Decision::new(Layer::Connection, Verdict::Deny, reason)
-                    .alarm(Alarm::Exfiltration);
+                let mut d = Decision::new(Layer::Connection, Cause::Exfiltration, reason);
                 d.host = allow.host.clone();
                 d.port = allow.port;
                 d.rule = allow.rule.clone();
+                d.rule_line = allow.rule_line;
                 ctx.sink.record(&d);
             }
             relay::Transferred::default()
@@ -75,32 +77,31 @@ pub async fn pass_through<IO>(client: IO, ctx: &ProxyContext, name: &str, port: 
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let rule = format!(
-        "host {}",
-        ctx.policy.hosts.get(host).map_or("?", |h| h.name.as_str())
-    );
+    let entry = ctx.policy.hosts.get(host);
+    let rule = format!("host {}", entry.map_or("?", |h| h.name.as_str()));
+    let line = entry.map(|h| h.line);
     match dial::dial(&ctx.resolver, name, port).await {
         Ok(upstream) => {
             let allow = Decision::new(
                 Layer::Connection,
-                Verdict::Allow,
+                Cause::PassedThrough,
                 "passed through without interception",
             )
             .host(name)
             .port(port)
-            .rule(rule);
+            .rule(rule, line);
             // TLS end to end: nothing to watch in the bytes.
             relay_allowed(client, upstream, ctx, allow, Vec::new()).await;
         }
         Err(e) => ctx.sink.record(
             &Decision::new(
                 Layer::Connection,
-                Verdict::Deny,
+                Cause::UpstreamFailed,
                 format!("upstream unreachable: {e}"),
             )
             .host(name)
             .port(port)
-            .rule(rule),
+            .rule(rule, line),
         ),
     }
 }

@@ -20,8 +20,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of everything the proxy sends, either way.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// How long an upstream may take to answer with response headers.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle pooled connections are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -33,6 +31,8 @@ pub struct Upstream {
     client: Pool,
     /// HTTP/1.1 only: an `Upgrade` (WebSocket) exists only there.
     http1: Pool,
+    /// How long an upstream may take to answer with response headers.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -50,7 +50,7 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(resolver: Arc<Resolver>, tls: rustls::ClientConfig) -> Self {
+    pub fn new(resolver: Arc<Resolver>, tls: rustls::ClientConfig, timeout: Duration) -> Self {
         let mut http = HttpConnector::new_with_resolver(HyperResolver(resolver));
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -76,6 +76,7 @@ impl Upstream {
         Self {
             client: pool(both),
             http1: pool(http1),
+            timeout,
         }
     }
 
@@ -89,9 +90,9 @@ impl Upstream {
         } else {
             &self.client
         };
-        match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(req)).await {
+        match tokio::time::timeout(self.timeout, client.request(req)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(UpstreamError::Timeout(RESPONSE_TIMEOUT)),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
 }

@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::{
     coding::{Control, Data, OpCode},
 };
 
-use crate::secrets::matcher::{StreamMatcher, replace_all};
+use crate::secrets::{matcher::StreamMatcher, redact::Redaction};
 
 /// Largest frame payload relayed; a larger frame closes the connection
 /// (it would have to be held whole to be rewritten).
@@ -39,11 +39,12 @@ pub enum WsError {
 }
 
 /// What the relay looks for: placeholders the agent must not send here
-/// (name, value), and real values the agent must not see (real, placeholder).
+/// (name, value), and real values the agent must not see (every encoding
+/// of each, see `secrets::redact`).
 #[derive(Debug, Clone, Default)]
 pub struct Guards {
     pub foreign: Vec<(String, Vec<u8>)>,
-    pub redact: Vec<(Vec<u8>, Vec<u8>)>,
+    pub redact: Redaction,
 }
 
 impl Guards {
@@ -222,46 +223,32 @@ impl<'a> Scanner<'a> {
 /// The vendor's direction: real values become placeholders; a data frame
 /// whose end could be the start of a real value keeps that tail for the
 /// next frame of the same message.
-struct Redactor {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+struct Redactor<'a> {
+    redaction: &'a Redaction,
     message: StreamMatcher,
 }
 
-impl Redactor {
-    fn new(pairs: &[(Vec<u8>, Vec<u8>)]) -> Self {
+impl<'a> Redactor<'a> {
+    fn new(redaction: &'a Redaction) -> Self {
         Self {
-            pairs: pairs.to_vec(),
-            message: Self::matcher(pairs),
+            redaction,
+            message: redaction.matcher(),
         }
     }
 
-    fn matcher(pairs: &[(Vec<u8>, Vec<u8>)]) -> StreamMatcher {
-        StreamMatcher::new(
-            pairs
-                .iter()
-                .map(|(r, p)| (r.clone(), Some(p.clone())))
-                .collect(),
-        )
-    }
-
     fn frame(&mut self, header: &FrameHeader, payload: Vec<u8>) -> Result<Vec<u8>, WsError> {
-        if self.pairs.is_empty() {
+        if self.redaction.is_empty() {
             return Ok(encode(header, payload));
         }
         if is_data(header.opcode) {
             let mut out = self.message.push(&payload).out.to_vec();
             if header.is_final {
                 out.extend_from_slice(&self.message.finish().out);
-                self.message = Self::matcher(&self.pairs);
+                self.message = self.redaction.matcher();
             }
             return Ok(encode(header, out));
         }
-        let patterns: Vec<(&[u8], &[u8])> = self
-            .pairs
-            .iter()
-            .map(|(r, p)| (r.as_slice(), p.as_slice()))
-            .collect();
-        let (mut out, _) = replace_all(&payload, &patterns);
+        let mut out = self.redaction.bytes(&payload).unwrap_or(payload);
         // Control frames hold at most 125 bytes.
         out.truncate(125);
         Ok(encode(header, out))
@@ -349,7 +336,7 @@ mod tests {
     async fn a_foreign_placeholder_split_across_masked_frames_is_caught() {
         let guards = Guards {
             foreign: vec![("KEY".into(), b"sk_live_placeholder".to_vec())],
-            redact: Vec::new(),
+            redact: Redaction::default(),
         };
         let m = Some([1, 2, 3, 4]);
         let frames = vec![
@@ -368,9 +355,11 @@ mod tests {
 
     #[tokio::test]
     async fn clean_frames_pass_unchanged() {
+        let mut redact = Redaction::default();
+        redact.add("REALKEY123", "sk_live_pl", &Vec::new());
         let guards = Guards {
             foreign: vec![("KEY".into(), b"sk_live_placeholder".to_vec())],
-            redact: vec![(b"REALKEY123".to_vec(), b"sk_live_pl".to_vec())],
+            redact,
         };
         let m = Some([9, 8, 7, 6]);
         let f = frame(TEXT, true, m, b"just text");
@@ -388,10 +377,11 @@ mod tests {
     #[tokio::test]
     async fn real_values_are_redacted_across_frame_boundaries() {
         let real = b"REALKEY0123456789".to_vec();
-        let placeholder = b"sk_placeholder_xy".to_vec();
+        let mut redact = Redaction::default();
+        redact.add("REALKEY0123456789", "sk_placeholder_xy", &Vec::new());
         let guards = Guards {
             foreign: Vec::new(),
-            redact: vec![(real.clone(), placeholder.clone())],
+            redact,
         };
         for cut in 1..real.len() {
             let replies = vec![

@@ -4,6 +4,8 @@
 //! passes, and only while the run's credentials are live (not expired, not
 //! revoked). A placeholder seen anywhere else is an exfiltration attempt.
 
+pub mod basic;
+pub mod decode;
 pub mod inject;
 pub mod matcher;
 pub mod placeholder;
@@ -11,6 +13,7 @@ pub mod private;
 pub mod redact;
 pub mod scan;
 pub mod source;
+pub mod variants;
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -69,6 +72,8 @@ pub struct Secret {
     /// Index of its `[[secret]]` in the policy.
     pub spec: usize,
     pub injection: Injection,
+    /// The encodings of the value that responses must not echo.
+    cores: redact::CoreCache,
 }
 
 impl std::fmt::Debug for Secret {
@@ -131,6 +136,7 @@ impl Secrets {
                 value,
                 spec: i,
                 injection: spec.injection.clone(),
+                cores: redact::CoreCache::default(),
             });
         }
         Ok(Self {
@@ -140,6 +146,32 @@ impl Secrets {
             revoked: AtomicBool::new(false),
             revoked_at: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Secrets with these values (in the policy's order), for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(policy: &Policy, values: &[&str]) -> Self {
+        let list = policy
+            .secrets
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (spec, v))| Secret {
+                name: spec.name.clone(),
+                placeholder: placeholder::generate(v, spec.placeholder_prefix.as_deref()),
+                value: Zeroizing::new((*v).to_string()),
+                spec: i,
+                injection: spec.injection.clone(),
+                cores: redact::CoreCache::default(),
+            })
+            .collect();
+        Self {
+            list,
+            started: Instant::now(),
+            ttl: None,
+            revoked: AtomicBool::new(false),
+            revoked_at: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,6 +228,18 @@ impl Secrets {
 
     pub fn revoked_at(&self) -> Option<SystemTime> {
         self.revoked_at.lock().ok().and_then(|a| *a)
+    }
+
+    /// `text` with every placeholder shown as `<NAME>` (for people: the
+    /// approval prompt, previews).
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.list {
+            if out.contains(&s.placeholder) {
+                out = out.replace(&s.placeholder, &format!("<{}>", s.name));
+            }
+        }
+        out
     }
 
     /// Longest placeholder (for streaming scans).

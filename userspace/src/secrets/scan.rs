@@ -10,7 +10,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use hyper::body::{Body, Frame};
@@ -71,16 +70,7 @@ pub fn in_head<'a>(
         .get_all(header::AUTHORIZATION)
         .iter()
         .chain(headers.get_all(header::PROXY_AUTHORIZATION).iter())
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .filter_map(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
+        .filter_map(|v| super::basic::decode(v.as_bytes()))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .collect();
     foreign(secrets, policy, host)
@@ -111,15 +101,10 @@ pub fn carries_placeholder(
                 .iter()
                 .any(|(_, v)| memchr::memmem::find(v.as_bytes(), p).is_some())
             || headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
-                .is_some_and(|b| memchr::memmem::find(&b, p).is_some())
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| super::basic::decode(v.as_bytes()))
+                .any(|b| memchr::memmem::find(&b, p).is_some())
     })
 }
 

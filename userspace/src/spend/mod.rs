@@ -11,6 +11,7 @@
 //! both. Semantics in `docs/spend.md`.
 
 pub mod breaker;
+pub mod charge;
 pub mod control;
 pub mod cost;
 pub mod daily;
@@ -22,6 +23,7 @@ pub mod rate;
 pub mod response;
 
 pub use breaker::{LoopBreaker, Tripped, TrippedKey};
+pub use charge::{Call, Charge, Settled, Stop};
 pub use control::SpendControl;
 pub use cost::{Cost, extract};
 pub use daily::{DailyLedger, DailyReservation};

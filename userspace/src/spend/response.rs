@@ -1,6 +1,8 @@
 //! After the call: the actual cost (`response_cost_pointer`) to settle the
 //! reservation with, and the vendor's transaction id
-//! (`response_id_pointer`) for the audit log, read from a JSON response.
+//! (`response_id_pointer`) for the audit log, read from a JSON response or
+//! from the events of a streamed (`text/event-stream`) one. The [`Reader`]
+//! is fed the body as it passes to the agent; it never holds bytes back.
 //! Anything unreadable yields `None` (the reserved amount is then what is
 //! recorded as spent), never an error.
 
@@ -10,6 +12,153 @@ use crate::policy::{CostRule, CostSource};
 
 /// Longest vendor id kept (in bytes, cut at a character boundary).
 const MAX_ID: usize = 256;
+/// Most of a JSON body (or of one event of a stream) kept to read from.
+pub const MAX_CAPTURE: usize = 1024 * 1024;
+
+/// Reads a response's actual cost and vendor id from its body as it streams.
+pub struct Reader {
+    rule: CostRule,
+    currency: String,
+    format: Format,
+    cost: Option<i64>,
+    id: Option<String>,
+}
+
+enum Format {
+    /// The whole body is one JSON document (kept up to [`MAX_CAPTURE`]).
+    Json { data: Vec<u8>, overflow: bool },
+    /// Server-sent events: each event's `data:` lines are one JSON document;
+    /// the last event that has the cost wins (an LLM stream's final usage
+    /// event), the first that has an id.
+    Events {
+        line: Vec<u8>,
+        event: Vec<u8>,
+        overflow: bool,
+    },
+}
+
+impl Reader {
+    /// A reader for a response of `content_type` to a call costed by `rule`
+    /// in `currency` (the request's).
+    pub fn new(rule: &CostRule, currency: &str, content_type: Option<&str>) -> Self {
+        let events = content_type.is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        });
+        Self {
+            rule: rule.clone(),
+            currency: currency.to_string(),
+            format: if events {
+                Format::Events {
+                    line: Vec::new(),
+                    event: Vec::new(),
+                    overflow: false,
+                }
+            } else {
+                Format::Json {
+                    data: Vec::new(),
+                    overflow: false,
+                }
+            },
+            cost: None,
+            id: None,
+        }
+    }
+
+    /// Whether the rule reads anything from responses.
+    pub fn wanted(rule: &CostRule) -> bool {
+        rule.response_cost_pointer.is_some() || rule.response_id_pointer.is_some()
+    }
+
+    /// One more piece of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.format {
+            Format::Json { data, overflow } => {
+                if data.len() + chunk.len() > MAX_CAPTURE {
+                    *overflow = true;
+                    data.clear();
+                } else if !*overflow {
+                    data.extend_from_slice(chunk);
+                }
+            }
+            Format::Events { .. } => {
+                for &b in chunk {
+                    self.event_byte(b);
+                }
+            }
+        }
+    }
+
+    fn event_byte(&mut self, b: u8) {
+        let Format::Events {
+            line,
+            event,
+            overflow,
+        } = &mut self.format
+        else {
+            return;
+        };
+        if b != b'\n' {
+            if line.len() < MAX_CAPTURE {
+                line.push(b);
+            } else {
+                *overflow = true;
+            }
+            return;
+        }
+        let text = std::mem::take(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(&text);
+        if text.is_empty() {
+            // The end of an event.
+            let data = std::mem::take(event);
+            let skip = std::mem::replace(overflow, false);
+            if !skip && !data.is_empty() && data != b"[DONE]" {
+                self.read_document(&data);
+            }
+            return;
+        }
+        if let Some(d) = text.strip_prefix(b"data:") {
+            let d = d.strip_prefix(b" ").unwrap_or(d);
+            if !event.is_empty() {
+                event.push(b'\n');
+            }
+            if event.len() + d.len() <= MAX_CAPTURE {
+                event.extend_from_slice(d);
+            } else {
+                *overflow = true;
+            }
+        }
+    }
+
+    fn read_document(&mut self, doc: &[u8]) {
+        let (cost, id) = actual(doc, &self.rule, &self.currency);
+        if cost.is_some() {
+            self.cost = cost;
+        }
+        if self.id.is_none() {
+            self.id = id;
+        }
+    }
+
+    /// The actual cost (micro-dollars) and vendor id, once the body ended.
+    pub fn finish(mut self) -> (Option<i64>, Option<String>) {
+        match &mut self.format {
+            Format::Json { data, overflow } => {
+                if !*overflow {
+                    let data = std::mem::take(data);
+                    self.read_document(&data);
+                }
+            }
+            Format::Events { .. } => {
+                // A stream that ends without a blank line still ends its event.
+                self.event_byte(b'\n');
+                self.event_byte(b'\n');
+            }
+        }
+        (self.cost, self.id)
+    }
+}
 
 /// The actual cost in USD micro-dollars (same `divide_by` and conversion
 /// as the request; `currency` is the request's, [`super::Cost::currency`]),
@@ -78,6 +227,45 @@ mod tests {
 
     use super::*;
     use crate::policy::CostCurrency;
+
+    fn llm_rule() -> CostRule {
+        CostRule {
+            source: CostSource::FixedUsd(0.5),
+            divide_by: 1.0,
+            currency: CostCurrency::Fixed("usd".into()),
+            rates: BTreeMap::new(),
+            response_cost_pointer: Some("/usage/cost".into()),
+            response_id_pointer: Some("/id".into()),
+        }
+    }
+
+    #[test]
+    fn a_stream_is_read_event_by_event_at_any_chunking() {
+        let stream = "data: {\"id\":\"chatcmpl-1\",\"choices\":[]}\n\n\
+                      : keep-alive\n\n\
+                      event: message\ndata: {\"id\":\"chatcmpl-1\",\r\ndata: \"usage\":{\"cost\":0.125}}\r\n\r\n\
+                      data: [DONE]\n\n";
+        for cut in 0..stream.len() {
+            let mut r = Reader::new(&llm_rule(), "usd", Some("text/event-stream; charset=utf-8"));
+            r.feed(&stream.as_bytes()[..cut]);
+            r.feed(&stream.as_bytes()[cut..]);
+            let (cost, id) = r.finish();
+            assert_eq!(cost, Some(125_000), "cut at {cut}");
+            assert_eq!(id.as_deref(), Some("chatcmpl-1"));
+        }
+    }
+
+    #[test]
+    fn a_json_body_is_read_whole_and_an_oversized_one_not_at_all() {
+        let mut r = Reader::new(&llm_rule(), "usd", Some("application/json"));
+        r.feed(b"{\"id\": \"x1\", \"usage\": ");
+        r.feed(b"{\"cost\": 2}}");
+        assert_eq!(r.finish(), (Some(2_000_000), Some("x1".into())));
+        let mut big = Reader::new(&llm_rule(), "usd", None);
+        big.feed(&vec![b' '; MAX_CAPTURE]);
+        big.feed(b"{\"usage\": {\"cost\": 2}}");
+        assert_eq!(big.finish(), (None, None));
+    }
 
     fn rule(cost: Option<&str>, id: Option<&str>) -> CostRule {
         CostRule {

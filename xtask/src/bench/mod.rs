@@ -10,6 +10,7 @@ mod origin;
 mod peers;
 mod procstat;
 mod proxy;
+mod stream;
 
 use clap::Subcommand;
 
@@ -29,6 +30,9 @@ pub enum Which {
     /// then allowed lookups during a flood of refused names, and enforcer's
     /// memory before and after it.
     Dns,
+    /// Time to first byte of a streamed (SSE) response through a cost rule
+    /// that reads the response, against direct.
+    Stream(stream::Options),
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Connect => connect::run(),
         Which::Proxy(opts) => proxy::run(&opts),
         Which::Dns => dns::run(),
+        Which::Stream(opts) => stream::run(&opts),
     }
 }
 

@@ -1,0 +1,621 @@
+//! The stages of one intercepted HTTP request, in the order they run. This
+//! is the one place that orders them; each stage's rules live in the module
+//! that owns its concern, and this module only turns a stage's "no" into a
+//! [`Refusal`] (recorded once, and answered):
+//!
+//! 1. identify: the request is for the name the connection was decided on
+//! 2. scan: no placeholder of a secret bound elsewhere in the head (`secrets::scan`)
+//! 3. canonical request: nothing servers disagree about (`policy::CanonicalRequest`)
+//! 4. policy decision: the host's rules (`policy`)
+//! 5. cleartext: no secret on a plaintext connection unless allowed
+//! 6. limits: rate, call counts, loop breaker (`spend::charge`)
+//! 7. cost and reservation under the caps (`spend::charge`)
+//! 8. approval, for `ask` rules (`approval`)
+//! 9. credentials: placeholders swapped for live values (`secrets::inject`)
+//! 10. audit commit: nothing leaves before its row is written (`audit`)
+//! 11. forward, then the response: redaction, actual cost, settlement and
+//!     the audit outcome ([`super::forward`])
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http_body_util::BodyExt as _;
+
+use super::{
+    buffer::{self, BufferError},
+    context::{Conn, ProxyContext},
+    forward,
+    refusal::Refusal,
+    sniff::host_without_port,
+    upstream::{Body, BoxError},
+};
+use crate::{
+    approval::{self, Pending},
+    decision::{Cause, Decision, Layer},
+    policy::{Action, CanonicalRequest, CostSource, HostPolicy},
+    secrets::{self, inject::Injected, scan},
+    spend::{self, Call, Charge},
+};
+
+/// Most of a refused request's body that is read and thrown away so the
+/// connection stays usable; past this, the connection is closed instead.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// Most of a body shown to the human approving it.
+const PREVIEW: usize = 512;
+
+/// Decides one request and forwards it if allowed.
+pub async fn handle<B>(req: Request<B>, conn: &Conn, ctx: &ProxyContext) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let mut d = Decision::new(Layer::Request, Cause::Allowed, "")
+        .host(conn.name.clone())
+        .port(conn.port)
+        .request(req.method().as_str(), target);
+    let (parts, body) = req.into_parts();
+    let body = body.map_err(Into::into).boxed();
+    let mut watch = Unfinished::new(&ctx.sink);
+    let result = stages(parts, body, conn, ctx, &mut d, &mut watch).await;
+    watch.done();
+    match result {
+        Ok(resp) => resp,
+        Err(Stopped { refusal, body }) => {
+            d.set_cause(refusal.cause, refusal.reason.clone());
+            ctx.sink.record(&d);
+            if let Some(b) = body {
+                drain(b).await;
+            }
+            refusal.response(&d, &ctx.run_id)
+        }
+    }
+}
+
+/// Records a request the agent gave up on before it was decided (it closed
+/// the connection while the request waited for a human, a limit or its
+/// body): every request gets its row, also one that never got an answer.
+struct Unfinished<'a> {
+    sink: &'a crate::decision::DecisionSink,
+    /// The decision so far, while it is not recorded elsewhere.
+    pending: Option<Decision>,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(sink: &'a crate::decision::DecisionSink) -> Self {
+        Self {
+            sink,
+            pending: None,
+        }
+    }
+
+    /// What to record if the request is abandoned from here on.
+    fn track(&mut self, d: &Decision) {
+        self.pending = Some(d.clone());
+    }
+
+    /// The request's row is (or will be) written by the pipeline.
+    fn done(&mut self) {
+        self.pending = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.pending.take() {
+            d.set_cause(
+                Cause::Abandoned,
+                "the agent closed the connection before the request was decided; nothing was forwarded",
+            );
+            self.sink.record(&d);
+        }
+    }
+}
+
+/// A stage said no; the body is still there to drain when it was not read.
+struct Stopped {
+    refusal: Refusal,
+    body: Option<Body>,
+}
+
+/// `stage?` with the body to drain on a refusal.
+macro_rules! stage {
+    ($result:expr, $body:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(refusal) => {
+                return Err(Stopped {
+                    refusal,
+                    body: $body,
+                })
+            }
+        }
+    };
+}
+
+async fn stages(
+    parts: Parts,
+    body: Body,
+    conn: &Conn,
+    ctx: &ProxyContext,
+    d: &mut Decision,
+    watch: &mut Unfinished<'_>,
+) -> Result<Response<Body>, Stopped> {
+    stage!(identify(&parts, conn), Some(body));
+    stage!(scan_head(&parts, conn, ctx), Some(body));
+    let Some(host) = ctx.policy.hosts.get(conn.host) else {
+        let r = Refusal::new(Cause::NotInPolicy, "no policy entry for this host");
+        return Err(Stopped {
+            refusal: r,
+            body: Some(body),
+        });
+    };
+    let canon = stage!(canonical(&parts, host), Some(body));
+    let Decided { ask, rule } = stage!(decide(&canon, host, d), Some(body));
+    stage!(cleartext(&parts, conn, ctx), Some(body));
+
+    let cost_rule = rule
+        .and_then(|i| host.rules.get(i))
+        .and_then(|r| r.cost.as_ref());
+    let target = match canon.query() {
+        Some(q) => format!("{}?{q}", canon.path()),
+        None => canon.path().to_string(),
+    };
+    let call = Call {
+        host: conn.host,
+        rule,
+        method: canon.method(),
+        target: &target,
+        is_read: canon.is_read(),
+    };
+    let cost_in_body = cost_rule.is_some_and(|c| {
+        matches!(
+            c.source,
+            CostSource::FormField(_) | CostSource::JsonPointer(_)
+        )
+    });
+    let read_body = cost_in_body || ask || ctx.spend.limits_read_body(&call);
+    // From here the request may wait (for its body, a human): if the agent
+    // leaves, it still gets its row.
+    watch.track(d);
+    let (body, prefix) = if read_body {
+        match buffer::read_prefix(body, buffer::LIMIT).await {
+            Ok(p) => (None, Some(p)),
+            Err(e) => {
+                return Err(Stopped {
+                    refusal: body_refusal(&e),
+                    body: None,
+                });
+            }
+        }
+    } else {
+        (Some(body), None)
+    };
+    let data = prefix.as_ref().map_or(Bytes::new(), |p| p.data().clone());
+
+    stage!(
+        ctx.spend
+            .check_limits(&call, &data)
+            .map_err(|s| spend_refusal(&s, ctx)),
+        body
+    );
+    let charge = match cost_rule {
+        None => None,
+        Some(c) => {
+            if cost_in_body && prefix.as_ref().is_some_and(|p| p.complete().is_none()) {
+                let r = Refusal::new(
+                    Cause::BodyRefused,
+                    format!(
+                        "the rule reads the cost from the body, and the body is larger than {} bytes",
+                        buffer::LIMIT
+                    ),
+                )
+                .status(StatusCode::PAYLOAD_TOO_LARGE);
+                return Err(Stopped {
+                    refusal: r,
+                    body: None,
+                });
+            }
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let charge = ctx
+                .spend
+                .reserve(&ctx.policy, &call, c, &parts.uri, content_type, &data)
+                .await;
+            Some(stage!(charge.map_err(|s| spend_refusal(&s, ctx)), body))
+        }
+    };
+    d.reserved_usd = charge.as_ref().map(Charge::reserved_usd);
+    let body = match (prefix, body) {
+        (Some(p), _) => p.into_body(),
+        (None, Some(b)) => b,
+        (None, None) => super::refusal::full(Bytes::new()),
+    };
+
+    if ask {
+        watch.track(d);
+        stage!(
+            approval(&parts, &data, conn, ctx, (host, rule), charge.as_ref(), d).await,
+            Some(body)
+        );
+    }
+
+    let mut parts = parts;
+    let injected = stage!(credentials(&mut parts, conn, ctx, d), Some(body));
+    // Nothing goes upstream before its audit row is committed.
+    watch.done();
+    let id = match ctx.sink.commit(d).await {
+        Ok(id) => id,
+        Err(e) => {
+            let r = Refusal::new(Cause::AuditUnavailable, e.to_string());
+            return Err(Stopped {
+                refusal: r,
+                body: Some(body),
+            });
+        }
+    };
+    Ok(forward::forward(
+        Request::from_parts(parts, body),
+        injected,
+        id,
+        charge,
+        conn,
+        ctx,
+        d,
+    )
+    .await)
+}
+
+/// Stage 1: the Host (or `:authority`) is the name the connection was
+/// decided on: no domain fronting.
+fn identify(parts: &Parts, conn: &Conn) -> Result<(), Refusal> {
+    let said = parts.uri.host().map(host_without_port).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(host_without_port)
+    });
+    match said {
+        Some(host) if host != conn.name => Err(Refusal::new(
+            Cause::NameMismatch,
+            format!(
+                "Host {host} does not match the server name {} this connection was opened for (domain fronting is refused)",
+                conn.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Stage 2: no placeholder of a secret bound to another host in the target
+/// or the headers, and none at all in the method or a header name.
+fn scan_head(parts: &Parts, conn: &Conn, ctx: &ProxyContext) -> Result<(), Refusal> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let found = scan::in_head(
+        &ctx.secrets,
+        &ctx.policy,
+        &conn.name,
+        target,
+        &parts.headers,
+    )
+    .or_else(|| scan::in_name(&ctx.secrets, parts.method.as_str()))
+    .or_else(|| {
+        parts
+            .headers
+            .keys()
+            .find_map(|k| scan::in_name(&ctx.secrets, k.as_str()))
+    });
+    match found {
+        Some(secret) => Err(Refusal::new(
+            Cause::Exfiltration,
+            format!(
+                "{}: placeholder of {secret} sent to {}",
+                scan::EXFILTRATION,
+                conn.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Stage 3: the canonical request, or a 400 that says what to change.
+fn canonical(parts: &Parts, host: &HostPolicy) -> Result<CanonicalRequest, Refusal> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    host.canonical(parts.method.as_str(), target, Some(&parts.headers))
+        .map_err(|why| ambiguous(host, &why))
+}
+
+fn ambiguous(host: &HostPolicy, why: &crate::policy::Ambiguous) -> Refusal {
+    let hint = match why.opt_in() {
+        Some(name) => format!(
+            "if {} really needs this, add allow_ambiguous = [\"{name}\"] to its [[host]] (line {})",
+            host.name, host.line
+        ),
+        None => "no policy setting accepts this: send the request in its plain form".to_string(),
+    };
+    Refusal::new(
+        Cause::Ambiguous,
+        format!("ambiguous request refused: {why}"),
+    )
+    .field("kind", why.kind())
+    .field("hint", hint)
+}
+
+/// What the policy said about a request that may go ahead.
+struct Decided {
+    /// A human must approve first.
+    ask: bool,
+    /// The deciding rule's index in its host (None: whole-host decision).
+    rule: Option<usize>,
+}
+
+/// Stage 4: the host's rules.
+fn decide(
+    canon: &CanonicalRequest,
+    host: &HostPolicy,
+    d: &mut Decision,
+) -> Result<Decided, Refusal> {
+    let verdict = host
+        .decide_request(canon)
+        .map_err(|why| ambiguous(host, &why))?;
+    if let Some(r) = &verdict.rule {
+        d.rule = Some(r.description.clone());
+        d.rule_line = Some(r.line);
+    } else {
+        d.rule = Some(format!("host {}", host.name));
+        d.rule_line = Some(host.line);
+    }
+    match verdict.action {
+        Action::Deny => {
+            let cause = if verdict.is_default_deny() && host.action.is_none() {
+                Cause::DefaultDeny
+            } else if verdict.rule.is_some() {
+                Cause::DenyRule
+            } else {
+                Cause::NotInPolicy
+            };
+            Err(Refusal::new(cause, verdict.reason))
+        }
+        action => {
+            d.reason = verdict.reason;
+            Ok(Decided {
+                ask: action == Action::Ask,
+                rule: verdict.rule.map(|r| r.index),
+            })
+        }
+    }
+}
+
+/// Stage 5: a placeholder of a secret bound to this host, on a plaintext
+/// connection, is refused unless the host says `allow_plaintext_secrets`.
+fn cleartext(parts: &Parts, conn: &Conn, ctx: &ProxyContext) -> Result<(), Refusal> {
+    if conn.tls
+        || ctx
+            .policy
+            .hosts
+            .get(conn.host)
+            .is_some_and(|h| h.plaintext_secrets)
+    {
+        return Ok(());
+    }
+    let carried = ctx
+        .policy
+        .secrets_for(&conn.name)
+        .find(|s| scan::carries_placeholder(&ctx.secrets, &s.name, &parts.uri, &parts.headers));
+    match carried {
+        Some(secret) => Err(Refusal::new(
+            Cause::Cleartext,
+            format!(
+                "{} is only sent over TLS and this request to {} is plaintext HTTP: use https://, \
+                 or set allow_plaintext_secrets = true on the host if the key may cross the network in cleartext",
+                secret.name, conn.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A body the rules needed could not be read.
+fn body_refusal(e: &BufferError) -> Refusal {
+    let status = match e {
+        BufferError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        BufferError::Read(_) => StatusCode::BAD_REQUEST,
+    };
+    Refusal::new(Cause::BodyRefused, e.to_string()).status(status)
+}
+
+/// Stages 6 and 7's refusals.
+fn spend_refusal(stop: &spend::Stop, ctx: &ProxyContext) -> Refusal {
+    match stop {
+        spend::Stop::Limited(l) => {
+            let mut r = Refusal::new(Cause::RateLimited, stop.to_string())
+                .field("limit", serde_json::to_value(l).unwrap_or_default());
+            if let Some(v) = l
+                .retry_after_secs()
+                .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+            {
+                r = r.header(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        spend::Stop::Tripped(t) => Refusal::new(Cause::LoopBreaker, stop.to_string())
+            .field("limit", serde_json::to_value(t).unwrap_or_default())
+            .field(
+                "reset",
+                format!("sudo enforcer reset {} {}", ctx.run_id, t.key),
+            ),
+        spend::Stop::OverCap(o) => Refusal::new(Cause::OverCap, stop.to_string())
+            .field("limit", serde_json::to_value(o).unwrap_or_default()),
+        spend::Stop::Cost(_) => Refusal::new(Cause::CostUnknown, stop.to_string()),
+        spend::Stop::Storage(_) => Refusal::new(Cause::SpendStoreUnavailable, stop.to_string()),
+    }
+}
+
+/// Stage 8: a human decides, seeing what they decide on.
+async fn approval(
+    parts: &Parts,
+    body: &[u8],
+    conn: &Conn,
+    ctx: &ProxyContext,
+    (host, rule): (&HostPolicy, Option<usize>),
+    charge: Option<&Charge>,
+    d: &mut Decision,
+) -> Result<(), Refusal> {
+    let asked = Instant::now();
+    let secrets = ctx
+        .policy
+        .secrets_for(&conn.name)
+        .filter(|s| scan::carries_placeholder(&ctx.secrets, &s.name, &parts.uri, &parts.headers))
+        .map(|s| s.name.clone())
+        .collect();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let pending = Pending {
+        id: 0,
+        run_id: ctx.run_id.to_string(),
+        scheme: conn.scheme().to_string(),
+        host: conn.authority(),
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        target: ctx.secrets.mask(target),
+        body_preview: preview(body, ctx),
+        secrets,
+        cost: charge.map(Charge::describe),
+        caps: charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default(),
+        rule: d.rule.clone().unwrap_or_default(),
+        expires_in_secs: 0,
+    };
+    let line = pending.request_line();
+    let ticket = ctx
+        .approvals
+        .submit(pending, (conn.host, rule.unwrap_or(usize::MAX)));
+    if ticket.id != 0 && !ctx.approvals.has_terminal() {
+        ctx.sink.note(&format!(
+            "request #{id} waits for approval: {line}; answer with `sudo enforcer approve {id} --run {run}` or `sudo enforcer deny {id} --run {run}`",
+            id = ticket.id,
+            run = ctx.run_id
+        ));
+    }
+    let outcome = ctx.approvals.wait(ticket).await;
+    d.approver = Some(outcome.approver().to_string());
+    d.decided_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+    let cause = match &outcome {
+        approval::Outcome::Approved { .. } => {
+            d.set_cause(Cause::Approved, outcome.reason());
+            return Ok(());
+        }
+        approval::Outcome::Denied { .. } => Cause::ApprovalDenied,
+        approval::Outcome::TimedOut => Cause::ApprovalTimeout,
+        approval::Outcome::NoApprover => Cause::NoApprover,
+    };
+    Err(Refusal::new(cause, outcome.reason()))
+}
+
+/// The start of a body, as text, with placeholders shown by name.
+fn preview(body: &[u8], ctx: &ProxyContext) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let cut = &body[..body.len().min(PREVIEW)];
+    let mut text = ctx.secrets.mask(&String::from_utf8_lossy(cut));
+    if body.len() > PREVIEW {
+        text.push_str(&format!("… ({} bytes in all)", body.len()));
+    }
+    Some(text)
+}
+
+/// What each cap on this call has left once it is paid.
+fn caps_left(ctx: &ProxyContext, host: &HostPolicy, _call: &Charge) -> Vec<String> {
+    let usd = |m: i64| spend::format_usd(m.max(0));
+    let mut out: Vec<String> = ctx
+        .spend
+        .ledger
+        .snapshot()
+        .into_iter()
+        .filter(|a| a.scope == "run" || a.scope == format!("host {}", host.name))
+        .filter_map(|a| {
+            let cap = a.cap_micros?;
+            // This call's own reservation is already in flight.
+            let left = cap - a.spent_micros - a.in_flight_micros;
+            Some(format!(
+                "{} cap ${}: ${} left after this call",
+                a.scope,
+                usd(cap),
+                usd(left)
+            ))
+        })
+        .collect();
+    if let Some(daily) = &ctx.spend.daily
+        && let Some(cap) = daily.cap(&host.name)
+        && let Ok((spent, reserved)) =
+            daily.usage(&host.name, time::OffsetDateTime::now_utc().date())
+    {
+        out.push(format!(
+            "daily cap of {} ${}: ${} left today after this call",
+            host.name,
+            usd(cap),
+            usd(cap - spent - reserved)
+        ));
+    }
+    out
+}
+
+/// Stage 9: placeholders become the live values (bound secrets only, live
+/// credentials only).
+fn credentials(
+    parts: &mut Parts,
+    conn: &Conn,
+    ctx: &ProxyContext,
+    d: &mut Decision,
+) -> Result<Injected, Refusal> {
+    let injected = secrets::inject::inject(
+        &mut parts.headers,
+        &mut parts.uri,
+        &conn.name,
+        &ctx.policy,
+        &ctx.secrets,
+    )
+    .map_err(|not_live| {
+        let cause = match not_live.access {
+            secrets::Access::Revoked => Cause::CredentialsRevoked,
+            _ => Cause::CredentialsExpired,
+        };
+        Refusal::new(
+            cause,
+            format!(
+                "{} ({} not injected)",
+                not_live.access.reason(),
+                not_live.secret
+            ),
+        )
+    })?;
+    d.secrets = injected.names.clone();
+    Ok(injected)
+}
+
+/// Reads and discards (at most DRAIN_LIMIT of) a refused request's body:
+/// HTTP/1.1 cannot reuse a connection whose request body was left unread.
+async fn drain(mut body: Body) {
+    let read = async {
+        let mut seen = 0usize;
+        while seen <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+}
+
+#[cfg(test)]
+mod tests;
