@@ -1,9 +1,22 @@
 //! The enforcer's resolver, from inside `enforcer launch`: allowed names
 //! resolve (through getent, Python and dig) to synthetic addresses, nothing
 //! else resolves, and no query for a name the policy does not allow ever
-//! reaches the upstream resolver (a test host that logs every query).
+//! reaches the upstream resolver (a test host that logs every query). When
+//! upstream fails, the agent's answer and the proxy's say what failed, and
+//! retries do not ask upstream again; a flood of refused names does not
+//! starve allowed lookups.
 
-use enforcer_e2e::{Launch, Outcome, TestHost, files};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use enforcer_e2e::{Launch, Outcome, TestHost, files, netns::in_netns};
 
 /// A test host acting as upstream resolver, and a policy naming some of its names.
 struct World {
@@ -220,4 +233,189 @@ print(s.getpeername()[0], s.recv(100).decode().strip())
         is_synthetic(line.split_whitespace().next().unwrap_or("")),
         "{out:?}"
     );
+}
+
+/// An upstream resolver on the test host that answers every query with
+/// SERVFAIL, and counts them.
+struct FailingResolver {
+    addr: SocketAddr,
+    asked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FailingResolver {
+    fn start(host: &TestHost) -> Self {
+        use hickory_proto::op::{Message, MessageType, ResponseCode};
+        let v4 = host.v4;
+        let sock = in_netns(&host.ns, move || UdpSocket::bind((v4, 0)).expect("bind"))
+            .join()
+            .expect("bind in the test host");
+        let addr = sock.local_addr().expect("addr");
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+        let (asked, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (asked, stop) = (Arc::clone(&asked), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let Ok(q) = Message::from_vec(&buf[..n]) else {
+                        continue;
+                    };
+                    let mut r = Message::new();
+                    r.set_id(q.id())
+                        .set_message_type(MessageType::Response)
+                        .set_recursion_desired(true)
+                        .set_recursion_available(true)
+                        .set_response_code(ResponseCode::ServFail)
+                        .add_queries(q.queries().to_vec());
+                    if let Ok(wire) = r.to_vec() {
+                        let _ = sock.send_to(&wire, peer);
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FailingResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl World {
+    /// Runs `script` with enforcer asking `resolver` about allowed names.
+    fn sh_with_resolver(&self, resolver: SocketAddr, script: &str) -> Outcome {
+        let out = Launch::new(&self.policy, &["/bin/sh", "-c", script])
+            .resolver(resolver.to_string())
+            .resolv_conf(&self.host.resolv_conf())
+            .run();
+        out.assert_clean();
+        out
+    }
+}
+
+/// Issue 12: the proxy's failed dial of an allowed name whose lookup
+/// failed read `client error (Connect)`, without saying DNS failed.
+#[test]
+fn the_proxy_s_failed_dial_says_the_lookup_failed_and_why() {
+    let w = World::new();
+    let failing = FailingResolver::start(&w.host);
+    // A passed-through CONNECT: the proxy dials api.vendor.test itself.
+    let out = w.sh_with_resolver(
+        failing.addr,
+        "curl -s -o /dev/null --max-time 10 https://api.vendor.test/; echo curl=$?",
+    );
+    assert!(!out.stdout.contains("curl=0"), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "upstream unreachable: DNS lookup of api.vendor.test failed: SERVFAIL from {}",
+            failing.addr
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Issue 12: the SERVFAIL answered for an allowed name whose lookup failed
+/// carried an Extended DNS Error without text.
+#[test]
+fn a_servfail_for_an_allowed_name_says_what_failed() {
+    let w = World::new();
+    let failing = FailingResolver::start(&w.host);
+    let out = w.sh_with_resolver(
+        failing.addr,
+        "dig +time=5 +tries=1 api.vendor.test A | grep -E 'status:|EDE'",
+    );
+    assert!(out.stdout.contains("status: SERVFAIL"), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "EDE: 0 (Other): (enforcer: lookup of an allowed name failed: \
+             the upstream DNS server answered SERVFAIL; not asked again for 5 s)"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains(&failing.addr.port().to_string()),
+        "the agent is not told where enforcer's resolver is: {out:?}"
+    );
+    // A SERVFAIL is an answer: asked once per type, not again.
+    assert_eq!(failing.asked.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 12: failures were not remembered, so each retry of a failing
+/// allowed name waited for upstream's full timeout again. The agent's
+/// retry and the proxy's dial now get the remembered failure at once.
+#[test]
+fn retries_of_a_failing_name_do_not_ask_upstream_again() {
+    let w = World::new();
+    // The test host's UDP recorder never answers.
+    let silent = SocketAddr::from((w.host.v4, w.host.udp_port));
+    let out = w.sh_with_resolver(
+        silent,
+        "for i in 1 2; do dig +time=10 +tries=1 api.vendor.test A | grep -E 'status:|EDE|Query time'; done; \
+         curl -s -o /dev/null --max-time 10 https://api.vendor.test/; echo curl=$?",
+    );
+    assert_eq!(out.stdout.matches("status: SERVFAIL").count(), 2, "{out:?}");
+    assert_eq!(
+        out.stdout
+            .matches(
+                "EDE: 22 (No Reachable Authority): (enforcer: lookup of an allowed name \
+                 failed: the upstream DNS server did not answer within 4 s; not asked again for"
+            )
+            .count(),
+        2,
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "DNS lookup of api.vendor.test failed: no answer from {silent} within 4 s (timeout) \
+             (remembered: upstream is asked again in"
+        )),
+        "{}",
+        out.stderr
+    );
+    // The first lookup: two attempts per type; the two retries: none
+    // (unless the machine is slow enough for the 5 s to run out first).
+    let (_, udp, _) = w.host.counters.snapshot();
+    assert!(udp <= 8, "upstream was asked {udp} times: {out:?}");
+}
+
+/// Issue 12: a flood of distinct refused names made the kernel drop the
+/// run's other queries at the resolver's socket. Allowed lookups during
+/// one are answered (how fast is measured by `cargo xtask bench dns`).
+#[test]
+fn allowed_lookups_are_answered_during_a_flood_of_refused_names() {
+    let w = World::new();
+    let probe = files::probe();
+    let out = w.sh(&format!(
+        "{probe} dns-flood {v4}:53 api.vendor.test 30000 6 & \
+         sleep 1; for i in 1 2 3 4 5; do dig +short +time=3 +tries=1 api.vendor.test A; done; wait",
+        probe = probe.display(),
+        v4 = w.host.v4,
+    ));
+    let answered = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim() == "198.18.0.1")
+        .count();
+    assert_eq!(answered, 5, "{out:?}");
+    assert!(out.stdout.contains("ok flood sent"), "{out:?}");
 }

@@ -49,6 +49,7 @@ fn main() {
         "sleep" => sleep(arg(rest, 0)),
         "connect-bench" => connect_bench(arg(rest, 0), arg(rest, 1)),
         "dns-bench" => dns_bench(arg(rest, 0), arg(rest, 1), arg(rest, 2), arg(rest, 3)),
+        "dns-flood" => dns_flood(arg(rest, 0), arg(rest, 1), arg(rest, 2), arg(rest, 3)),
         "now" => Ok(format!(
             "now {}",
             std::time::SystemTime::now()
@@ -709,6 +710,133 @@ fn dns_bench(server: &str, name: &str, n: &str, threads: &str) -> Result<String,
     Ok(format!(
         "qps {:.0} {code}",
         total / started.elapsed().as_secs_f64()
+    ))
+}
+
+/// A query for `name` (type A) with this id.
+fn dns_query_id(name: &str, id: u16) -> Vec<u8> {
+    let mut q = dns_query(name);
+    q[..2].copy_from_slice(&id.to_be_bytes());
+    q
+}
+
+/// `dns-flood SERVER ALLOWED RATE SECONDS`: for SECONDS, sends RATE queries
+/// per second for distinct names (none allowed: `f<N>-<pid>.flood.test`)
+/// without waiting for answers, and meanwhile looks up ALLOWED every 100 ms,
+/// one query at a time, giving each 1 s (no retry). Prints `phase start`
+/// and `phase end` lines around the flood (a bench samples enforcer's memory
+/// there), then what was sent and answered and how the allowed lookups fared.
+fn dns_flood(server: &str, allowed: &str, rate: &str, seconds: &str) -> Result<String, String> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let a = addr(server)?;
+    let rate: u64 = rate.parse().map_err(|_| String::from("usage bad rate"))?;
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| String::from("usage bad seconds"))?;
+    let flood = udp_bind_for(&a)?;
+    flood.connect(a).map_err(|e| errno_text(&e))?;
+    flood
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| errno_text(&e))?;
+    let receiver = flood.try_clone().map_err(|e| errno_text(&e))?;
+    let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    println!("phase start");
+    let started = std::time::Instant::now();
+    let rx = {
+        let (done, answered) = (Arc::clone(&done), Arc::clone(&answered));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            loop {
+                match receiver.recv(&mut buf) {
+                    Ok(_) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let tx = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let pid = std::process::id();
+            let mut sent: u64 = 0;
+            let t0 = std::time::Instant::now();
+            let total = rate * seconds;
+            while sent < total {
+                // Paced: as many as the elapsed time allows, then a short nap.
+                let due = (t0.elapsed().as_micros() as u64 * rate / 1_000_000).min(total);
+                while sent < due {
+                    let q = dns_query_id(&format!("f{sent}-{pid}.flood.test"), sent as u16);
+                    let _ = flood.send(&q);
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            done.store(true, Ordering::Relaxed);
+            sent
+        })
+    };
+    let probe = udp_bind_for(&a)?;
+    probe.connect(a).map_err(|e| errno_text(&e))?;
+    let mut latencies = Vec::new();
+    let mut tries = 0u32;
+    let mut id: u16 = 0x4000;
+    std::thread::sleep(Duration::from_millis(200));
+    while !done.load(Ordering::Relaxed) {
+        tries += 1;
+        id = id.wrapping_add(1);
+        let q = dns_query_id(allowed, id);
+        let t = std::time::Instant::now();
+        probe.send(&q).map_err(|e| errno_text(&e))?;
+        let mut buf = [0u8; 1500];
+        loop {
+            let left = Duration::from_secs(1).saturating_sub(t.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            probe
+                .set_read_timeout(Some(left))
+                .map_err(|e| errno_text(&e))?;
+            match probe.recv(&mut buf) {
+                // An answer to this query, with an address.
+                Ok(n) if n >= 12 && buf[..2] == id.to_be_bytes() => {
+                    if buf[3] & 0x0f == 0 && buf[6..8] != [0, 0] {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+    }
+    let sent = tx.join().map_err(|_| String::from("the sender panicked"))?;
+    let flood_s = started.elapsed().as_secs_f64();
+    println!("phase end");
+    std::thread::sleep(Duration::from_millis(500));
+    done.store(true, Ordering::Relaxed);
+    let _ = rx.join();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(format!(
+        "flood sent {sent} in {flood_s:.1}s answered {} allowed {}/{tries} p50_ms {:.2} p99_ms {:.2} max_ms {:.2}",
+        answered.load(Ordering::Relaxed),
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
     ))
 }
 

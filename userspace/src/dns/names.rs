@@ -72,6 +72,16 @@ impl NameMap {
         Ok(addrs(i))
     }
 
+    /// Names handed addresses so far.
+    pub fn len(&self) -> usize {
+        self.inner.read().map_or(0, |m| m.by_index.len())
+    }
+
+    /// Whether no name has an address yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The name `ip` was handed out for, if it is one of ours.
     pub fn name_for(&self, ip: IpAddr) -> Option<String> {
         let index = match ip {

@@ -8,8 +8,19 @@
 //! The probe runs as `nobody`; inside the run its queries go to
 //! 127.0.0.1:53, which the kernel redirects to the resolver. Runs alternate;
 //! medians. Each run writes its decisions to a throwaway audit database.
+//!
+//! Then a flood: the probe sends queries for distinct refused names at a
+//! fixed rate while it looks up an allowed name every 100 ms (1 s each, no
+//! retry): how many allowed lookups succeed and how long they take, and
+//! enforcer's resident memory before and after the flood (100 000 names at
+//! the lowest rate).
 
-use std::{net::UdpSocket, process::Command};
+use std::{
+    io::BufRead as _,
+    net::UdpSocket,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
@@ -43,6 +54,84 @@ fn trivial_responder() -> anyhow::Result<u16> {
         });
     }
     Ok(port)
+}
+
+/// Flood rates (names per second) and durations: the first sends 100 000
+/// distinct names, slowly enough for the resolver to answer each.
+const FLOODS: [(u32, u32); 3] = [(10_000, 10), (30_000, 5), (100_000, 3)];
+
+/// What one flood run reported.
+struct Flood {
+    report: String,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    hwm_kib: u64,
+}
+
+impl Flood {
+    /// The word after `key` in the probe's report.
+    fn field(&self, key: &str) -> &str {
+        let mut words = self.report.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == key {
+                return words.next().unwrap_or("?");
+            }
+        }
+        "?"
+    }
+}
+
+/// One `enforcer launch` of `enforcer-probe dns-flood`, with enforcer's
+/// resident memory read when the flood starts and once it is over.
+fn flood(
+    enforcer: &std::path::Path,
+    probe: &std::path::Path,
+    policy: &std::path::Path,
+    db: &std::path::Path,
+    rate: u32,
+    seconds: u32,
+) -> anyhow::Result<Flood> {
+    let mut child = Command::new(enforcer)
+        .args(["launch", "--policy"])
+        .arg(policy)
+        .args(["--user", "nobody", "--approver", "none"])
+        .args(["--resolve", "allowed.bench.test=192.0.2.10"])
+        .args(["--resolver", "127.0.0.1:1", "--audit-db"])
+        .arg(db)
+        .arg("--")
+        .arg(probe)
+        .args(["dns-flood", "127.0.0.1:53", "allowed.bench.test"])
+        .args([rate.to_string(), seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("probe stdout")?;
+    let (mut before, mut after, mut hwm, mut report) = (0, 0, 0, String::new());
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        match line.as_str() {
+            "phase start" => before = super::procstat::read(pid).map_or(0, |r| r.rss_kib),
+            "phase end" => {
+                std::thread::sleep(Duration::from_millis(300));
+                let r = super::procstat::read(pid).unwrap_or_default();
+                (after, hwm) = (r.rss_kib, r.hwm_kib);
+            }
+            l if l.starts_with("ok flood") || l.starts_with("err") => report = line,
+            _ => {}
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success() && report.starts_with("ok"),
+        "flood at {rate}/s: {status}: {report}"
+    );
+    Ok(Flood {
+        report,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        hwm_kib: hwm,
+    })
 }
 
 fn parse_qps(out: &str) -> anyhow::Result<(f64, String)> {
@@ -121,6 +210,24 @@ fn dns() -> anyhow::Result<()> {
             r / f
         );
         println!("    answers: {}", codes.join("; "));
+    }
+    println!(
+        "Flood of distinct refused names (UDP, not waiting for answers) while the allowed name is looked up every 100 ms (1 s timeout, no retry):"
+    );
+    for (rate, seconds) in FLOODS {
+        let f = flood(&enforcer, &probe, &policy, &db, rate, seconds)?;
+        println!(
+            "  {rate:>6} names/s for {seconds} s: sent {} answered {} | allowed lookups answered {} | p50 {} ms, p99 {} ms, max {} ms | RSS {:.1} -> {:.1} MiB (peak {:.1})",
+            f.field("sent"),
+            f.field("answered"),
+            f.field("allowed"),
+            f.field("p50_ms"),
+            f.field("p99_ms"),
+            f.field("max_ms"),
+            f.rss_before_kib as f64 / 1024.0,
+            f.rss_after_kib as f64 / 1024.0,
+            f.hwm_kib as f64 / 1024.0,
+        );
     }
     let _ = std::fs::remove_file(&db);
     for ext in ["-wal", "-shm"] {

@@ -26,7 +26,9 @@ pub enum Which {
     /// and memory, as ratios to direct.
     Proxy(proxy::Options),
     /// DNS queries per second through the kernel redirect to enforcer's
-    /// resolver (allowed and refused names) against a trivial responder.
+    /// resolver (allowed and refused names) against a trivial responder;
+    /// then allowed lookups during a flood of refused names, and enforcer's
+    /// memory before and after it.
     Dns,
     /// Time to first byte of a streamed (SSE) response through a cost rule
     /// that reads the response, against direct.
