@@ -205,34 +205,50 @@ pub async fn forward(
     )
 }
 
-/// How an upstream request failed, for the row and the agent.
+/// How an upstream request failed, for the row and the agent, read from
+/// the error's types (the DNS failure, rustls' error, hyper's and I/O
+/// kinds), not its words.
 fn classify(e: &UpstreamError) -> (Failure, StatusCode) {
-    match e {
-        UpstreamError::Timeout(_) => (Failure::Timeout, StatusCode::GATEWAY_TIMEOUT),
-        UpstreamError::Request(r) => {
-            let text = error_chain(r);
-            let failure = if r.is_connect() {
-                if text.contains("dns") || text.contains("lookup") || text.contains("resolve") {
-                    Failure::Dns
-                } else if text.contains("certificate")
-                    || text.contains("tls")
-                    || text.contains("handshake")
-                {
-                    Failure::Tls
-                } else {
-                    Failure::Connect
-                }
-            } else if text.contains("connection closed before message completed")
-                || text.contains("reset")
-                || text.contains("incomplete")
-                || text.contains("closed")
-            {
-                Failure::ResetBeforeHeaders
-            } else {
-                Failure::Protocol
-            };
-            (failure, StatusCode::BAD_GATEWAY)
-        }
+    let r = match e {
+        UpstreamError::Timeout(_) => return (Failure::Timeout, StatusCode::GATEWAY_TIMEOUT),
+        UpstreamError::Request(r) => r,
+    };
+    if let Some(dns) = super::dial::dns_failure(r) {
+        let status = if dns.is_timeout() {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        return (Failure::Dns, status);
+    }
+    let chain = || {
+        std::iter::successors(Some(r as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+    };
+    if chain().any(|e| e.downcast_ref::<rustls::Error>().is_some()) {
+        return (Failure::Tls, StatusCode::BAD_GATEWAY);
+    }
+    if r.is_connect() {
+        return (Failure::Connect, StatusCode::BAD_GATEWAY);
+    }
+    let reset = chain().any(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            })
+    });
+    if reset {
+        (Failure::ResetBeforeHeaders, StatusCode::BAD_GATEWAY)
+    } else {
+        (Failure::Protocol, StatusCode::BAD_GATEWAY)
     }
 }
 
@@ -302,7 +318,11 @@ async fn upstream_failed(
             conn.name,
             t.as_secs()
         ),
-        UpstreamError::Request(r) => format!("{}: {}", conn.name, error_chain(r)),
+        UpstreamError::Request(r) => match super::dial::dns_failure(r) {
+            // Said without the resolver's address (the agent sees it).
+            Some(dns) => dns.agent_text(),
+            None => format!("{}: {}", conn.name, error_chain(r)),
+        },
     };
     let resp = failed(ctx, id, d, failure, detail);
     let mut resp = resp;
