@@ -367,10 +367,10 @@ fn with_log_json_every_stderr_line_of_a_run_is_json() {
         out.stderr
     );
     assert!(
-        has(&|v| v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("exited with code 0"))),
-        "the summary: {}",
+        has(&|v| v["event"] == "summary"
+            && v["exit_code"] == 0
+            && v["counts"]["requests_refused"] == 1),
+        "the summary, as one structured line: {}",
         out.stderr
     );
 }

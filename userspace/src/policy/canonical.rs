@@ -104,8 +104,7 @@ pub enum Ambiguous {
         "the parameter `{0}` (query or form body) asks the server to route the request as another method"
     )]
     MethodOverrideParam(String),
-    #[error("a form body larger than enforcer reads cannot be checked for a `_method` field")]
-    UncheckedForm,
+
     #[error("the request target is not a path starting with `/`")]
     NotOriginForm,
     #[error("the path contains `\\` or `%5C`, which some servers treat as `/`")]
@@ -147,9 +146,7 @@ impl Ambiguous {
         match self {
             Self::MethodCase(_) => "method-case",
             Self::MethodToken(_) => "method-token",
-            Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) | Self::UncheckedForm => {
-                "method-override"
-            }
+            Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) => "method-override",
             Self::NotOriginForm => "not-origin-form",
             Self::Backslash => "backslash",
             Self::EncodedSlash => "encoded-slash",
@@ -298,7 +295,8 @@ pub fn body_method_override(
         .unwrap_or_default();
     if mt == "application/x-www-form-urlencoded" {
         if !complete {
-            return Err(Ambiguous::UncheckedForm);
+            // The caller watches the rest as it streams.
+            return Ok(());
         }
         return match url::form_urlencoded::parse(body)
             .map(|(k, _)| normalized_field(&k))
@@ -567,8 +565,8 @@ mod tests {
         }
         assert!(body_method_override(form, b"method=x&amount=1", true).is_ok());
         assert!(
-            body_method_override(form, b"amount=1", false).is_err(),
-            "unchecked"
+            body_method_override(form, b"amount=1", false).is_ok(),
+            "the rest of a long form is watched as it streams"
         );
         let mp = Some("multipart/form-data; boundary=b");
         let part =

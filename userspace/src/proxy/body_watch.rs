@@ -1,8 +1,8 @@
 //! A request body that is forwarded as it streams, and cut off (the
-//! upstream then sees an incomplete request, which it does not act on) if
-//! a pattern appears in it, in any letter case, across chunk boundaries:
-//! for what must not be in a body too large to read before forwarding
-//! (a multipart `_method` part after a megabyte of file).
+//! upstream then sees an incomplete request, which it does not act on) when
+//! a [`Detector`] finds what must not be in it: for bodies too large to read
+//! before forwarding (a multipart `_method` part after a megabyte of file,
+//! a `_method` field at the end of a large form).
 
 use std::{
     pin::Pin,
@@ -21,30 +21,153 @@ use crate::secrets::matcher::StreamMatcher;
 #[error("the request body was cut off: {0}")]
 pub struct CutOff(pub String);
 
-/// `inner`, cut off when one of `patterns` (lower case) appears; `why` is
-/// filled with `reason` when it does.
-pub struct Watch {
-    inner: Body,
+/// Reads a body as it streams; says why it must be cut off, if it must.
+pub trait Detector: Send + Sync {
+    fn feed(&mut self, chunk: &[u8]) -> Option<String>;
+}
+
+/// Any of some byte patterns, in any letter case, across chunk boundaries.
+pub struct Patterns {
     matcher: StreamMatcher,
     reason: String,
+}
+
+impl Patterns {
+    /// `patterns` in lower case.
+    pub fn new(patterns: &[&str], reason: &str) -> Self {
+        Self {
+            matcher: StreamMatcher::new(
+                patterns
+                    .iter()
+                    .map(|p| (p.as_bytes().to_vec(), None))
+                    .collect(),
+            ),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Detector for Patterns {
+    fn feed(&mut self, chunk: &[u8]) -> Option<String> {
+        let lower = chunk.to_ascii_lowercase();
+        self.matcher.push(&lower).found.map(|_| self.reason.clone())
+    }
+}
+
+/// Longest form field name read; a longer one cuts the body off (it could
+/// hide `_method` behind padding a framework strips).
+const MAX_KEY: usize = 4096;
+
+/// The field names of an `application/x-www-form-urlencoded` body, read as
+/// they stream: a name that frameworks read as `name` cuts it off.
+pub struct FormKeys {
+    name: String,
+    key: Vec<u8>,
+    in_value: bool,
+    /// The current name is long and cannot be `name`: not kept.
+    skipping: bool,
+}
+
+impl FormKeys {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            key: Vec::new(),
+            in_value: false,
+            skipping: false,
+        }
+    }
+
+    fn decoded(key: &[u8]) -> String {
+        url::form_urlencoded::parse(&[key, b"="].concat())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default()
+    }
+
+    fn check(&mut self) -> Option<String> {
+        let key = std::mem::take(&mut self.key);
+        if std::mem::take(&mut self.skipping) {
+            return None;
+        }
+        let name = crate::policy::normalized_field(&Self::decoded(&key));
+        name.eq_ignore_ascii_case(&self.name).then(|| {
+            format!(
+                "a form field `{}` (routed as another method by Rails, Laravel, Symfony)",
+                self.name
+            )
+        })
+    }
+
+    /// A name grown to MAX_KEY bytes: either it cannot be `name` any more
+    /// (then it is skipped), or it is padding that a framework strips.
+    fn long_key(&mut self) -> Option<String> {
+        let decoded = Self::decoded(&self.key);
+        let meaningful = decoded.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let lower = meaningful.to_ascii_lowercase();
+        if meaningful.is_empty() || lower.starts_with(&self.name.to_ascii_lowercase()) {
+            return Some(format!(
+                "a form field name longer than {MAX_KEY} bytes that could be read as `{}`",
+                self.name
+            ));
+        }
+        self.key.clear();
+        self.skipping = true;
+        None
+    }
+}
+
+impl Detector for FormKeys {
+    fn feed(&mut self, chunk: &[u8]) -> Option<String> {
+        for &b in chunk {
+            match (self.in_value, b) {
+                (_, b'&') => {
+                    if !self.in_value
+                        && let Some(why) = self.check()
+                    {
+                        return Some(why);
+                    }
+                    self.key.clear();
+                    self.in_value = false;
+                }
+                (false, b'=') => {
+                    if let Some(why) = self.check() {
+                        return Some(why);
+                    }
+                    self.in_value = true;
+                }
+                (false, _) if self.skipping => {}
+                (false, _) => {
+                    self.key.push(b);
+                    if self.key.len() >= MAX_KEY
+                        && let Some(why) = self.long_key()
+                    {
+                        return Some(why);
+                    }
+                }
+                (true, _) => {}
+            }
+        }
+        None
+    }
+}
+
+/// `inner`, cut off when the detector says so; `why` is filled with its
+/// reason when it does.
+pub struct Watch {
+    inner: Body,
+    detector: Box<dyn Detector>,
     why: Arc<OnceLock<String>>,
     done: bool,
 }
 
 impl Watch {
-    pub fn new(inner: Body, patterns: &[&str], reason: &str) -> (Self, Arc<OnceLock<String>>) {
+    pub fn new(inner: Body, detector: Box<dyn Detector>) -> (Self, Arc<OnceLock<String>>) {
         let why = Arc::new(OnceLock::new());
-        let matcher = StreamMatcher::new(
-            patterns
-                .iter()
-                .map(|p| (p.as_bytes().to_vec(), None))
-                .collect(),
-        );
         (
             Self {
                 inner,
-                matcher,
-                reason: reason.to_string(),
+                detector,
                 why: Arc::clone(&why),
                 done: false,
             },
@@ -65,16 +188,25 @@ impl hyper::body::Body for Watch {
             return Poll::Ready(None);
         }
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll
-            && let Some(data) = frame.data_ref()
-        {
-            let lower = data.to_ascii_lowercase();
-            if self.matcher.push(&lower).found.is_some() {
-                self.done = true;
-                let reason = self.reason.clone();
-                let _ = self.why.set(reason.clone());
-                return Poll::Ready(Some(Err(Box::new(CutOff(reason)))));
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Some(reason) = self.detector.feed(data)
+                {
+                    self.done = true;
+                    let _ = self.why.set(reason.clone());
+                    return Poll::Ready(Some(Err(Box::new(CutOff(reason)))));
+                }
             }
+            // The last field of a form ends with the body.
+            Poll::Ready(None) => {
+                if let Some(reason) = self.detector.feed(b"&") {
+                    self.done = true;
+                    let _ = self.why.set(reason.clone());
+                    return Poll::Ready(Some(Err(Box::new(CutOff(reason)))));
+                }
+            }
+            _ => {}
         }
         poll
     }
@@ -114,25 +246,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_pattern_split_across_chunks_in_any_case_cuts_the_body() {
+        let part = || Box::new(Patterns::new(&["name=\"_method\""], "a `_method` part"));
         let (w, why) = Watch::new(
             chunks(&[
                 b"--b\r\nContent-Disposition: form-data; NAME=\"_Me",
                 b"thod\"\r\n\r\nDELETE",
             ]),
-            &["name=\"_method\""],
-            "a `_method` part",
+            part(),
         );
         assert!(w.collect().await.is_err());
         assert_eq!(why.get().map(String::as_str), Some("a `_method` part"));
-        let (w, why) = Watch::new(
-            chunks(&[b"plain ", b"file data"]),
-            &["name=\"_method\""],
-            "x",
-        );
+        let (w, why) = Watch::new(chunks(&[b"plain ", b"file data"]), part());
         assert_eq!(
             &w.collect().await.unwrap().to_bytes()[..],
             b"plain file data"
         );
         assert!(why.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_form_field_read_as_method_anywhere_cuts_the_body() {
+        let cases: [&[&'static [u8]]; 4] = [
+            &[b"a=1&_meth", b"od=DELETE"],
+            &[b"a=1&%5F", b"method=DELETE&b=2"],
+            &[b"a=1&+_method"],
+            &[b"_method[]=x"],
+        ];
+        for parts in cases {
+            let (w, why) = Watch::new(chunks(parts), Box::new(FormKeys::new("_method")));
+            assert!(w.collect().await.is_err(), "{parts:?}");
+            assert!(why.get().is_some());
+        }
+        let (w, _) = Watch::new(
+            chunks(&[b"method=x&", b"amount=_method"]),
+            Box::new(FormKeys::new("_method")),
+        );
+        assert!(w.collect().await.is_ok());
+        // A raw upload sent as a form (curl's default) is one long name.
+        let big: &'static [u8] = Box::leak(vec![b'u'; 100_000].into_boxed_slice());
+        let (w, _) = Watch::new(chunks(&[big, big]), Box::new(FormKeys::new("_method")));
+        assert!(w.collect().await.is_ok());
+        // Padding that PHP strips, then the name.
+        let pad: &'static [u8] = Box::leak(vec![b'+'; 10_000].into_boxed_slice());
+        let (w, _) = Watch::new(
+            chunks(&[pad, b"_method=DELETE"]),
+            Box::new(FormKeys::new("_method")),
+        );
+        assert!(w.collect().await.is_err());
     }
 }

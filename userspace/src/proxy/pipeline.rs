@@ -23,7 +23,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::BodyExt as _;
 
 use super::{
-    body_watch::Watch,
+    body_watch,
     buffer::{self, BufferError},
     context::{Conn, ProxyContext},
     forward,
@@ -212,8 +212,8 @@ async fn stages(
     };
     let data = prefix.as_ref().map_or(Bytes::new(), |p| p.data().clone());
     let complete = prefix.as_ref().is_some_and(|p| p.complete().is_some());
-    if form_check {
-        let checked = body_method_override(content_type.as_deref(), &data, complete);
+    if form_check && complete {
+        let checked = body_method_override(content_type.as_deref(), &data, true);
         stage!(checked.map_err(|why| ambiguous(host, &why)), None);
     }
 
@@ -259,13 +259,22 @@ async fn stages(
     };
     let mut parts = parts;
     if form_check && !complete {
-        // A multipart body longer than what was read: the rest is watched
-        // for a `_method` part as it streams.
-        let (watched, why) = Watch::new(
-            body,
-            MULTIPART_OVERRIDE_NAMES,
-            "a multipart body with a `_method` part (routed as another method by Rails, Laravel, Symfony)",
-        );
+        // A form longer than what was read: it is watched for `_method` as
+        // it streams, from its first byte.
+        let multipart = content_type.as_deref().is_some_and(|c| {
+            c.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+        let detector: Box<dyn body_watch::Detector> = if multipart {
+            Box::new(body_watch::Patterns::new(
+                MULTIPART_OVERRIDE_NAMES,
+                "a multipart body with a `_method` part (routed as another method by Rails, Laravel, Symfony)",
+            ))
+        } else {
+            Box::new(body_watch::FormKeys::new("_method"))
+        };
+        let (watched, why) = body_watch::Watch::new(body, detector);
         body = watched.boxed();
         parts.extensions.insert(forward::CutOff(why));
     }
