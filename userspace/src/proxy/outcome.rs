@@ -104,7 +104,7 @@ impl Tracked {
         };
         let (charge, vendor_id) = match charge.settle_now(status, actual, vendor_id) {
             Ok(settled) => return complete(Some(settled)),
-            Err(daily) => daily,
+            Err(daily) => *daily,
         };
         // Without a runtime (shutting down), the charge's own drop commits it.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -215,9 +215,9 @@ impl Charge {
         status: StatusCode,
         actual: Option<i64>,
         vendor_txn_id: Option<String>,
-    ) -> Result<Settled, (Self, Option<String>)> {
+    ) -> Result<Settled, Box<(Self, Option<String>)>> {
         if self.daily.is_some() {
-            return Err((self, vendor_txn_id));
+            return Err(Box::new((self, vendor_txn_id)));
         }
         let run = self.run.take();
         if status.is_client_error() || status.is_server_error() {
