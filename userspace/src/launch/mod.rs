@@ -415,9 +415,10 @@ async fn supervise(
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
     let cfg = plan.run.kernel_config(cgroup.id()?, &listeners);
     tracing::debug!(elapsed = ?t0.elapsed(), "listeners bound");
-    let mut enforcement = Enforcement::attach(cgroup, pins, &cfg)?;
+    let mut enforcement = Enforcement::attach(cgroup.dir().as_fd(), pins)?;
+    enforcement.register(&cfg)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "programs attached");
-    let origdst = Arc::new(enforcement.take_origdst()?);
+    let origdst = Arc::new(enforcement.origdst(cfg.cgroup_id));
     let ring = enforcement.take_events()?;
 
     let record_kernel = plan.run.kernel_recorder();
