@@ -57,6 +57,14 @@ pub struct Pending {
     /// What each cap has left, after this call if it is approved.
     #[serde(default)]
     pub caps: Vec<String>,
+    /// The values of the headers and fields the rule requires (the
+    /// merchant: `header Stripe-Account: acct_1`).
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// Why an `allow` rule's call is asked: above `ask_above_usd`, or a
+    /// requirement it misses (`unmet = "ask"`).
+    #[serde(default)]
+    pub why: Vec<String>,
     pub rule: String,
     /// Seconds left before it is denied for lack of an answer.
     pub expires_in_secs: u64,
@@ -361,6 +369,8 @@ mod tests {
             secrets: vec!["KEY".into()],
             cost: Some("5.00 USD".into()),
             caps: Vec::new(),
+            scope: Vec::new(),
+            why: Vec::new(),
             rule: "POST /v1/refunds -> ask".into(),
             expires_in_secs: 0,
         }

@@ -208,6 +208,26 @@ impl Policy {
             )),
             None => {}
         }
+        if let Some((r, _)) = rule {
+            if !r.amounts.is_empty() {
+                lines.push(format!(
+                    "amount: {} (of the cost above; a call whose amount cannot be read is refused)",
+                    r.amounts
+                ));
+            }
+            if let Some(req) = &r.require {
+                let unmet = if req.unmet == super::Action::Ask {
+                    "asked"
+                } else {
+                    "refused (403 naming it)"
+                };
+                for f in &req.fields {
+                    lines.push(format!(
+                        "requires: {f} (present once, in one spelling; otherwise {unmet})"
+                    ));
+                }
+            }
+        }
         if let Some(cap) = h.spend_cap_usd {
             lines.push(format!("spend cap: ${cap} per run on {}", h.name));
         }

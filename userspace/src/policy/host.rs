@@ -4,12 +4,14 @@
 
 use std::fmt;
 
+use super::amounts::AmountLimits;
 use super::canonical::Ambiguities;
 use super::cost::CostRule;
 use super::hosts::HostPattern;
 use super::methods::MethodSet;
 use super::paths::PathGlob;
 use super::rate::Rate;
+use super::require::Requirements;
 use super::schema::RawAction;
 
 /// What happens to a request (or, for `action` on a host, to a whole host).
@@ -57,6 +59,10 @@ pub struct Rule {
     pub cost: Option<CostRule>,
     pub rate: Option<Rate>,
     pub max_calls: Option<u64>,
+    /// `max_usd_per_call` / `deny_above_usd` and `ask_above_usd`.
+    pub amounts: AmountLimits,
+    /// `require` (and `unmet`): headers and fields a request must carry.
+    pub require: Option<Requirements>,
     /// Line of the rule's `[[host.rule]]` header (or inline table).
     pub line: usize,
     /// E.g. `POST /v1/refunds -> ask (rule 3 of api.stripe.com, policy.toml:27)`.

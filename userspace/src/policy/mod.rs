@@ -11,6 +11,7 @@
 //! Everything is compiled once at load time; deciding a request does not
 //! parse anything.
 
+mod amounts;
 mod canonical;
 mod compile;
 mod cost;
@@ -23,6 +24,7 @@ mod hosts;
 mod methods;
 mod paths;
 mod rate;
+mod require;
 mod rules;
 mod schema;
 mod secrets;
@@ -37,6 +39,7 @@ pub use canonical::{
     AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest, MULTIPART_OVERRIDE_NAMES,
     body_method_override, multipart_names_override, normalized_field,
 };
+pub use amounts::AmountLimits;
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
 pub use diagnostics::{PolicyError, Problem};
@@ -47,6 +50,7 @@ pub use hosts::{HostPattern, normalize_name, parse_ip};
 pub use methods::MethodSet;
 pub use paths::PathGlob;
 pub use rate::{Rate, RateError};
+pub use require::{Met, Place, Requirement, Requirements, Unmet, ValuePattern, check_header};
 pub use secrets::{BasicPart, Injection, SecretSource, SecretSpec};
 
 /// A parsed and validated policy.

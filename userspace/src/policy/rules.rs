@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::canonical::{AMBIGUITY_NAMES, Ambiguities};
+use super::amounts::compile_amounts;
 use super::cost::compile_cost;
+use super::require::compile_require;
 use super::diagnostics::Diagnostics;
 use super::host::{Action, HostPolicy, Rule};
 use super::hosts::HostPattern;
@@ -279,6 +281,25 @@ fn compile_rule(
         compile_count(v, "max_calls", d)
     });
 
+    let amounts = compile_amounts(r, action, r.cost.is_some(), d);
+    let require = r.require.as_ref().and_then(|req| {
+        if action == Action::Deny {
+            d.error(
+                req.span(),
+                "`require` has no effect on a rule that denies; remove it or change the action",
+            );
+            None
+        } else {
+            compile_require(req, r.unmet.as_ref(), d)
+        }
+    });
+    if let (Some(u), None) = (&r.unmet, &r.require) {
+        d.error(
+            u.span(),
+            "`unmet` says what happens to a request that misses `require`, and the rule has no `require`",
+        );
+    }
+
     if d.len() != before {
         return None;
     }
@@ -294,6 +315,8 @@ fn compile_rule(
         cost,
         rate,
         max_calls,
+        amounts,
+        require,
         line,
         description,
     })

@@ -144,6 +144,12 @@ fn host_summary(out: &mut String, h: &HostPolicy) {
         if let Some(n) = r.max_calls {
             let _ = write!(out, "; max calls {n}");
         }
+        if !r.amounts.is_empty() {
+            let _ = write!(out, "; {}", r.amounts);
+        }
+        if let Some(req) = &r.require {
+            let _ = write!(out, "; {req}");
+        }
         out.push('\n');
     }
     if !h.rules.is_empty() {
