@@ -63,6 +63,8 @@ pub struct Rule {
     pub amounts: AmountLimits,
     /// `require` (and `unmet`): headers and fields a request must carry.
     pub require: Option<Requirements>,
+    /// The profile endpoint this rule was written as (`endpoint = ...`).
+    pub endpoint: Option<String>,
     /// Line of the rule's `[[host.rule]]` header (or inline table).
     pub line: usize,
     /// E.g. `POST /v1/refunds -> ask (rule 3 of api.stripe.com, policy.toml:27)`.
@@ -138,6 +140,8 @@ pub struct HostPolicy {
     /// Whether some rule's path has an upper-case letter (then a path's
     /// case may change the decision even when the path is lower case).
     pub rules_have_upper: bool,
+    /// The vendor profile (`vendor = "stripe"` or `vendor_file`).
+    pub profile: Option<std::sync::Arc<super::Profile>>,
     /// Line of the `[[host]]` header.
     pub line: usize,
 }

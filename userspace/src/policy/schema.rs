@@ -90,7 +90,9 @@ pub(crate) enum RawBasicPart {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHost {
-    pub name: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub vendor: Option<Spanned<String>>,
+    pub vendor_file: Option<Spanned<String>>,
     pub ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub action: Option<Spanned<RawAction>>,
     pub spend_cap_usd: Option<Spanned<Usd>>,
@@ -107,8 +109,9 @@ pub(crate) struct RawHost {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
-    pub method: Spanned<MethodSpec>,
-    pub path: Spanned<String>,
+    pub method: Option<Spanned<MethodSpec>>,
+    pub path: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<RawValues>>,
     pub action: Spanned<RawAction>,
     pub cost: Option<Spanned<RawCost>>,
     pub rate: Option<Spanned<RateText>>,

@@ -78,7 +78,14 @@ where
             if let Some(b) = body {
                 drain(b).await;
             }
-            refusal.response(&d, &ctx.run_id)
+            // On a host with a vendor profile, in the vendor's error shape.
+            let shape = ctx
+                .policy
+                .hosts
+                .get(conn.host)
+                .and_then(|h| h.profile.as_ref())
+                .and_then(|p| p.refusal.as_ref());
+            refusal.response_shaped(&d, &ctx.run_id, shape)
         }
     }
 }
