@@ -35,6 +35,9 @@ pub struct Profile {
     /// Host names the profile applies to; the first is the default name of
     /// a `[[host]]` that says `vendor = ...` without `name`.
     pub hosts: Vec<String>,
+    /// What the vendor's routing reads one way only, although servers in
+    /// general disagree (`allow_ambiguous` entries, added to the host's).
+    pub allow_ambiguous: Vec<String>,
     pub endpoints: Vec<Endpoint>,
     pub refusal: Option<RefusalShape>,
 }
@@ -139,6 +142,8 @@ struct RawProfile {
 struct RawVendor {
     name: Spanned<String>,
     hosts: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    allow_ambiguous: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +244,21 @@ pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::
             Err(e) => d.error(h.span(), e),
         }
     }
+    let mut allow_ambiguous = Vec::new();
+    for a in &v.allow_ambiguous {
+        if super::Ambiguities::default().enable(a.get_ref()) {
+            allow_ambiguous.push(a.get_ref().clone());
+        } else {
+            d.error(
+                a.span(),
+                format!(
+                    "unknown allow_ambiguous entry `{}`; expected one of {}",
+                    a.get_ref(),
+                    super::AMBIGUITY_NAMES.join(", ")
+                ),
+            );
+        }
+    }
     let refusal = raw.refusal.as_ref().map(|r| {
         let r = r.get_ref();
         if !r.body.get_ref().is_table() {
@@ -321,6 +341,7 @@ pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::
         name,
         origin,
         hosts,
+        allow_ambiguous,
         endpoints,
         refusal,
     })

@@ -220,7 +220,12 @@ fn compile_host(
         .allow_plaintext_secrets
         .as_ref()
         .is_some_and(|v| *v.get_ref());
-    let ambiguities = compile_ambiguities(h.allow_ambiguous.as_ref(), d);
+    let mut ambiguities = compile_ambiguities(h.allow_ambiguous.as_ref(), d);
+    // What the vendor's own routing makes unambiguous (validated with the
+    // profile), e.g. Twilio's `.json` suffixes.
+    for name in profile.iter().flat_map(|p| &p.allow_ambiguous) {
+        ambiguities.enable(name);
+    }
 
     let host_label = pattern.as_ref().map_or(name.as_str(), |p| p.as_str());
     let mut rules: Vec<Option<(Rule, std::ops::Range<usize>)>> = Vec::new();
