@@ -116,8 +116,7 @@ fn under_a_threshold_is_allowed_above_is_asked_far_above_is_denied() {
         "{p}"
     );
     assert_eq!(
-        p["caps"][0],
-        "per-call ceiling $1000 (deny_above_usd): this call is $480.00",
+        p["caps"][0], "per-call ceiling $1000 (deny_above_usd): this call is $480.00",
         "{p}"
     );
     let listed = enforcer(&["approvals"]);

@@ -148,8 +148,10 @@ vendor = "stripe"
     // The real key went out; the agent held a placeholder.
     let seen = w.vendor.seen();
     assert!(seen.iter().all(|s| s.host == "api.stripe.com"));
-    assert!(seen.iter().all(|s| s.authorization.as_deref()
-        == Some("Bearer sk_live_SDKTESTKEY0123456789abcdefABCDEF")));
+    assert!(
+        seen.iter().all(|s| s.authorization.as_deref()
+            == Some("Bearer sk_live_SDKTESTKEY0123456789abcdefABCDEF"))
+    );
     // The payment intent's id is the audit row's vendor id.
     let run = stderr.lines().last().unwrap_or_default();
     assert_eq!(
@@ -222,8 +224,10 @@ vendor = "twilio"
         lines[1]
     );
     assert_eq!(
-        w.vendor
-            .count("POST", "/2010-04-01/Accounts/AC00000000000000000000000000000000/Messages.json"),
+        w.vendor.count(
+            "POST",
+            "/2010-04-01/Accounts/AC00000000000000000000000000000000/Messages.json"
+        ),
         2
     );
     assert!(

@@ -172,7 +172,10 @@ fn sdk_venv() -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the vendor SDK venv {SDK_VENV} is missing: run `sudo cargo xtask setup`");
     }
-    eprintln!("xtask: installing {} into {SDK_VENV}", SDK_PACKAGES.join(" "));
+    eprintln!(
+        "xtask: installing {} into {SDK_VENV}",
+        SDK_PACKAGES.join(" ")
+    );
     exec(
         Command::new("/usr/bin/python3")
             .args(["-m", "venv", "--clear"])

@@ -67,7 +67,9 @@ pub(crate) fn compile_amounts(
         if action == Action::Deny {
             d.error(
                 v.span(),
-                format!("`{key}` has no effect on a rule that denies; remove it or change the action"),
+                format!(
+                    "`{key}` has no effect on a rule that denies; remove it or change the action"
+                ),
             );
             continue;
         }

@@ -222,7 +222,10 @@ impl Policy {
             } else {
                 "no error shape (enforcer's own refusals)"
             };
-            lines.push(format!("vendor profile: {} ({}), {shape}", p.name, p.origin));
+            lines.push(format!(
+                "vendor profile: {} ({}), {shape}",
+                p.name, p.origin
+            ));
         }
         if let Some((r, _)) = rule {
             if !r.amounts.is_empty() {

@@ -36,11 +36,11 @@ mod warnings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use amounts::AmountLimits;
 pub use canonical::{
     AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest, MULTIPART_OVERRIDE_NAMES,
     body_method_override, multipart_names_override, normalized_field,
 };
-pub use amounts::AmountLimits;
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};
 pub use diagnostics::{PolicyError, Problem};

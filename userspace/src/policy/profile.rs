@@ -201,12 +201,8 @@ pub(crate) fn load(
         },
         (None, None) => return Err(String::from("no vendor named")),
     };
-    let profile = parse(&text, &path, origin).map_err(|e| {
-        format!(
-            "vendor profile {} does not load:\n{e}",
-            path.display()
-        )
-    })?;
+    let profile = parse(&text, &path, origin)
+        .map_err(|e| format!("vendor profile {} does not load:\n{e}", path.display()))?;
     if let Some(v) = vendor
         && profile.name != v
     {
@@ -222,12 +218,16 @@ pub(crate) fn load(
 /// Parses and validates a profile file, reporting every problem with its
 /// line in that file.
 pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::PolicyError> {
-    let raw: RawProfile = toml::from_str(text)
-        .map_err(|e| super::PolicyError::from_toml(&e, text, path))?;
+    let raw: RawProfile =
+        toml::from_str(text).map_err(|e| super::PolicyError::from_toml(&e, text, path))?;
     let mut d = Diagnostics::new(text, path);
     let v = raw.vendor.get_ref();
     let name = v.name.get_ref().clone();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         d.error(
             v.name.span(),
             "a vendor name is lowercase letters, digits and `-` (e.g. `stripe`)",
@@ -262,7 +262,10 @@ pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::
     let refusal = raw.refusal.as_ref().map(|r| {
         let r = r.get_ref();
         if !r.body.get_ref().is_table() {
-            d.error(r.body.span(), "`body` is a table: the JSON object the vendor's SDK parses");
+            d.error(
+                r.body.span(),
+                "`body` is a table: the JSON object the vendor's SDK parses",
+            );
         }
         let mut headers = Vec::new();
         for (k, v) in &r.headers {
@@ -271,7 +274,10 @@ pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::
                 http::HeaderValue::from_str(v.get_ref()),
             ) {
                 (Ok(_), Ok(_)) => headers.push((k.clone(), v.get_ref().clone())),
-                _ => d.error(v.span(), format!("`{k}: {}` is not a valid header", v.get_ref())),
+                _ => d.error(
+                    v.span(),
+                    format!("`{k}: {}` is not a valid header", v.get_ref()),
+                ),
             }
         }
         RefusalShape {
@@ -296,7 +302,10 @@ pub fn parse(text: &str, path: &Path, origin: String) -> Result<Profile, super::
             );
         }
         if endpoints.iter().any(|x| x.name == ename) {
-            d.error(e.name.span(), format!("endpoint `{ename}` is defined twice"));
+            d.error(
+                e.name.span(),
+                format!("endpoint `{ename}` is defined twice"),
+            );
         }
         let methods = match e.method.get_ref() {
             MethodSpec::One(m) => MethodSet::parse(std::slice::from_ref(m)),
@@ -354,8 +363,8 @@ mod tests {
     #[test]
     fn built_in_profiles_load() {
         for (name, _) in BUILT_IN {
-            let p = load(Some(name), None, Path::new("."))
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p =
+                load(Some(name), None, Path::new(".")).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(p.name, *name);
             assert!(!p.hosts.is_empty() && !p.endpoints.is_empty());
             assert!(p.refusal.is_some());
@@ -375,13 +384,21 @@ mod tests {
             serde_json::json!({"error": {"type": "invalid_request_error", "code": "requirement-unmet", "message": "no \"x\""}})
         );
         let resend = load(Some("resend"), None, Path::new(".")).unwrap();
-        let body = resend.refusal.as_ref().unwrap().render(429, "rate-limited", "slow");
+        let body = resend
+            .refusal
+            .as_ref()
+            .unwrap()
+            .render(429, "rate-limited", "slow");
         assert_eq!(
             body,
             serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "slow"})
         );
         let twilio = load(Some("twilio"), None, Path::new(".")).unwrap();
-        let body = twilio.refusal.as_ref().unwrap().render(403, "deny-rule", "no");
+        let body = twilio
+            .refusal
+            .as_ref()
+            .unwrap()
+            .render(403, "deny-rule", "no");
         assert_eq!(body["status"], 403);
         assert_eq!(body["code"], 20403);
     }

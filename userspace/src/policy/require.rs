@@ -119,7 +119,12 @@ impl fmt::Display for Requirement {
 impl fmt::Display for Requirements {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fields: Vec<String> = self.fields.iter().map(ToString::to_string).collect();
-        write!(f, "requires {}, otherwise {}", fields.join(" and "), self.unmet)
+        write!(
+            f,
+            "requires {}, otherwise {}",
+            fields.join(" and "),
+            self.unmet
+        )
     }
 }
 
@@ -225,9 +230,9 @@ fn field(
         SpendError::MissingField { what } => {
             format!("{what} is missing from the request, and the rule requires it")
         }
-        SpendError::Ambiguous { what, count } => format!(
-            "{what} appears {count} times in the request; refusing an ambiguous value"
-        ),
+        SpendError::Ambiguous { what, count } => {
+            format!("{what} appears {count} times in the request; refusing an ambiguous value")
+        }
         other => other.to_string(),
     })
 }
@@ -485,6 +490,15 @@ name = "api.stripe.com"
 
     const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
+    /// Headers, target, content type, body, and what the refusal says.
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+    );
+
     fn check(
         req: &Requirements,
         hdrs: &[(&str, &str)],
@@ -509,7 +523,10 @@ name = "api.stripe.com"
         let shown: Vec<String> = met.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
-            ["header Stripe-Account: acct_2", "form field customer: cus_9"]
+            [
+                "header Stripe-Account: acct_2",
+                "form field customer: cus_9"
+            ]
         );
     }
 
@@ -517,30 +534,130 @@ name = "api.stripe.com"
     fn a_second_account_or_customer_cannot_be_smuggled() {
         let req = scoped();
         let ok_header = [("Stripe-Account", "acct_1")];
-        let cases: &[(&[(&str, &str)], &str, Option<&str>, &str, &str)] = &[
+        let cases: &[Case] = &[
             // The header: missing, another account, a second line, another spelling.
-            (&[], "/v1/payment_intents", FORM, "customer=cus_1", "missing"),
-            (&[("Stripe-Account", "acct_3")], "/v1/payment_intents", FORM, "customer=cus_1", "accepts only"),
-            (&[("Stripe-Account", "acct_1"), ("stripe-account", "acct_3")], "/v1/payment_intents", FORM, "customer=cus_1", "2 times"),
-            (&[("Stripe-Account", "acct_1"), ("Stripe_Account", "acct_3")], "/v1/payment_intents", FORM, "customer=cus_1", "CGI"),
-            (&[("Stripe-Account", "acct_1,acct_3")], "/v1/payment_intents", FORM, "customer=cus_1", "contains"),
-            (&[("Stripe-Account", "ACCT_1")], "/v1/payment_intents", FORM, "customer=cus_1", "accepts only"),
+            (
+                &[],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "missing",
+            ),
+            (
+                &[("Stripe-Account", "acct_3")],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "accepts only",
+            ),
+            (
+                &[("Stripe-Account", "acct_1"), ("stripe-account", "acct_3")],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "2 times",
+            ),
+            (
+                &[("Stripe-Account", "acct_1"), ("Stripe_Account", "acct_3")],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "CGI",
+            ),
+            (
+                &[("Stripe-Account", "acct_1,acct_3")],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "contains",
+            ),
+            (
+                &[("Stripe-Account", "ACCT_1")],
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1",
+                "accepts only",
+            ),
             // The form field: missing, repeated, in the query too, aliased, wrong body kind.
-            (&ok_header, "/v1/payment_intents", FORM, "amount=1", "missing"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=cus_1&customer=acct_x", "2 times"),
-            (&ok_header, "/v1/payment_intents?customer=x_2", FORM, "customer=cus_1", "2 times"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=cus_1&customer[]=x_2", "also spelled"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=cus_1&customer[0]=x_2", "also spelled"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=cus_1&+customer=x_2", "also spelled"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=cus_1&customer%00x=x_2", "also spelled"),
-            (&ok_header, "/v1/payment_intents", Some("application/json"), r#"{"customer":"cus_1"}"#, "Content-Type"),
-            (&ok_header, "/v1/payment_intents", Some("multipart/form-data; boundary=x"), "customer=cus_1", "Content-Type"),
-            (&ok_header, "/v1/payment_intents", FORM, "customer=x_cus_1", "accepts only"),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "amount=1",
+                "missing",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&customer=acct_x",
+                "2 times",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents?customer=x_2",
+                FORM,
+                "customer=cus_1",
+                "2 times",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&customer[]=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&customer[0]=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&+customer=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&customer%00x=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                Some("application/json"),
+                r#"{"customer":"cus_1"}"#,
+                "Content-Type",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                Some("multipart/form-data; boundary=x"),
+                "customer=cus_1",
+                "Content-Type",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=x_cus_1",
+                "accepts only",
+            ),
         ];
         for (hdrs, target, ct, body, expect) in cases {
             let e = check(&req, hdrs, target, *ct, body)
                 .expect_err(&format!("{hdrs:?} {target} {body}"));
-            assert!(e.why.contains(expect), "{hdrs:?} {target} {body}: {}", e.why);
+            assert!(
+                e.why.contains(expect),
+                "{hdrs:?} {target} {body}: {}",
+                e.why
+            );
         }
     }
 
@@ -561,19 +678,55 @@ name = "api.resend.com"
         .unwrap();
         let req = p.hosts[0].rules[0].require.clone().unwrap();
         let json = Some("application/json");
-        assert!(check(&req, &[], "/emails?team=t1", json, r#"{"from":"a@example.com"}"#).is_ok());
+        assert!(
+            check(
+                &req,
+                &[],
+                "/emails?team=t1",
+                json,
+                r#"{"from":"a@example.com"}"#
+            )
+            .is_ok()
+        );
         for (target, body, expect) in [
-            ("/emails?team=t1", r#"{"from":"a@example.com","from":"b@evil.com"}"#, "2 times"),
-            ("/emails?team=t1&from=b@evil.com", r#"{"from":"a@example.com"}"#, "query parameter"),
-            ("/emails?team=t1", r#"{"from":["a@example.com"]}"#, "an array"),
-            ("/emails?team=t1", r#"{"from":"a@example.com.evil.com"}"#, "accepts only"),
-            ("/emails", r#"{"from":"a@example.com","team":"t1"}"#, "form body"),
-            ("/emails?team=t1&team=t2", r#"{"from":"a@example.com"}"#, "2 times"),
-            ("/emails?team=t1", r#"{"from":"a@example.com","team":"t2"}"#, "2 times"),
+            (
+                "/emails?team=t1",
+                r#"{"from":"a@example.com","from":"b@evil.com"}"#,
+                "2 times",
+            ),
+            (
+                "/emails?team=t1&from=b@evil.com",
+                r#"{"from":"a@example.com"}"#,
+                "query parameter",
+            ),
+            (
+                "/emails?team=t1",
+                r#"{"from":["a@example.com"]}"#,
+                "an array",
+            ),
+            (
+                "/emails?team=t1",
+                r#"{"from":"a@example.com.evil.com"}"#,
+                "accepts only",
+            ),
+            (
+                "/emails",
+                r#"{"from":"a@example.com","team":"t1"}"#,
+                "form body",
+            ),
+            (
+                "/emails?team=t1&team=t2",
+                r#"{"from":"a@example.com"}"#,
+                "2 times",
+            ),
+            (
+                "/emails?team=t1",
+                r#"{"from":"a@example.com","team":"t2"}"#,
+                "2 times",
+            ),
         ] {
             let e = check(&req, &[], target, json, body).expect_err(body);
             assert!(e.why.contains(expect), "{target} {body}: {}", e.why);
         }
     }
 }
-

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::canonical::{AMBIGUITY_NAMES, Ambiguities};
 use super::amounts::compile_amounts;
+use super::canonical::{AMBIGUITY_NAMES, Ambiguities};
 use super::cost::compile_cost;
-use super::require::compile_require;
 use super::diagnostics::Diagnostics;
 use super::host::{Action, HostPolicy, Rule};
 use super::hosts::HostPattern;
 use super::methods::MethodSet;
 use super::paths::PathGlob;
 use super::profile::{self, Profile};
+use super::require::compile_require;
 use super::schema::{MethodSpec, RawAction, RawHost, RawRule};
 use super::values::{check_usd, compile_count, compile_ports, compile_rate};
 
@@ -100,7 +100,11 @@ fn host_name(
     if let Some(n) = &h.name {
         return Some((n.get_ref().clone(), n.span()));
     }
-    let span = h.vendor.as_ref().or(h.vendor_file.as_ref()).map(|v| v.span());
+    let span = h
+        .vendor
+        .as_ref()
+        .or(h.vendor_file.as_ref())
+        .map(|v| v.span());
     match (profile.and_then(|p| p.hosts.first()), span) {
         (Some(first), Some(span)) => Some((first.clone(), span)),
         // The profile did not load: its error is reported already.

@@ -1216,7 +1216,10 @@ name = "api.stripe.com"
         .explain("POST", "https://api.stripe.com/v1/payment_intents")
         .unwrap()
         .to_string();
-    assert!(e.contains("amount: ask above $50, at most $1000 per call"), "{e}");
+    assert!(
+        e.contains("amount: ask above $50, at most $1000 per call"),
+        "{e}"
+    );
     assert!(
         e.contains("requires: header Stripe-Account in [acct_1, acct_2] (present once, in one spelling; otherwise asked)"),
         "{e}"

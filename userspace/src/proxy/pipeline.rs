@@ -249,7 +249,12 @@ async fn stages(
         }
         let content_type = content_type.as_deref();
         match req.check(&parts.headers, &parts.uri, content_type, &data) {
-            Ok(met) => asked.scope = met.iter().map(|m| ctx.secrets.mask(&m.to_string())).collect(),
+            Ok(met) => {
+                asked.scope = met
+                    .iter()
+                    .map(|m| ctx.secrets.mask(&m.to_string()))
+                    .collect()
+            }
             Err(unmet) if req.unmet == Action::Ask => {
                 ask = true;
                 asked.why.push(ctx.secrets.mask(&unmet.why));
@@ -342,7 +347,16 @@ async fn stages(
     if ask {
         watch.track(d);
         stage!(
-            approval(&parts, &data, conn, ctx, (host, rule), (charge.as_ref(), asked), d).await,
+            approval(
+                &parts,
+                &data,
+                conn,
+                ctx,
+                (host, rule),
+                (charge.as_ref(), asked),
+                d
+            )
+            .await,
             Some(body)
         );
     }

@@ -60,7 +60,9 @@ impl Refusal {
             Cause::OverCap => "spend cap",
             Cause::CostUnknown => "request refused: its cost cannot be determined",
             Cause::OverCallCeiling => "request refused: above the per-call ceiling",
-            Cause::RequirementUnmet => "request refused: a required header or field is missing or not accepted",
+            Cause::RequirementUnmet => {
+                "request refused: a required header or field is missing or not accepted"
+            }
             Cause::BodyRefused => "request body refused",
             Cause::AuditUnavailable => {
                 "request refused: the audit log cannot be written, so nothing is forwarded"

@@ -30,8 +30,8 @@ pub use cost::{Cost, FieldPlace, extract, read_field};
 pub use daily::{DailyLedger, DailyReservation};
 pub use error::SpendError;
 pub use ledger::{AccountSnapshot, Ledger, OverCap, Reservation};
-pub use per_call::{OverCeiling, PerCall};
 pub use money::{MAX_MICROS, MICROS_PER_USD, format_usd};
+pub use per_call::{OverCeiling, PerCall};
 pub use rate::{Limited, RateLimiter};
 
 #[cfg(test)]

@@ -107,7 +107,10 @@ mod tests {
         let over = judge(&l, &cost(1_000_000_001)).unwrap_err();
         assert_eq!(over.key, "deny_above_usd");
         assert_eq!(over.ceiling_usd, "1000.00");
-        assert!(over.to_string().contains("above the rule's per-call ceiling of $1000.00"));
+        assert!(
+            over.to_string()
+                .contains("above the rule's per-call ceiling of $1000.00")
+        );
     }
 
     #[test]
