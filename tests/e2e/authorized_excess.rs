@@ -163,11 +163,20 @@ fn under_a_threshold_is_allowed_above_is_asked_far_above_is_denied() {
 }
 
 #[test]
-fn without_an_approver_an_ask_above_the_threshold_is_a_denial() {
+fn without_an_approver_an_ask_above_the_threshold_is_a_denial_and_no_amount_is_refused() {
     let w = VendorWorld::new();
     let script = [
         pay("under", "acct_1", "4999"),
         pay("above", "acct_1", "5001"),
+        // No readable amount: the thresholds cannot judge it, so it is refused.
+        call(
+            "no-amount",
+            "-H 'Stripe-Account: acct_1' -d currency=usd https://api.vendor.test/v1/payment_intents",
+        ),
+        call(
+            "two-amounts",
+            "-H 'Stripe-Account: acct_1' -d amount=100 -d amount=900000 -d currency=usd https://api.vendor.test/v1/payment_intents",
+        ),
     ]
     .join("; ");
     let out = w
@@ -178,10 +187,19 @@ fn without_an_approver_an_ask_above_the_threshold_is_a_denial() {
     out.assert_clean();
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
-        ["under 200", "above 403"],
+        ["under 200", "above 403", "no-amount 403", "two-amounts 403"],
         "{out:?}"
     );
     assert_eq!(w.vendor.count("POST", "/v1/payment_intents"), 1);
+    let run = out.run_id.expect("run id");
+    let rows = causes(&run);
+    let got: Vec<&str> = rows.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        got,
+        ["allowed", "no-approver", "cost-unknown", "cost-unknown"],
+        "{rows:?}"
+    );
+    leftovers::assert_run_gone(&run);
 }
 
 #[test]

@@ -1225,3 +1225,65 @@ name = "api.stripe.com"
         "{e}"
     );
 }
+
+#[test]
+fn a_vendor_file_of_ones_own_is_loaded_next_to_the_policy_and_checked() {
+    let dir = std::env::temp_dir().join(format!("enforcer-profile-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("profiles")).unwrap();
+    std::fs::write(
+        dir.join("profiles/acme.toml"),
+        r#"
+[vendor]
+name = "acme"
+hosts = ["api.acme.test"]
+[refusal]
+body = { fault = { reason = "{message}", status = "{status}" } }
+[[endpoint]]
+name = "orders.create"
+method = "POST"
+path = "/orders"
+cost = { json_pointer = "/total", currency = "usd", response_id_pointer = "/order_id" }
+"#,
+    )
+    .unwrap();
+    let policy = dir.join("p.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[host]]
+vendor_file = "profiles/acme.toml"
+  [[host.rule]]
+  endpoint = "orders.create"
+  action = "allow"
+  max_usd_per_call = 20
+"#,
+    )
+    .unwrap();
+    let p = Policy::load(&policy).unwrap();
+    let h = &p.hosts[0];
+    assert_eq!(h.name, "api.acme.test");
+    let rule = &h.rules[0];
+    assert_eq!(rule.endpoint.as_deref(), Some("orders.create"));
+    assert_eq!(
+        rule.cost.as_ref().and_then(|c| c.response_id_pointer.as_deref()),
+        Some("/order_id")
+    );
+    let body = h
+        .profile
+        .as_ref()
+        .and_then(|p| p.refusal.as_ref())
+        .unwrap()
+        .render(403, "deny-rule", "no");
+    assert_eq!(body, serde_json::json!({"fault": {"reason": "no", "status": 403}}));
+
+    // A broken profile is reported with its own file and line.
+    std::fs::write(
+        dir.join("profiles/acme.toml"),
+        "[vendor]\nname = \"acme\"\nhosts = [\"api.acme.test\"]\n[[endpoint]]\nname = \"orders.create\"\nmethod = \"POST\"\npath = \"orders\"\n",
+    )
+    .unwrap();
+    let e = Policy::load(&policy).unwrap_err().to_string();
+    assert!(e.contains("p.toml:3:15"), "{e}");
+    assert!(e.contains("profiles/acme.toml:7:8"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
