@@ -11,7 +11,7 @@ use aya::{
         CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program, ProgramError, SockOps,
     },
 };
-use enforcer_common::{counters, globals, maps, programs};
+use enforcer_common::{LoopbackKey, RunPorts, counters, maps, programs};
 
 use super::{
     bpf_sys,
@@ -52,6 +52,8 @@ pub enum LoadError {
 /// What the programs need to know about this run.
 #[derive(Debug, Clone, Default)]
 pub struct KernelConfig {
+    /// The run's cgroup id: the programs serve its processes by it.
+    pub cgroup_id: u64,
     pub proxy_port4: u16,
     pub proxy_port6: u16,
     pub dns_port4: u16,
@@ -122,6 +124,7 @@ const PROGRAMS: &[(&str, Hook)] = &[
 ];
 
 const PINNED_MAPS: &[&str] = &[
+    maps::RUNS,
     maps::ORIG_BY_COOKIE,
     maps::ORIG_BY_TUPLE,
     maps::LOOPBACK_PORTS,
@@ -140,6 +143,7 @@ pub struct KernelCounters {
 /// or [`Enforcement::keep_pinned`] still detaches (the pins are removed).
 pub struct Enforcement {
     ebpf: Ebpf,
+    cgroup_id: u64,
     links: Vec<(&'static str, OwnedFd)>,
     pins: Option<PinDir>,
     counters: Option<PerCpuArray<MapData, u64>>,
@@ -171,11 +175,6 @@ impl Enforcement {
         // No CO-RE relocations are used: skip parsing the kernel's BTF (tens of ms).
         let mut ebpf = EbpfLoader::new()
             .btf(None)
-            .override_global(globals::PROXY_PORT4, &cfg.proxy_port4, true)
-            .override_global(globals::PROXY_PORT6, &cfg.proxy_port6, true)
-            .override_global(globals::DNS_PORT4, &cfg.dns_port4, true)
-            .override_global(globals::DNS_PORT6, &cfg.dns_port6, true)
-            .override_global(globals::EXPLICIT_PORT4, &cfg.explicit_port4, true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
 
@@ -191,6 +190,7 @@ impl Enforcement {
 
         let mut enforcement = Self {
             ebpf,
+            cgroup_id: cfg.cgroup_id,
             links: Vec::with_capacity(PROGRAMS.len()),
             pins: Some(pins),
             counters: None,
@@ -249,7 +249,7 @@ impl Enforcement {
             name: maps::ORIG_BY_TUPLE,
             detail: e.to_string(),
         })?;
-        Ok(OrigDstTable::new(map))
+        Ok(OrigDstTable::new(map, self.cgroup_id))
     }
 
     /// The ring buffer the programs report refusals into.
@@ -345,18 +345,44 @@ fn load_program(program: &mut Program, name: &'static str, hook: Hook) -> Result
     })
 }
 
-/// Writes the policy's loopback ports into their map.
+/// Files the run (its listeners under its cgroup id) and its policy's
+/// loopback ports. Done before any process enters the cgroup.
 fn fill_tables(ebpf: &mut Ebpf, cfg: &KernelConfig) -> Result<(), LoadError> {
-    let map_err = |e: aya::maps::MapError| LoadError::Map {
-        name: maps::LOOPBACK_PORTS,
-        detail: e.to_string(),
+    let map_err = |name| {
+        move |e: aya::maps::MapError| LoadError::Map {
+            name,
+            detail: e.to_string(),
+        }
     };
     let map = ebpf
         .map_mut(maps::LOOPBACK_PORTS)
         .ok_or(LoadError::MissingMap(maps::LOOPBACK_PORTS))?;
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(map_err)?;
-    for port in &cfg.loopback_ports {
-        ports.insert(port, 1, 0).map_err(map_err)?;
+    let mut ports: HashMap<_, LoopbackKey, u8> =
+        HashMap::try_from(map).map_err(map_err(maps::LOOPBACK_PORTS))?;
+    for &port in &cfg.loopback_ports {
+        let key = LoopbackKey {
+            cgroup: cfg.cgroup_id,
+            port,
+            pad: [0; 3],
+        };
+        ports
+            .insert(key, 1, 0)
+            .map_err(map_err(maps::LOOPBACK_PORTS))?;
     }
+    let map = ebpf
+        .map_mut(maps::RUNS)
+        .ok_or(LoadError::MissingMap(maps::RUNS))?;
+    let mut runs: HashMap<_, u64, RunPorts> =
+        HashMap::try_from(map).map_err(map_err(maps::RUNS))?;
+    let listeners = RunPorts {
+        proxy4: cfg.proxy_port4,
+        proxy6: cfg.proxy_port6,
+        dns4: cfg.dns_port4,
+        dns6: cfg.dns_port6,
+        explicit4: cfg.explicit_port4,
+        pad: 0,
+    };
+    runs.insert(cfg.cgroup_id, listeners, 0)
+        .map_err(map_err(maps::RUNS))?;
     Ok(())
 }

@@ -416,6 +416,7 @@ async fn supervise(
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
     let cfg = KernelConfig {
+        cgroup_id: cgroup.id()?,
         proxy_port4: Listeners::port(&listeners.transparent4),
         proxy_port6: listeners.transparent6.as_ref().map_or(0, Listeners::port),
         dns_port4: Listeners::dns_port(&listeners.dns_udp4),
