@@ -1265,7 +1265,9 @@ vendor_file = "profiles/acme.toml"
     let rule = &h.rules[0];
     assert_eq!(rule.endpoint.as_deref(), Some("orders.create"));
     assert_eq!(
-        rule.cost.as_ref().and_then(|c| c.response_id_pointer.as_deref()),
+        rule.cost
+            .as_ref()
+            .and_then(|c| c.response_id_pointer.as_deref()),
         Some("/order_id")
     );
     let body = h
@@ -1274,7 +1276,10 @@ vendor_file = "profiles/acme.toml"
         .and_then(|p| p.refusal.as_ref())
         .unwrap()
         .render(403, "deny-rule", "no");
-    assert_eq!(body, serde_json::json!({"fault": {"reason": "no", "status": 403}}));
+    assert_eq!(
+        body,
+        serde_json::json!({"fault": {"reason": "no", "status": 403}})
+    );
 
     // A broken profile is reported with its own file and line.
     std::fs::write(
