@@ -18,6 +18,7 @@ pub mod logging;
 pub mod output;
 pub mod policy;
 pub mod proxy;
+pub mod run;
 pub mod runid;
 pub mod runs;
 pub mod secrets;

@@ -18,7 +18,7 @@ pub struct Run {
 #[inline(always)]
 pub fn run_of(cgroup: u64) -> Option<Run> {
     // SAFETY: plain read of a map value, copied out.
-    let ports = unsafe { RUNS.get(&cgroup) }.copied()?;
+    let ports = unsafe { RUNS.get(cgroup) }.copied()?;
     Some(Run { cgroup, ports })
 }
 

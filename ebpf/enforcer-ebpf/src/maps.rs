@@ -61,5 +61,5 @@ pub fn loopback_port_listed(cgroup: u64, port: u16) -> bool {
         pad: [0; 3],
     };
     // SAFETY: the value is only tested for presence.
-    unsafe { LOOPBACK_PORTS.get(&key).is_some() }
+    unsafe { LOOPBACK_PORTS.get(key).is_some() }
 }

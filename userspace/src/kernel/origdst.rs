@@ -1,15 +1,21 @@
 //! The proxy's view of the kernel's bookkeeping: for an accepted connection,
 //! the destination the client originally dialed.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use aya::maps::{HashMap, MapData};
 use enforcer_common::{OrigDst, TupleKey};
 
+/// The kernel's ORIG_BY_TUPLE map, shared by every run it serves.
+pub type OrigDstMap = HashMap<MapData, TupleKey, OrigDst>;
+
 /// Read side of the ORIG_BY_TUPLE map, for one run: only connections made
 /// from the run's cgroup are found.
 pub struct OrigDstTable {
-    map: HashMap<MapData, TupleKey, OrigDst>,
+    map: Arc<OrigDstMap>,
     cgroup: u64,
 }
 
@@ -45,7 +51,7 @@ pub fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
 
 impl OrigDstTable {
     /// The table as the run in cgroup `cgroup` sees it.
-    pub fn new(map: HashMap<MapData, TupleKey, OrigDst>, cgroup: u64) -> Self {
+    pub fn new(map: Arc<OrigDstMap>, cgroup: u64) -> Self {
         Self { map, cgroup }
     }
 
