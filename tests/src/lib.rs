@@ -8,6 +8,7 @@ pub mod files;
 pub mod launch;
 pub mod leftovers;
 pub mod netns;
+pub mod sdk;
 pub mod servers;
 pub mod terminal;
 pub mod vendor;

@@ -44,6 +44,12 @@ pub enum Cause {
     OverCap,
     /// The call's cost could not be read.
     CostUnknown,
+    /// The call's amount is above its rule's per-call ceiling
+    /// (`max_usd_per_call` / `deny_above_usd`).
+    OverCallCeiling,
+    /// A header or field the rule requires (`require`) is missing,
+    /// ambiguous or has a value the rule does not accept.
+    RequirementUnmet,
     /// The request body was too large, too slow or unreadable for a rule
     /// that must read it.
     BodyRefused,
@@ -108,6 +114,8 @@ impl Cause {
             Self::LoopBreaker => "loop-breaker",
             Self::OverCap => "over-cap",
             Self::CostUnknown => "cost-unknown",
+            Self::OverCallCeiling => "over-call-ceiling",
+            Self::RequirementUnmet => "requirement-unmet",
             Self::BodyRefused => "body-refused",
             Self::ApprovalDenied => "approval-denied",
             Self::ApprovalTimeout => "approval-timeout",
