@@ -105,6 +105,15 @@ pub enum Ambiguous {
     )]
     MethodOverrideParam(String),
 
+    #[error(
+        "the Connection header names `{0}`: the proxy would drop that header after the policy checked it; Connection may list only close, keep-alive, upgrade and te"
+    )]
+    ConnectionOption(String),
+    #[error(
+        "the request has more than one Content-Type header; servers disagree about which one counts: send one"
+    )]
+    RepeatedContentType,
+
     #[error("the request target is not a path starting with `/`")]
     NotOriginForm,
     #[error("the path contains `\\` or `%5C`, which some servers treat as `/`")]
@@ -147,6 +156,8 @@ impl Ambiguous {
             Self::MethodCase(_) => "method-case",
             Self::MethodToken(_) => "method-token",
             Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) => "method-override",
+            Self::ConnectionOption(_) => "connection-header",
+            Self::RepeatedContentType => "content-type",
             Self::NotOriginForm => "not-origin-form",
             Self::Backslash => "backslash",
             Self::EncodedSlash => "encoded-slash",
@@ -206,10 +217,18 @@ impl CanonicalRequest {
         allow: Ambiguities,
     ) -> Result<Self, Ambiguous> {
         let method = canonical_method(method)?;
-        if let Some(h) = headers
-            && let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|n| h.contains_key(**n))
-        {
-            return Err(Ambiguous::MethodOverrideHeader((*name).to_string()));
+        if let Some(h) = headers {
+            if let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|n| h.contains_key(**n)) {
+                return Err(Ambiguous::MethodOverrideHeader((*name).to_string()));
+            }
+            check_connection(h)?;
+            if h.get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+            {
+                return Err(Ambiguous::RepeatedContentType);
+            }
         }
         let (raw_path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -265,6 +284,31 @@ impl CanonicalRequest {
     pub fn is_read(&self) -> bool {
         matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS")
     }
+}
+
+/// What a `Connection` header may list: the connection's own options.
+/// Anything else names a header the proxy would remove as hop-by-hop after
+/// the policy checked it (`Connection: Stripe-Account`). `te` is there for
+/// `curl --tr-encoding`; `TE` is never forwarded anyway.
+const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "upgrade", "te"];
+
+/// Every `Connection` line lists only [`CONNECTION_OPTIONS`] (any case).
+fn check_connection(headers: &HeaderMap) -> Result<(), Ambiguous> {
+    for line in headers.get_all(http::header::CONNECTION) {
+        let text = String::from_utf8_lossy(line.as_bytes());
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !CONNECTION_OPTIONS
+                .iter()
+                .any(|o| token.eq_ignore_ascii_case(o))
+            {
+                let shown: String = token.chars().take(64).collect();
+                return Err(Ambiguous::ConnectionOption(
+                    shown.to_ascii_lowercase().escape_default().to_string(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A form field name as frameworks read it: PHP drops leading spaces, cuts
@@ -516,6 +560,59 @@ mod tests {
             CanonicalRequest::parse("POST", "/v1/x", Some(&h), Ambiguities::default()).unwrap_err();
         assert_eq!(e.kind(), "method-override");
         assert!(e.to_string().contains("x-http-method-override"), "{e}");
+    }
+
+    fn with_headers(list: &[(&str, &str)]) -> Result<CanonicalRequest, Ambiguous> {
+        let mut h = HeaderMap::new();
+        for (k, v) in list {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        CanonicalRequest::parse("POST", "/v1/charges", Some(&h), Ambiguities::ALL)
+    }
+
+    /// A `Connection` header naming an end-to-end header would make the
+    /// proxy drop it after the policy checked it (`Stripe-Account`,
+    /// `Content-Type`): only the connection's own options pass.
+    #[test]
+    fn connection_may_name_only_the_connections_own_options() {
+        for ok in [
+            vec![("Connection", "close")],
+            vec![("Connection", "keep-alive")],
+            vec![("Connection", "Upgrade")],
+            vec![("Connection", "keep-alive, Upgrade")],
+            vec![("Connection", "Keep-Alive"), ("Connection", "TE")],
+            vec![],
+        ] {
+            assert!(with_headers(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            vec![("Connection", "Stripe-Account")],
+            vec![("Connection", "stripe-account")],
+            vec![("Connection", "close, Content-Type")],
+            vec![("Connection", "close"), ("Connection", "Content-Type")],
+            vec![("Connection", "keep-alive,,x-api-key")],
+        ] {
+            let e = with_headers(&bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.kind(), "connection-header", "{bad:?}");
+            assert_eq!(e.opt_in(), None);
+        }
+        let e = with_headers(&[("Connection", "Stripe-Account")]).unwrap_err();
+        assert!(e.to_string().contains("stripe-account"), "{e}");
+    }
+
+    /// Servers disagree on which of two Content-Type lines counts.
+    #[test]
+    fn a_second_content_type_is_refused() {
+        let e = with_headers(&[
+            ("Content-Type", "application/json"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), "content-type");
+        assert!(with_headers(&[("Content-Type", "application/json")]).is_ok());
     }
 
     #[test]
