@@ -311,6 +311,33 @@ fn check_connection(headers: &HeaderMap) -> Result<(), Ambiguous> {
     Ok(())
 }
 
+/// Whether a field name has `[` or `]` anywhere but in the one form every
+/// framework reads alike (`name`, `name[]`, `name[a][b]`). Others differ:
+/// PHP reads an unmatched `[` as `_` (`unit[amount` is `unit_amount`),
+/// Rack 2 reads `amount]`, `[amount]` and `]amount` as `amount`.
+pub fn malformed_brackets(key: &str) -> bool {
+    let Some(open) = key.find(['[', ']']) else {
+        return false;
+    };
+    if open == 0 {
+        return true;
+    }
+    let mut rest = &key[open..];
+    while !rest.is_empty() {
+        let Some(inner) = rest.strip_prefix('[') else {
+            return true;
+        };
+        let Some(close) = inner.find(['[', ']']) else {
+            return true;
+        };
+        if inner.as_bytes()[close] != b']' {
+            return true;
+        }
+        rest = &inner[close + 1..];
+    }
+    false
+}
+
 /// A form field name as frameworks read it: PHP drops leading spaces, cuts
 /// at NUL and reads ` ` and `.` as `_`; PHP, Rails and others read
 /// `name[]`/`name[x]` as `name`. Two names that give the same result are
