@@ -292,6 +292,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "trailer",
     "upgrade",
     "proxy-authorization",
+    "proxy-connection",
+    "proxy-authenticate",
 ];
 
 /// Validates `require = { ... }` and `unmet`.
