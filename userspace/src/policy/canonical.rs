@@ -106,7 +106,7 @@ pub enum Ambiguous {
     MethodOverrideParam(String),
 
     #[error(
-        "the Connection header names `{0}`: the proxy would drop that header after the policy checked it; Connection may list only close, keep-alive, upgrade and te"
+        "the Connection header names `{0}`: the proxy would drop that header after the policy checked it; Connection may list only close, keep-alive, upgrade, te and http2-settings"
     )]
     ConnectionOption(String),
     #[error(
@@ -289,8 +289,10 @@ impl CanonicalRequest {
 /// What a `Connection` header may list: the connection's own options.
 /// Anything else names a header the proxy would remove as hop-by-hop after
 /// the policy checked it (`Connection: Stripe-Account`). `te` is there for
-/// `curl --tr-encoding`; `TE` is never forwarded anyway.
-const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "upgrade", "te"];
+/// `curl --tr-encoding`, `http2-settings` for `curl --http2` to an
+/// `http://` URL (an h2c upgrade); neither header is ever forwarded, and
+/// `require` cannot name them.
+const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "upgrade", "te", "http2-settings"];
 
 /// Every `Connection` line lists only [`CONNECTION_OPTIONS`] (any case).
 fn check_connection(headers: &HeaderMap) -> Result<(), Ambiguous> {
@@ -611,6 +613,7 @@ mod tests {
             vec![("Connection", "Upgrade")],
             vec![("Connection", "keep-alive, Upgrade")],
             vec![("Connection", "Keep-Alive"), ("Connection", "TE")],
+            vec![("Connection", "Upgrade, HTTP2-Settings")],
             vec![],
         ] {
             assert!(with_headers(&ok).is_ok(), "{ok:?}");

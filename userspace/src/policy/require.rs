@@ -294,6 +294,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-authorization",
     "proxy-connection",
     "proxy-authenticate",
+    "http2-settings",
 ];
 
 /// Validates `require = { ... }` and `unmet`.
