@@ -238,7 +238,7 @@ impl CanonicalRequest {
             return Err(Ambiguous::RawCharacter);
         }
         if let Some(q) = query
-            && let Some(p) = url::form_urlencoded::parse(q.as_bytes())
+            && let Some(p) = url::form_urlencoded::parse(&semicolons_as_ampersands(q.as_bytes()))
                 .map(|(k, _)| normalized_field(&k))
                 .find(|k| {
                     METHOD_OVERRIDE_PARAMS
@@ -342,12 +342,14 @@ pub fn malformed_brackets(key: &str) -> bool {
 
 /// A form field name as frameworks read it: PHP drops leading spaces, cuts
 /// at NUL and reads ` ` and `.` as `_`; PHP, Rails and others read
-/// `name[]`/`name[x]` as `name`. Two names that give the same result are
-/// the same field to some server.
+/// `name[]`/`name[x]` as `name`, Rack 2 also `[name]`, `]name` and `name]`.
+/// Two names that give the same result are the same field to some server
+/// (and see [`malformed_brackets`] for what PHP makes of a lone `[`).
 pub fn normalized_field(key: &str) -> String {
     let key = key.split('\0').next().unwrap_or_default();
     let key = key.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    let base = key.split('[').next().unwrap_or_default();
+    let key = key.trim_start_matches(['[', ']']);
+    let base = key.split(['[', ']']).next().unwrap_or_default();
     base.chars()
         .map(|c| if c == ' ' || c == '.' { '_' } else { c })
         .collect()
@@ -371,7 +373,7 @@ pub fn body_method_override(
             // The caller watches the rest as it streams.
             return Ok(());
         }
-        return match url::form_urlencoded::parse(body)
+        return match url::form_urlencoded::parse(&semicolons_as_ampersands(body))
             .map(|(k, _)| normalized_field(&k))
             .find(|k| {
                 METHOD_OVERRIDE_PARAMS
@@ -386,6 +388,14 @@ pub fn body_method_override(
         return Err(Ambiguous::MethodOverrideParam("_method".into()));
     }
     Ok(())
+}
+
+/// Form or query text with `;` read as a separator too (Rack 2, older
+/// Python and Go split fields on it).
+pub fn semicolons_as_ampersands(raw: &[u8]) -> Vec<u8> {
+    raw.iter()
+        .map(|b| if *b == b';' { b'&' } else { *b })
+        .collect()
 }
 
 /// Whether a multipart body (or its start) has a part named `_method`.
@@ -580,6 +590,8 @@ mod tests {
             ("GET", "*", "not-origin-form"),
             ("GET", "http://x/", "not-origin-form"),
             ("POST", "/v1/refunds?_method=DELETE", "method-override"),
+            ("POST", "/v1/refunds?[_method]=DELETE", "method-override"),
+            ("POST", "/v1/refunds?a=1;_method=DELETE", "method-override"),
         ] {
             assert_eq!(kind(method, target), want, "{method} {target}");
         }
@@ -686,6 +698,10 @@ mod tests {
             "a=1&%5Fmethod=DELETE",
             "+_method=DELETE",
             "_method[]=DELETE",
+            "[_method]=DELETE",
+            "_method]=DELETE",
+            "]_method=DELETE",
+            "a=1;_method=DELETE",
         ] {
             let e = body_method_override(form, body.as_bytes(), true).unwrap_err();
             assert_eq!(e.kind(), "method-override", "{body}");

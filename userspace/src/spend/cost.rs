@@ -15,7 +15,7 @@ use super::error::SpendError;
 use super::json::{self, Json, PointerError};
 use super::money::{Decimal, Round, format_usd, to_micros, usd_to_micros};
 use crate::policy::{CostCurrency, CostRule, CostSource};
-use crate::policy::{malformed_brackets, normalized_field};
+use crate::policy::{malformed_brackets, normalized_field, semicolons_as_ampersands};
 
 /// The cost of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,11 +287,9 @@ fn quoted(text: &str) -> String {
 /// The fields of a form body or query string split on `;` as well as `&`
 /// (Rack 2, older Python and Go read `;` as a separator too).
 fn semicolon_pairs(raw: &[u8]) -> Vec<(String, String)> {
-    let raw: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b';' { b'&' } else { *b })
-        .collect();
-    form_urlencoded::parse(&raw).into_owned().collect()
+    form_urlencoded::parse(&semicolons_as_ampersands(raw))
+        .into_owned()
+        .collect()
 }
 
 /// Whether some framework may read `key` as the field `target` (a
