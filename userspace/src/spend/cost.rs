@@ -447,7 +447,7 @@ impl Request<'_> {
 
     /// The body's form pairs; the body must be a form.
     fn form(&self, field: &str) -> Result<Vec<(String, String)>, SpendError> {
-        let form = media_type(self.content_type).is_some_and(|mt| is_form(&mt));
+        let form = single_media_type(self.content_type).is_some_and(|mt| is_form(&mt));
         if !form {
             return Err(SpendError::WrongContentType {
                 what: form_what(field),
@@ -528,7 +528,7 @@ impl Request<'_> {
 
     /// The body as JSON; it must be declared and valid JSON.
     fn json(&self, ptr: &str) -> Result<Json, SpendError> {
-        let ok = media_type(self.content_type).is_some_and(|mt| is_json(&mt));
+        let ok = single_media_type(self.content_type).is_some_and(|mt| is_json(&mt));
         if !ok {
             return Err(SpendError::WrongContentType {
                 what: json_what(ptr),
@@ -735,6 +735,15 @@ mod tests {
         );
         let e = err(post(&stripe(), None, "amount=1&currency=usd"));
         assert!(e.ends_with("Content-Type is missing"), "{e}");
+        // A list of types, also after a parameter (Rack and PHP cut at the
+        // first `;` or `,`, other servers read the list differently).
+        for ct in [
+            "application/x-www-form-urlencoded, application/json",
+            "application/x-www-form-urlencoded; charset=utf-8, application/json",
+        ] {
+            let e = err(post(&stripe(), Some(ct), "amount=1&currency=usd"));
+            assert!(e.contains("Content-Type"), "{ct}: {e}");
+        }
         let e = err(post(&stripe(), Some("multipart/form-data; boundary=x"), ""));
         assert!(e.contains("`multipart/form-data; boundary=x`"), "{e}");
         // Long and control-laden text is cut and escaped in messages.
