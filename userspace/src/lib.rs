@@ -10,6 +10,7 @@ pub mod audit_cli;
 pub mod cleanup;
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod decision;
 pub mod dns;
 pub mod kernel;
