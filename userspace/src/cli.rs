@@ -165,9 +165,21 @@ pub struct LaunchArgs {
     /// How long a request waits for an answer before it is denied.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub approval_timeout: Duration,
-    /// Write the end-of-run summary as JSON to FILE.
+    /// Write the run's report as JSON to FILE (versioned; the schema is
+    /// docs/ci.md's report.v1.schema.json): the summary, what was allowed,
+    /// refused, asked and would have been denied, every exfiltration attempt.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// enforce (default) refuses what the policy does not allow. observe
+    /// lets through every HTTP(S) request, connection and DNS name the policy
+    /// would refuse and records each as "would deny" (the kernel boundary
+    /// stays as it is): for a trusted recording run whose audit log
+    /// `enforcer policy suggest` turns into a policy. It opens DNS and HTTPS
+    /// exfiltration for the run: never use it on untrusted input.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: crate::ci::report::RunMode,
+    #[command(flatten)]
+    pub ci: crate::ci::CiArgs,
     /// Log every decision as a JSON line on stderr (default: human-readable refusals).
     #[arg(long)]
     pub log_json: bool,

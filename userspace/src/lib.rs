@@ -7,6 +7,7 @@
 pub mod approval;
 pub mod audit;
 pub mod audit_cli;
+pub mod ci;
 pub mod cleanup;
 pub mod cli;
 pub mod control;

@@ -79,6 +79,12 @@ pub enum LaunchError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Spend(#[from] crate::spend::SpendError),
+    #[error(transparent)]
+    Report(#[from] crate::ci::report::ReportError),
+    #[error(
+        "CI mode builds its report and exit status from the audit log: drop --no-audit (or pass --no-ci)"
+    )]
+    CiWithoutAudit,
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -92,7 +98,7 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) | Self::CiWithoutAudit => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
@@ -216,7 +222,19 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
     };
 
-    let (approvals, terminal) = approvers(args.approver, approval_timeout, &policy)?;
+    let ci = crate::ci::CiOptions::resolve(&args.ci, |k| std::env::var_os(k));
+    if ci.enabled && args.no_audit {
+        return Err(LaunchError::CiWithoutAudit);
+    }
+    let (approvals, terminal) = if ci.enabled {
+        crate::ci::announce(&ci, policy.has_ask());
+        (
+            Arc::new(ApprovalHub::new(ApproverMode::Ci, approval_timeout)),
+            None,
+        )
+    } else {
+        approvers(args.approver, approval_timeout, &policy)?
+    };
 
     tracing::debug!(elapsed = ?t0.elapsed(), "request validated");
     let run_id = runid::new_run_id();
@@ -323,6 +341,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         args: cmd_args.to_vec(),
         pin: args.pin,
         report: args.report.clone(),
+        ci,
+        mode: args.mode,
         audit_db: (!args.no_audit).then(|| args.audit_db.clone()),
         approvals,
         terminal,
@@ -379,6 +399,8 @@ struct Plan {
     args: Vec<OsString>,
     pin: bool,
     report: Option<PathBuf>,
+    ci: crate::ci::CiOptions,
+    mode: crate::ci::report::RunMode,
     audit_db: Option<PathBuf>,
     approvals: Arc<ApprovalHub>,
     /// The launching terminal, when it prompts for approvals.
@@ -877,9 +899,17 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, L
         }
         None => code,
     };
-    if let Some(path) = &plan.report {
-        summary.write_json(path)?;
-    }
+    let code = crate::ci::conclude(
+        crate::ci::report::Inputs {
+            opts: &plan.ci,
+            mode: plan.mode,
+            policy: &plan.policy.source,
+            summary,
+            code,
+        },
+        plan.audit_db.as_deref(),
+        plan.report.as_deref(),
+    )?;
     Ok(code)
 }
 

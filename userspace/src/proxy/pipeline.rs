@@ -567,7 +567,7 @@ async fn approval(
         }
         approval::Outcome::Denied { .. } => Cause::ApprovalDenied,
         approval::Outcome::TimedOut => Cause::ApprovalTimeout,
-        approval::Outcome::NoApprover => Cause::NoApprover,
+        approval::Outcome::NoApprover | approval::Outcome::DeniedInCi => Cause::NoApprover,
     };
     Err(Refusal::new(cause, outcome.reason()))
 }
