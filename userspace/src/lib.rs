@@ -18,6 +18,7 @@ pub mod launch;
 pub mod logging;
 pub mod output;
 pub mod policy;
+pub mod policy_cli;
 pub mod proxy;
 pub mod runid;
 pub mod runs;

@@ -62,18 +62,22 @@ fn run(command: Command) -> i32 {
             Ok(code) => code,
             Err(e) => failed(&e, e.exit_code()),
         },
-        Command::Policy(PolicyCommand::Check { file }) => match Policy::load(&file) {
-            Ok(p) => {
-                enforcer::outln!("{}", p.summary());
-                for w in p.warnings() {
-                    logging::verbatim(logging::Level::Warn, format!("warning: {w}"));
-                }
-                0
+        Command::Policy(PolicyCommand::Check { file, json }) => {
+            enforcer::policy_cli::check(&file, json)
+        }
+        Command::Policy(PolicyCommand::Suggest { runs, db, name }) => {
+            match enforcer::policy_cli::suggest(&runs, &db.audit_db, name.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => failed(&e, 1),
             }
-            Err(e) => {
-                logging::verbatim(logging::Level::Error, &e);
-                2
-            }
+        }
+        Command::Policy(PolicyCommand::Test {
+            policy,
+            against,
+            runs,
+        }) => match enforcer::policy_cli::test(&policy, &against, &runs) {
+            Ok(changed) => i32::from(changed),
+            Err(e) => failed(&e, 2),
         },
         Command::Policy(PolicyCommand::Explain {
             file,
