@@ -222,6 +222,16 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
     };
 
+    if args.mode == crate::ci::report::RunMode::Observe {
+        crate::say!(
+            Warn,
+            "enforcer: !!! OBSERVE MODE: every HTTP(S) request, connection and DNS name the \
+             policy would refuse is LET THROUGH and recorded as \"would deny\". DNS and HTTPS \
+             exfiltration are open for this run: use it only for a trusted recording run, never \
+             on untrusted input. The kernel boundary (raw sockets, UDP, unlisted ports) is \
+             enforced as always; secrets are injected only as the policy says. !!!"
+        );
+    }
     let ci = crate::ci::CiOptions::resolve(&args.ci, |k| std::env::var_os(k));
     if ci.enabled && args.no_audit {
         return Err(LaunchError::CiWithoutAudit);
@@ -474,6 +484,7 @@ async fn supervise(
         secrets: Arc::clone(&plan.secrets),
         approvals: Arc::clone(&plan.approvals),
         spend: Arc::clone(&plan.spend),
+        observe: plan.mode == crate::ci::report::RunMode::Observe,
     };
     tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
     tasks.spawn(explicit::serve(listeners.explicit4, ctx.clone()));
@@ -486,6 +497,7 @@ async fn supervise(
         secrets: Arc::clone(&plan.secrets),
         sink: sink.clone(),
         ipv6: cfg.proxy_port6 != 0,
+        observe: plan.mode == crate::ci::report::RunMode::Observe,
     };
     tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, dns_ctx.clone()));
     tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, dns_ctx.clone()));
