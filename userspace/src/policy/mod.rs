@@ -20,6 +20,7 @@ mod duration;
 mod explain;
 mod host;
 mod hosts;
+pub mod json_schema;
 mod methods;
 mod paths;
 mod rate;
