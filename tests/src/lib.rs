@@ -4,6 +4,7 @@
 //!
 //! Tests only ever aim traffic at addresses a [`TestHost`] created.
 
+pub mod debroot;
 pub mod files;
 pub mod launch;
 pub mod leftovers;

@@ -96,6 +96,12 @@ pub enum Command {
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
     },
+    /// (packaging) Write shell completions and man pages under DIR.
+    #[command(name = "__generate", hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Who answers `action = "ask"` requests.
@@ -243,6 +249,9 @@ pub enum PolicyCommand {
         #[arg(long = "run", value_name = "RUN_ID")]
         runs: Vec<String>,
     },
+    /// Print the policy file's JSON Schema (for editors; the package also
+    /// installs it under /usr/share/enforcer).
+    Schema,
     /// Show the decision FILE makes for one request, the rule that makes
     /// it, and what applies on the way out (cost, caps, rate and call
     /// limits, secrets injected).

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod control;
 pub mod decision;
 pub mod dns;
+pub mod generate;
 pub mod kernel;
 pub mod launch;
 pub mod logging;

@@ -71,6 +71,22 @@ fn run(command: Command) -> i32 {
                 Err(e) => failed(&e, 1),
             }
         }
+        Command::Policy(PolicyCommand::Schema) => {
+            enforcer::outln!(
+                "{}",
+                enforcer::policy::json_schema::POLICY_SCHEMA.trim_end()
+            );
+            0
+        }
+        Command::Generate { dir } => match enforcer::generate::write_all(&dir) {
+            Ok(files) => {
+                for f in files {
+                    enforcer::outln!("{}", f.display());
+                }
+                0
+            }
+            Err(e) => failed(&e, 1),
+        },
         Command::Policy(PolicyCommand::Test {
             policy,
             against,

@@ -14,7 +14,8 @@ use crate::util::{self, exec, output};
 
 /// Debian packages the tests and demo use (iproute2: test hosts in network
 /// namespaces; curl, python3, dnsutils: real clients inside the sandbox;
-/// util-linux: setpriv).
+/// util-linux: setpriv; debootstrap: the clean Debian root the package is
+/// installed into; sudo: what the GitHub Action runs enforcer with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -23,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "ca-certificates",
     "openssl",
+    "debootstrap",
+    "sudo",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

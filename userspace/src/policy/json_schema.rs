@@ -90,7 +90,10 @@ mod tests {
             let text = std::fs::read_to_string(&path).expect("read");
             let value: toml::Value = toml::from_str(&text).expect("TOML");
             let json = serde_json::to_value(value).expect("JSON");
-            let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&json)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{}: {errors:?}", path.display());
             n += 1;
         }
