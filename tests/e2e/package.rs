@@ -28,7 +28,7 @@ fn package() -> PathBuf {
         .expect("run xtask dist");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let deb = String::from_utf8(o.stdout).expect("utf-8");
-    PathBuf::from(deb.trim())
+    PathBuf::from(deb.lines().last().unwrap_or_default().trim())
 }
 
 #[test]

@@ -27,7 +27,8 @@ pub fn debian_root(packages: &[&str]) -> PathBuf {
     sorted.dedup();
     for p in &sorted {
         assert!(
-            p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)),
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)),
             "not a Debian package name: {p}"
         );
     }
@@ -56,7 +57,9 @@ pub fn debian_root(packages: &[&str]) -> PathBuf {
         cmd.arg(format!("--include={}", sorted.join(",")));
     }
     cmd.arg(SUITE).arg(&partial).arg(mirror());
-    let out = cmd.output().expect("run debootstrap (cargo xtask setup installs it)");
+    let out = cmd
+        .output()
+        .expect("run debootstrap (cargo xtask setup installs it)");
     assert!(
         out.status.success(),
         "debootstrap failed: {}\n{}",

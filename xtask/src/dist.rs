@@ -90,7 +90,8 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
     let conffiles = stage_tree(&root, &binary, &stage)?;
     control(&stage, &version, &arch, &conffiles)?;
     let deb = out.join(format!("{name}.deb"));
-    exec(
+    // Quiet: stdout carries only the package's path.
+    output(
         Command::new("dpkg-deb")
             .arg("--root-owner-group")
             .arg(format!("-Z{}", args.compression))
@@ -155,7 +156,7 @@ fn stage_tree(root: &Path, binary: &Path, stage: &Path) -> anyhow::Result<Vec<St
     }
     // Completions and man pages, from the binary's own command line.
     let generated = stage.join(".generated");
-    exec(Command::new(&bin).arg("__generate").arg(&generated))?;
+    output(Command::new(&bin).arg("__generate").arg(&generated))?;
     let c = generated.join("completions");
     install(
         &c.join("enforcer.bash"),
