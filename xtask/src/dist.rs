@@ -30,9 +30,13 @@ pub struct DistArgs {
     pub compression: String,
 }
 
+/// One placement rule: (does it match this file name, the directory it
+/// goes to, whether it is a conffile).
+type Place = (fn(&str) -> bool, &'static str, bool);
+
 /// Where each file of `dist/systemd/` is installed, by the first rule
-/// whose test matches its name: (test, directory, is a conffile).
-const PLACES: &[(fn(&str) -> bool, &str, bool)] = &[
+/// whose test matches its name.
+const PLACES: &[Place] = &[
     (|n| n.ends_with(".toml"), "etc/enforcer", true),
     (
         |n| n.contains("example"),

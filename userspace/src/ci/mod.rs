@@ -170,16 +170,18 @@ pub fn conclude(
         None => Vec::new(),
     };
     let r = Report::build(i, &events);
-    if opts.enabled && r.enforcer_exit_code != 0 && r.summary.exit_code == Some(0) {
-        if let Some(v) = r.failed_on.first() {
-            crate::say!(
-                Error,
-                "enforcer: CI: failing the job with exit status {} (--fail-on {}): {}",
-                r.enforcer_exit_code,
-                v.as_str(),
-                violation_words(*v, r.violations.count(*v))
-            );
-        }
+    if opts.enabled
+        && r.enforcer_exit_code != 0
+        && r.summary.exit_code == Some(0)
+        && let Some(v) = r.failed_on.first()
+    {
+        crate::say!(
+            Error,
+            "enforcer: CI: failing the job with exit status {} (--fail-on {}): {}",
+            r.enforcer_exit_code,
+            v.as_str(),
+            violation_words(*v, r.violations.count(*v))
+        );
     }
     if let Some(path) = report_path {
         r.write_json(path)?;

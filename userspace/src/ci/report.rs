@@ -98,6 +98,9 @@ pub struct Attempt {
     pub reason: String,
 }
 
+/// Decisions are grouped by layer, destination, cause and rule.
+type GroupKey = (String, String, Option<String>, Option<String>);
+
 /// What the report is made from, besides the run's events.
 pub struct Inputs<'a> {
     pub opts: &'a CiOptions,
@@ -113,8 +116,7 @@ impl Report {
     /// audit log: the counts then come from the summary alone).
     pub fn build(i: Inputs<'_>, events: &[EventRow]) -> Self {
         let mut violations = Violations::default();
-        let mut groups: [HashMap<(String, String, Option<String>, Option<String>), Entry>; 4] =
-            Default::default();
+        let mut groups: [HashMap<GroupKey, Entry>; 4] = Default::default();
         let mut totals = [0u64; 4];
         let mut attempts = Vec::new();
         for e in events {
