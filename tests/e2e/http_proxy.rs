@@ -367,9 +367,10 @@ def tls(name="api.vendor.test"):
     ctx = ssl.create_default_context()
     return ctx.wrap_socket(socket.create_connection((IP, 443), timeout=10), server_hostname=name)
 def exchange(sock, data):
-    sock.sendall(data)
     out = b""
     try:
+        # The proxy may answer and close before all of it is sent.
+        sock.sendall(data)
         while True:
             chunk = sock.recv(65536)
             if not chunk:

@@ -360,3 +360,76 @@ fn loopback_ports_are_refused_unless_listed() {
         "the listed loopback service saw the connection"
     );
 }
+
+/// Moves `pid` into the cgroup directory `to` (as root).
+fn move_to_cgroup(pid: u32, to: &std::path::Path) {
+    std::fs::write(to.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+}
+
+#[test]
+fn a_process_in_a_cgroup_without_a_run_reaches_nothing_not_even_dns() {
+    // The programs serve processes by their cgroup's run: a cgroup the
+    // programs cover but no run was filed for (a daemon's slice member that
+    // did not come through `enforcer exec`; here a cgroup root makes below
+    // a run's) reaches nothing, although the run's own policy would allow it.
+    let host = TestHost::new();
+    let policy = format!(
+        "[[tcp]]\nhost = \"{}\"\nport = {}\n",
+        host.v4, host.tcp_port
+    );
+    let go = files::agent_writable("go");
+    let done = files::agent_writable("done");
+    std::fs::remove_file(&go).expect("rm go");
+    std::fs::remove_file(&done).expect("rm done");
+    let probe = files::probe();
+    let script = format!(
+        "echo $$; while [ ! -e {go} ]; do sleep 0.02; done; \
+         {probe} tcp-echo {tcp} stray; {probe} dns-udp {v4}:53 vendor.test; \
+         {probe} tcp-echo {tcp} stray; echo end; \
+         while [ ! -e {done} ]; do sleep 0.02; done",
+        go = go.display(),
+        done = done.display(),
+        probe = probe.display(),
+        tcp = host.tcp4(),
+        v4 = host.v4,
+    );
+    let mut running = Launch::new(&policy, &["/bin/sh", "-c", &script]).spawn();
+    let run_id = running.run_id();
+    let run_cgroup = leftovers::run_cgroup(&run_id);
+    let mut lines = std::io::BufReader::new(running.take_stdout()).lines();
+    let shell: u32 = lines
+        .next()
+        .expect("the shell's pid")
+        .expect("read")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let stray = run_cgroup.join("stray");
+    std::fs::create_dir(&stray).expect("mkdir stray cgroup");
+    move_to_cgroup(shell, &stray);
+    std::fs::write(&go, "").expect("go");
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        if line == "end" {
+            break;
+        }
+        seen.push(line);
+    }
+    std::fs::write(&done, "").expect("done");
+    let out = running.wait(Duration::from_secs(20));
+    assert_eq!(seen.len(), 3, "{seen:?} {out:?}");
+    for line in &seen {
+        assert!(line.starts_with("err EPERM"), "{seen:?}");
+    }
+    assert!(
+        out.stderr.contains("has no enforcer run"),
+        "the refusals are reported: {}",
+        out.stderr
+    );
+    host.assert_untouched("a cgroup without a run");
+    // The run's end removes the cgroup made below its own too.
+    leftovers::assert_run_gone(&run_id);
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(&done);
+}

@@ -21,6 +21,7 @@ pub mod output;
 pub mod policy;
 pub mod policy_cli;
 pub mod proxy;
+pub mod run;
 pub mod runid;
 pub mod runs;
 pub mod secrets;

@@ -12,6 +12,8 @@ pub const AF_INET6: u16 = 10;
 pub const SOCKET_TABLE_ENTRIES: u32 = 65_536;
 /// Entries in the list of loopback ports the policy opens.
 pub const LOOPBACK_PORT_ENTRIES: u32 = 256;
+/// Runs one set of programs can serve (one cgroup each).
+pub const RUN_ENTRIES: u32 = 4096;
 /// Size of the refusal ring buffer in bytes (a power of two, page aligned).
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
@@ -42,20 +44,51 @@ pub mod maps {
     pub const LOOPBACK_PORTS: &str = "LOOPBACK_PORTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const RUNS: &str = "RUNS";
 }
 
-/// Names of the read-only globals userspace sets at load time.
-pub mod globals {
+/// A run's listeners, filed in RUNS under the id of the cgroup its
+/// processes live in. A cgroup the programs cover that has no entry
+/// reaches nothing: every connect, datagram and packet is refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RunPorts {
     /// TCP port of the transparent proxy on 127.0.0.1.
-    pub const PROXY_PORT4: &str = "PROXY_PORT4";
+    pub proxy4: u16,
     /// TCP port of the transparent proxy on ::1 (0: no IPv6 listener, IPv6 TCP is refused).
-    pub const PROXY_PORT6: &str = "PROXY_PORT6";
+    pub proxy6: u16,
     /// UDP and TCP port of the resolver on 127.0.0.1.
-    pub const DNS_PORT4: &str = "DNS_PORT4";
+    pub dns4: u16,
     /// UDP and TCP port of the resolver on ::1 (0: none).
-    pub const DNS_PORT6: &str = "DNS_PORT6";
+    pub dns6: u16,
     /// TCP port of the explicit (HTTP_PROXY) listener on 127.0.0.1 (0: none).
-    pub const EXPLICIT_PORT4: &str = "EXPLICIT_PORT4";
+    pub explicit4: u16,
+    /// Zero (keeps the size a multiple of 4 with no implicit padding).
+    pub pad: u16,
+}
+
+impl RunPorts {
+    /// True when `port` is one of the run's own listeners.
+    #[inline(always)]
+    pub fn is_enforcer_port(&self, port: u16) -> bool {
+        port != 0
+            && (port == self.proxy4
+                || port == self.proxy6
+                || port == self.dns4
+                || port == self.dns6
+                || port == self.explicit4)
+    }
+}
+
+/// Key of LOOPBACK_PORTS: a loopback TCP port one run's policy lists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LoopbackKey {
+    /// The run's cgroup id.
+    pub cgroup: u64,
+    pub port: u16,
+    /// Zero (explicit, so both sides hash the same bytes).
+    pub pad: [u16; 3],
 }
 
 /// Indexes into the COUNTERS array map.
@@ -83,6 +116,9 @@ pub struct OrigDst {
     pub family: u16,
     /// 1 for a TCP (stream) socket, 2 for UDP (datagram).
     pub sock_type: u32,
+    /// Id of the cgroup of the process that connected (whose run's policy
+    /// decides it).
+    pub cgroup: u64,
 }
 
 /// What the kernel remembers about a redirected socket, keyed by its cookie:
@@ -138,6 +174,8 @@ pub enum Reason {
     ConnectRefused = 12,
     /// ioctl(TIOCSTI/TIOCLINUX): typing into a terminal (the user's shell).
     TerminalInjectionRefused = 13,
+    /// The caller's cgroup is covered by the programs but has no run.
+    NoRun = 14,
 }
 
 impl Reason {
@@ -156,6 +194,7 @@ impl Reason {
             11 => Self::TableFull,
             12 => Self::ConnectRefused,
             13 => Self::TerminalInjectionRefused,
+            14 => Self::NoRun,
             _ => return None,
         })
     }
@@ -175,6 +214,7 @@ impl Reason {
             Self::TableFull => "socket table full, refused",
             Self::ConnectRefused => "connect refused",
             Self::TerminalInjectionRefused => "typing into a terminal (TIOCSTI/TIOCLINUX) refused",
+            Self::NoRun => "the process's cgroup has no enforcer run: everything is refused",
         }
     }
 }
@@ -211,6 +251,8 @@ mod pod {
     unsafe impl aya::Pod for super::TupleKey {}
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::RunPorts {}
+    unsafe impl aya::Pod for super::LoopbackKey {}
 }
 
 /// Builds the IPv4-mapped IPv6 form of an IPv4 address given in network order bytes.

@@ -8,7 +8,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    config::{dns_port4, dns_port6, explicit_port4, is_enforcer_port, proxy_port4, proxy_port6},
+    config::{Run, current_run},
     events::{Refusal, report},
     maps::{ORIG_BY_COOKIE, bump, loopback_port_listed},
     sockaddr::*,
@@ -34,7 +34,7 @@ enum Route {
 
 /// The routing decision shared by connect and sendmsg, for both families.
 #[inline(always)]
-fn route(sock_type: u32, protocol: u32, loopback: bool, port: u16) -> Route {
+fn route(run: &Run, sock_type: u32, protocol: u32, loopback: bool, port: u16) -> Route {
     let stream = sock_type == SOCK_STREAM && protocol == IPPROTO_TCP;
     let dgram = sock_type == SOCK_DGRAM && protocol == IPPROTO_UDP;
     if !stream && !dgram {
@@ -47,11 +47,11 @@ fn route(sock_type: u32, protocol: u32, loopback: bool, port: u16) -> Route {
         return Route::Refuse(Reason::UdpRefused);
     }
     if loopback {
-        let explicit = explicit_port4();
+        let explicit = run.ports.explicit4;
         if explicit != 0 && port == explicit {
             return Route::Explicit;
         }
-        if loopback_port_listed(port) {
+        if loopback_port_listed(run.cgroup, port) {
             return Route::Direct;
         }
         return Route::Refuse(Reason::LoopbackPortNotListed);
@@ -61,13 +61,14 @@ fn route(sock_type: u32, protocol: u32, loopback: bool, port: u16) -> Route {
 
 /// Remembers where the socket wanted to go; false when the table is full.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16) -> bool {
+fn remember(ctx: &SockAddrContext, run: &Run, addr: [u8; 16], port: u16, family: u16) -> bool {
     let record = SockRecord {
         dst: OrigDst {
             addr,
             port,
             family,
             sock_type: sock_type(ctx),
+            cgroup: run.cgroup,
         },
         client: TupleKey::default(),
         has_client: 0,
@@ -97,22 +98,25 @@ fn steer4(ctx: &SockAddrContext) -> i32 {
     let ip = user_ip4(ctx);
     let port = user_port(ctx);
     let mapped = v4_mapped(ip);
-    let target = match route(sock_type(ctx), protocol(ctx), is_loopback4(ip), port) {
+    let Some(run) = current_run() else {
+        return refuse(ctx, Reason::NoRun, AF_INET, mapped, port);
+    };
+    let target = match route(&run, sock_type(ctx), protocol(ctx), is_loopback4(ip), port) {
         Route::Direct => return ALLOW,
         Route::Explicit => {
-            if !remember(ctx, mapped, port, AF_INET) {
+            if !remember(ctx, &run, mapped, port, AF_INET) {
                 return refuse(ctx, Reason::TableFull, AF_INET, mapped, port);
             }
             return ALLOW;
         }
         Route::Refuse(reason) => return refuse(ctx, reason, AF_INET, mapped, port),
-        Route::Dns => dns_port4(),
-        Route::Proxy => proxy_port4(),
+        Route::Dns => run.ports.dns4,
+        Route::Proxy => run.ports.proxy4,
     };
     if target == 0 {
         return refuse(ctx, Reason::ConnectRefused, AF_INET, mapped, port);
     }
-    if !remember(ctx, mapped, port, AF_INET) {
+    if !remember(ctx, &run, mapped, port, AF_INET) {
         return refuse(ctx, Reason::TableFull, AF_INET, mapped, port);
     }
     set_user_ip4(ctx, loopback4());
@@ -131,24 +135,27 @@ fn steer6(ctx: &SockAddrContext) -> i32 {
     } else {
         is_loopback6(&ip)
     };
-    let target = match route(sock_type(ctx), protocol(ctx), loopback, port) {
+    let Some(run) = current_run() else {
+        return refuse(ctx, Reason::NoRun, AF_INET6, ip, port);
+    };
+    let target = match route(&run, sock_type(ctx), protocol(ctx), loopback, port) {
         Route::Direct => return ALLOW,
         Route::Explicit => {
-            if !remember(ctx, ip, port, AF_INET6) {
+            if !remember(ctx, &run, ip, port, AF_INET6) {
                 return refuse(ctx, Reason::TableFull, AF_INET6, ip, port);
             }
             return ALLOW;
         }
         Route::Refuse(reason) => return refuse(ctx, reason, AF_INET6, ip, port),
-        Route::Dns if mapped => dns_port4(),
-        Route::Proxy if mapped => proxy_port4(),
-        Route::Dns => dns_port6(),
-        Route::Proxy => proxy_port6(),
+        Route::Dns if mapped => run.ports.dns4,
+        Route::Proxy if mapped => run.ports.proxy4,
+        Route::Dns => run.ports.dns6,
+        Route::Proxy => run.ports.proxy6,
     };
     if target == 0 {
         return refuse(ctx, Reason::ConnectRefused, AF_INET6, ip, port);
     }
-    if !remember(ctx, ip, port, AF_INET6) {
+    if !remember(ctx, &run, ip, port, AF_INET6) {
         return refuse(ctx, Reason::TableFull, AF_INET6, ip, port);
     }
     if mapped {
@@ -180,6 +187,12 @@ pub fn enforcer_sendmsg6(ctx: SockAddrContext) -> i32 {
     steer6(&ctx)
 }
 
+/// True when `port` is a listener of the caller's run.
+#[inline(always)]
+fn is_own_port(port: u16) -> bool {
+    current_run().is_some_and(|r| r.ports.is_enforcer_port(port))
+}
+
 /// The destination recorded for this socket, if the current peer is one of our listeners.
 #[inline(always)]
 fn recorded(ctx: &SockAddrContext) -> Option<OrigDst> {
@@ -192,7 +205,7 @@ fn recorded(ctx: &SockAddrContext) -> Option<OrigDst> {
 fn restore4(ctx: &SockAddrContext) -> i32 {
     let ip = user_ip4(ctx);
     let port = user_port(ctx);
-    if ip != loopback4() || !is_enforcer_port(port) {
+    if ip != loopback4() || !is_own_port(port) {
         return ALLOW;
     }
     if let Some(orig) = recorded(ctx)
@@ -210,7 +223,7 @@ fn restore6(ctx: &SockAddrContext) -> i32 {
     let ip = user_ip6(ctx);
     let port = user_port(ctx);
     let ours = ip == loopback6() || ip == loopback4_mapped();
-    if !ours || !is_enforcer_port(port) {
+    if !ours || !is_own_port(port) {
         return ALLOW;
     }
     if let Some(orig) = recorded(ctx)
@@ -251,7 +264,10 @@ pub fn enforcer_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn enforcer_bind4(ctx: SockAddrContext) -> i32 {
     let ip = user_ip4(&ctx);
     let port = user_port(&ctx);
-    if is_enforcer_port(port) {
+    let Some(run) = current_run() else {
+        return refuse(&ctx, Reason::NoRun, AF_INET, v4_mapped(ip), port);
+    };
+    if run.ports.is_enforcer_port(port) {
         return refuse(&ctx, Reason::BindRefused, AF_INET, v4_mapped(ip), port);
     }
     if ip == [0, 0, 0, 0] {
@@ -271,7 +287,10 @@ pub fn enforcer_bind4(ctx: SockAddrContext) -> i32 {
 pub fn enforcer_bind6(ctx: SockAddrContext) -> i32 {
     let ip = user_ip6(&ctx);
     let port = user_port(&ctx);
-    if is_enforcer_port(port) {
+    let Some(run) = current_run() else {
+        return refuse(&ctx, Reason::NoRun, AF_INET6, ip, port);
+    };
+    if run.ports.is_enforcer_port(port) {
         return refuse(&ctx, Reason::BindRefused, AF_INET6, ip, port);
     }
     if is_v4_mapped(&ip) {

@@ -1,33 +1,30 @@
-//! Read-only settings userspace writes into the object before loading it.
+//! Which run a hook serves: the caller's cgroup id, looked up in RUNS. The
+//! programs are attached once to a parent cgroup and serve every run below
+//! it; a cgroup without an entry reaches nothing.
 
-/// Declares a global that userspace sets with `EbpfLoader::set_global` and a
-/// reader that defeats constant folding (the compiler would otherwise inline 0).
-macro_rules! global {
-    ($name:ident, $reader:ident, $ty:ty) => {
-        #[unsafe(no_mangle)]
-        static $name: $ty = 0;
+use aya_ebpf::helpers::bpf_get_current_cgroup_id;
+use enforcer_common::RunPorts;
 
-        #[inline(always)]
-        pub fn $reader() -> $ty {
-            // SAFETY: a plain read of a static; volatile so the value set at load time is used.
-            unsafe { core::ptr::read_volatile(&$name) }
-        }
-    };
+use crate::maps::RUNS;
+
+/// A run as the hooks see it: its cgroup id and its listeners.
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub cgroup: u64,
+    pub ports: RunPorts,
 }
 
-global!(PROXY_PORT4, proxy_port4, u16);
-global!(PROXY_PORT6, proxy_port6, u16);
-global!(DNS_PORT4, dns_port4, u16);
-global!(DNS_PORT6, dns_port6, u16);
-global!(EXPLICIT_PORT4, explicit_port4, u16);
-
-/// True when `port` is one of the enforcer's own listeners.
+/// The run of the cgroup `cgroup`, if it has one.
 #[inline(always)]
-pub fn is_enforcer_port(port: u16) -> bool {
-    port != 0
-        && (port == proxy_port4()
-            || port == proxy_port6()
-            || port == dns_port4()
-            || port == dns_port6()
-            || port == explicit_port4())
+pub fn run_of(cgroup: u64) -> Option<Run> {
+    // SAFETY: plain read of a map value, copied out.
+    let ports = unsafe { RUNS.get(cgroup) }.copied()?;
+    Some(Run { cgroup, ports })
+}
+
+/// The run of the calling task (hooks that run in its context).
+#[inline(always)]
+pub fn current_run() -> Option<Run> {
+    // SAFETY: the helper has no arguments and no side effects.
+    run_of(unsafe { bpf_get_current_cgroup_id() })
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    EVENT_RING_BYTES, LOOPBACK_PORT_ENTRIES, OrigDst, SOCKET_TABLE_ENTRIES, SockRecord, TupleKey,
-    counters,
+    EVENT_RING_BYTES, LOOPBACK_PORT_ENTRIES, LoopbackKey, OrigDst, RUN_ENTRIES, RunPorts,
+    SOCKET_TABLE_ENTRIES, SockRecord, TupleKey, counters,
 };
 
 /// Entries are allocated on insert, not preallocated at load: loading stays
@@ -25,9 +25,15 @@ pub static ORIG_BY_COOKIE: HashMap<u64, SockRecord> =
 pub static ORIG_BY_TUPLE: HashMap<TupleKey, OrigDst> =
     HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Loopback TCP ports the policy lets the run reach directly (value unused).
+/// Loopback TCP ports each run's policy lets it reach directly (value unused).
 #[map]
-pub static LOOPBACK_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(LOOPBACK_PORT_ENTRIES, 0);
+pub static LOOPBACK_PORTS: HashMap<LoopbackKey, u8> =
+    HashMap::with_max_entries(LOOPBACK_PORT_ENTRIES, 0);
+
+/// Cgroup id -> that run's listeners. Userspace files a run before its
+/// first process enters the cgroup.
+#[map]
+pub static RUNS: HashMap<u64, RunPorts> = HashMap::with_max_entries(RUN_ENTRIES, 0);
 
 /// Every refusal, for userspace to log and audit.
 #[map]
@@ -46,9 +52,14 @@ pub fn bump(index: u32) {
     }
 }
 
-/// True when the policy lists this loopback TCP port.
+/// True when the policy of the run in `cgroup` lists this loopback TCP port.
 #[inline(always)]
-pub fn loopback_port_listed(port: u16) -> bool {
+pub fn loopback_port_listed(cgroup: u64, port: u16) -> bool {
+    let key = LoopbackKey {
+        cgroup,
+        port,
+        pad: [0; 3],
+    };
     // SAFETY: the value is only tested for presence.
-    unsafe { LOOPBACK_PORTS.get(port).is_some() }
+    unsafe { LOOPBACK_PORTS.get(key).is_some() }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use enforcer_common::{AF_INET, AF_INET6, Reason, v4_mapped};
 
 use crate::{
-    config::is_enforcer_port,
+    config::{Run, run_of},
     events::{Refusal, report_packet},
     maps::loopback_port_listed,
 };
@@ -112,8 +112,15 @@ fn is_loopback(family: u16, a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn port_open(port: u16) -> bool {
-    is_enforcer_port(port) || loopback_port_listed(port)
+fn port_open(run: &Run, port: u16) -> bool {
+    run.ports.is_enforcer_port(port) || loopback_port_listed(run.cgroup, port)
+}
+
+/// The run of the socket that sent the packet (its cgroup's entry).
+#[inline(always)]
+fn packet_run(ctx: &SkBuffContext) -> Option<Run> {
+    // SAFETY: the helper reads the cgroup of the packet's socket.
+    run_of(unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) })
 }
 
 #[inline(always)]
@@ -138,7 +145,8 @@ pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
     };
     if is_loopback(p.family, &p.dst)
         && let Some((sp, dp)) = p.ports
-        && (port_open(dp) || port_open(sp))
+        && let Some(run) = packet_run(&ctx)
+        && (port_open(&run, dp) || port_open(&run, sp))
     {
         return PASS;
     }

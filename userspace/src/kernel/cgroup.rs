@@ -141,6 +141,19 @@ impl RunCgroup {
         &self.dir
     }
 
+    /// The cgroup's id, as `bpf_get_current_cgroup_id()` reports it for its
+    /// processes (the directory's inode number on cgroup2).
+    pub fn id(&self) -> Result<u64, CgroupError> {
+        use std::os::unix::fs::MetadataExt as _;
+        self.dir
+            .metadata()
+            .map(|m| m.ino())
+            .map_err(|source| CgroupError::Open {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Pids currently in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         pids_in(&self.path)
@@ -224,25 +237,10 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
 /// parent if no other run is using it. Missing directories are not an error.
 pub fn remove_run_cgroup(path: &Path) -> Result<(), CgroupError> {
     if path.exists() {
+        // cgroup.kill covers the whole subtree; the directories below
+        // (only root can make them) go first, deepest first.
         kill_all(path, Duration::from_secs(10))?;
-        let mut tries = 0;
-        loop {
-            match fs::remove_dir(path) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                // EBUSY right after the last process exits: retry briefly.
-                Err(e) if tries < 500 && e.raw_os_error() == Some(libc::EBUSY) => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(source) => {
-                    return Err(CgroupError::Remove {
-                        path: path.to_path_buf(),
-                        source,
-                    });
-                }
-            }
-        }
+        remove_cgroup_dir(path)?;
     }
     if let Some(parent) = path.parent()
         && parent.file_name().is_some_and(|n| n == RUNS_DIR)
@@ -251,6 +249,33 @@ pub fn remove_run_cgroup(path: &Path) -> Result<(), CgroupError> {
         let _ = fs::remove_dir(parent);
     }
     Ok(())
+}
+
+/// Removes an empty cgroup directory and every cgroup below it.
+fn remove_cgroup_dir(path: &Path) -> Result<(), CgroupError> {
+    for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_dir(&entry.path())?;
+        }
+    }
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // EBUSY right after the last process exits: retry briefly.
+            Err(e) if tries < 500 && e.raw_os_error() == Some(libc::EBUSY) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

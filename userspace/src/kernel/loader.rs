@@ -1,8 +1,12 @@
-//! Loading the eBPF object, setting its globals and tables from the policy,
-//! attaching every program to the run's cgroup with a bpf_link, and pinning
-//! links and maps so that enforcement outlives this process.
+//! Loading the eBPF object, attaching every program to a cgroup with a
+//! bpf_link (it covers every cgroup below), pinning links and maps so that
+//! enforcement outlives this process, and filing runs: which cgroup is
+//! served by which listeners.
 
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::{
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,13 +15,12 @@ use aya::{
         CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program, ProgramError, SockOps,
     },
 };
-use enforcer_common::{counters, globals, maps, programs};
+use enforcer_common::{LoopbackKey, RunPorts, counters, maps, programs};
 
 use super::{
     bpf_sys,
     bpffs::{BpffsError, PinDir},
-    cgroup::RunCgroup,
-    origdst::OrigDstTable,
+    origdst::{OrigDstMap, OrigDstTable},
 };
 
 /// The eBPF object built from ebpf/enforcer-ebpf by build.rs.
@@ -52,6 +55,8 @@ pub enum LoadError {
 /// What the programs need to know about this run.
 #[derive(Debug, Clone, Default)]
 pub struct KernelConfig {
+    /// The run's cgroup id: the programs serve its processes by it.
+    pub cgroup_id: u64,
     pub proxy_port4: u16,
     pub proxy_port6: u16,
     pub dns_port4: u16,
@@ -122,6 +127,7 @@ const PROGRAMS: &[(&str, Hook)] = &[
 ];
 
 const PINNED_MAPS: &[&str] = &[
+    maps::RUNS,
     maps::ORIG_BY_COOKIE,
     maps::ORIG_BY_TUPLE,
     maps::LOOPBACK_PORTS,
@@ -143,6 +149,12 @@ pub struct Enforcement {
     links: Vec<(&'static str, OwnedFd)>,
     pins: Option<PinDir>,
     counters: Option<PerCpuArray<MapData, u64>>,
+    /// Cgroup id -> a run's listeners.
+    runs: Mutex<HashMap<MapData, u64, RunPorts>>,
+    /// (cgroup id, port) -> listed loopback port.
+    loopback: Mutex<HashMap<MapData, LoopbackKey, u8>>,
+    /// Where each redirected connection was headed, for every run.
+    origdst: Arc<OrigDstMap>,
 }
 
 impl std::fmt::Debug for Enforcement {
@@ -166,20 +178,16 @@ fn program_error(name: &'static str, e: ProgramError) -> LoadError {
 }
 
 impl Enforcement {
-    /// Loads, configures, attaches and pins everything for one run.
-    pub fn attach(cgroup: &RunCgroup, pins: PinDir, cfg: &KernelConfig) -> Result<Self, LoadError> {
+    /// Loads the object, attaches every program to the cgroup `cgroup`
+    /// (which covers it and every cgroup below it) and pins it all. No run
+    /// is filed yet: until one is ([`Enforcement::register`]), processes
+    /// there reach nothing.
+    pub fn attach(cgroup: BorrowedFd<'_>, pins: PinDir) -> Result<Self, LoadError> {
         // No CO-RE relocations are used: skip parsing the kernel's BTF (tens of ms).
         let mut ebpf = EbpfLoader::new()
             .btf(None)
-            .override_global(globals::PROXY_PORT4, &cfg.proxy_port4, true)
-            .override_global(globals::PROXY_PORT6, &cfg.proxy_port6, true)
-            .override_global(globals::DNS_PORT4, &cfg.dns_port4, true)
-            .override_global(globals::DNS_PORT6, &cfg.dns_port6, true)
-            .override_global(globals::EXPLICIT_PORT4, &cfg.explicit_port4, true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
-
-        fill_tables(&mut ebpf, cfg)?;
         for name in PINNED_MAPS {
             let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
             let path = pins.join(&format!("map_{name}"));
@@ -188,31 +196,85 @@ impl Enforcement {
                 source: std::io::Error::other(e.to_string()),
             })?;
         }
-
+        let runs = Mutex::new(take_hash(&mut ebpf, maps::RUNS)?);
+        let loopback = Mutex::new(take_hash(&mut ebpf, maps::LOOPBACK_PORTS)?);
+        let origdst = Arc::new(take_hash(&mut ebpf, maps::ORIG_BY_TUPLE)?);
+        let counters = ebpf
+            .take_map(maps::COUNTERS)
+            .ok_or(LoadError::MissingMap(maps::COUNTERS))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|e| LoadError::Map {
+            name: maps::COUNTERS,
+            detail: e.to_string(),
+        })?;
         let mut enforcement = Self {
             ebpf,
             links: Vec::with_capacity(PROGRAMS.len()),
             pins: Some(pins),
-            counters: None,
+            counters: Some(counters),
+            runs,
+            loopback,
+            origdst,
         };
         for &(name, hook) in PROGRAMS {
             enforcement.attach_one(cgroup, name, hook)?;
         }
-        let counters = enforcement
-            .ebpf
-            .take_map(maps::COUNTERS)
-            .ok_or(LoadError::MissingMap(maps::COUNTERS))?;
-        enforcement.counters =
-            Some(PerCpuArray::try_from(counters).map_err(|e| LoadError::Map {
-                name: maps::COUNTERS,
-                detail: e.to_string(),
-            })?);
         Ok(enforcement)
+    }
+
+    /// Files a run: from now on the processes of cgroup `cfg.cgroup_id` are
+    /// served by its listeners and may reach its listed loopback ports. Call
+    /// it before the first of them exists.
+    pub fn register(&self, cfg: &KernelConfig) -> Result<(), LoadError> {
+        let map_err = |name| {
+            move |e: aya::maps::MapError| LoadError::Map {
+                name,
+                detail: e.to_string(),
+            }
+        };
+        {
+            let mut loopback = self.loopback.lock().unwrap_or_else(|e| e.into_inner());
+            for &port in &cfg.loopback_ports {
+                loopback
+                    .insert(loopback_key(cfg.cgroup_id, port), 1, 0)
+                    .map_err(map_err(maps::LOOPBACK_PORTS))?;
+            }
+        }
+        let listeners = RunPorts {
+            proxy4: cfg.proxy_port4,
+            proxy6: cfg.proxy_port6,
+            dns4: cfg.dns_port4,
+            dns6: cfg.dns_port6,
+            explicit4: cfg.explicit_port4,
+            pad: 0,
+        };
+        let result = self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cfg.cgroup_id, listeners, 0)
+            .map_err(map_err(maps::RUNS));
+        if result.is_err() {
+            self.unregister(cfg);
+        }
+        result
+    }
+
+    /// Forgets a run: its cgroup reaches nothing from now on.
+    pub fn unregister(&self, cfg: &KernelConfig) {
+        let _ = self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cfg.cgroup_id);
+        let mut loopback = self.loopback.lock().unwrap_or_else(|e| e.into_inner());
+        for &port in &cfg.loopback_ports {
+            let _ = loopback.remove(&loopback_key(cfg.cgroup_id, port));
+        }
     }
 
     fn attach_one(
         &mut self,
-        cgroup: &RunCgroup,
+        cgroup: BorrowedFd<'_>,
         name: &'static str,
         hook: Hook,
     ) -> Result<(), LoadError> {
@@ -227,7 +289,7 @@ impl Enforcement {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|source| LoadError::Attach { name, source })?;
-        let link = bpf_sys::link_create(prog_fd.as_fd(), cgroup.dir().as_fd(), attach_type)
+        let link = bpf_sys::link_create(prog_fd.as_fd(), cgroup, attach_type)
             .map_err(|source| LoadError::Attach { name, source })?;
         let pins = self.pins.as_ref().ok_or(LoadError::MissingProgram(name))?;
         let path = pins.join(&format!("link_{name}"));
@@ -239,17 +301,10 @@ impl Enforcement {
         Ok(())
     }
 
-    /// The table the proxy reads original destinations from.
-    pub fn take_origdst(&mut self) -> Result<OrigDstTable, LoadError> {
-        let map = self
-            .ebpf
-            .take_map(maps::ORIG_BY_TUPLE)
-            .ok_or(LoadError::MissingMap(maps::ORIG_BY_TUPLE))?;
-        let map = HashMap::try_from(map).map_err(|e| LoadError::Map {
-            name: maps::ORIG_BY_TUPLE,
-            detail: e.to_string(),
-        })?;
-        Ok(OrigDstTable::new(map))
+    /// The table the proxy reads original destinations from, as the run
+    /// in cgroup `cgroup_id` sees it (only its own connections).
+    pub fn origdst(&self, cgroup_id: u64) -> OrigDstTable {
+        OrigDstTable::new(Arc::clone(&self.origdst), cgroup_id)
     }
 
     /// The ring buffer the programs report refusals into.
@@ -345,18 +400,22 @@ fn load_program(program: &mut Program, name: &'static str, hook: Hook) -> Result
     })
 }
 
-/// Writes the policy's loopback ports into their map.
-fn fill_tables(ebpf: &mut Ebpf, cfg: &KernelConfig) -> Result<(), LoadError> {
-    let map_err = |e: aya::maps::MapError| LoadError::Map {
-        name: maps::LOOPBACK_PORTS,
+/// Takes a hash map out of the object, typed.
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|e| LoadError::Map {
+        name,
         detail: e.to_string(),
-    };
-    let map = ebpf
-        .map_mut(maps::LOOPBACK_PORTS)
-        .ok_or(LoadError::MissingMap(maps::LOOPBACK_PORTS))?;
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(map_err)?;
-    for port in &cfg.loopback_ports {
-        ports.insert(port, 1, 0).map_err(map_err)?;
+    })
+}
+
+fn loopback_key(cgroup: u64, port: u16) -> LoopbackKey {
+    LoopbackKey {
+        cgroup,
+        port,
+        pad: [0; 3],
     }
-    Ok(())
 }

@@ -1,14 +1,22 @@
 //! The proxy's view of the kernel's bookkeeping: for an accepted connection,
 //! the destination the client originally dialed.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use aya::maps::{HashMap, MapData};
 use enforcer_common::{OrigDst, TupleKey};
 
-/// Read side of the ORIG_BY_TUPLE map.
+/// The kernel's ORIG_BY_TUPLE map, shared by every run it serves.
+pub type OrigDstMap = HashMap<MapData, TupleKey, OrigDst>;
+
+/// Read side of the ORIG_BY_TUPLE map, for one run: only connections made
+/// from the run's cgroup are found.
 pub struct OrigDstTable {
-    map: HashMap<MapData, TupleKey, OrigDst>,
+    map: Arc<OrigDstMap>,
+    cgroup: u64,
 }
 
 impl std::fmt::Debug for OrigDstTable {
@@ -42,15 +50,19 @@ pub fn to_socket_addr(orig: &OrigDst) -> SocketAddr {
 }
 
 impl OrigDstTable {
-    pub fn new(map: HashMap<MapData, TupleKey, OrigDst>) -> Self {
-        Self { map }
+    /// The table as the run in cgroup `cgroup` sees it.
+    pub fn new(map: Arc<OrigDstMap>, cgroup: u64) -> Self {
+        Self { map, cgroup }
     }
 
-    /// The destination the client at `peer` dialed, if the kernel recorded one.
+    /// The destination the client at `peer` dialed, if the kernel recorded
+    /// one for a process of this run (another run's connection is not ours
+    /// to serve, whatever port it reached).
     pub fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr> {
         self.map
             .get(&tuple_key(peer), 0)
             .ok()
+            .filter(|o| o.cgroup == self.cgroup)
             .map(|o| to_socket_addr(&o))
     }
 }
@@ -73,6 +85,7 @@ mod tests {
             port: 443,
             family: enforcer_common::AF_INET,
             sock_type: 1,
+            cgroup: 7,
         };
         assert_eq!(
             to_socket_addr(&o),
@@ -83,6 +96,7 @@ mod tests {
             port: 80,
             family: enforcer_common::AF_INET6,
             sock_type: 1,
+            cgroup: 7,
         };
         assert_eq!(
             to_socket_addr(&o6),

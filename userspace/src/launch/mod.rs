@@ -25,17 +25,17 @@ use crate::{
     approval::{ApprovalHub, ApproverMode, terminal::Terminal},
     cli::Approver,
     cli::LaunchArgs,
-    decision::{Cause, Decision, DecisionSink, Layer, LogMode},
+    decision::{DecisionSink, LogMode},
     dns::{self, Resolver},
     kernel::{
-        Enforcement, KernelConfig, RunCgroup,
+        Enforcement, RunCgroup,
         bpffs::{self, BpffsError, PinDir},
         cgroup::{self, CgroupError},
-        events::{self, KernelEvent},
         loader::LoadError,
     },
     policy::{Policy, PolicyError},
-    proxy::{Listeners, ProxyContext, explicit, transparent, upstream::Upstream},
+    proxy::Listeners,
+    run::{Run, RunError, agent_env, kernel_events},
     runid,
     runs::{self, RunRecord},
     secrets::Secrets,
@@ -79,6 +79,8 @@ pub enum LaunchError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Spend(#[from] crate::spend::SpendError),
+    #[error(transparent)]
+    Run(#[from] RunError),
     #[error(transparent)]
     Report(#[from] crate::ci::report::ReportError),
     #[error(
@@ -283,7 +285,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
     if let Some(store) = &audit_store {
-        store.start_run(&run_info(
+        store.start_run(&crate::run::info::run_info(
             &run_id,
             &policy,
             &user,
@@ -334,16 +336,25 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     // forked while this process was single-threaded.
     let audit_writer = audit_store.map(crate::audit::AuditStore::writer);
     let sink = DecisionSink::with_audit(&run_id, mode, audit_writer);
-    let plan = Plan {
-        run_id: run_id.clone(),
+    let run = Run {
+        id: run_id.clone(),
         policy,
         resolver,
         secrets,
-        kill_on_expiry: args.kill_on_expiry,
+        spend,
+        approvals,
+        sink,
         ca,
-        trust_env: trust.env(),
         upstream_tls,
         upstream_timeout,
+        audit_db: (!args.no_audit).then(|| args.audit_db.clone()),
+        agent_pid: Arc::default(),
+        observe: args.mode == crate::ci::report::RunMode::Observe,
+    };
+    let plan = Plan {
+        run,
+        kill_on_expiry: args.kill_on_expiry,
+        trust_env: trust.env(),
         user,
         isolation,
         program,
@@ -353,14 +364,11 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         report: args.report.clone(),
         ci,
         mode: args.mode,
-        audit_db: (!args.no_audit).then(|| args.audit_db.clone()),
-        approvals,
         terminal,
-        spend,
         unix,
     };
     tracing::debug!(elapsed = ?t0.elapsed(), "cgroup, pins, watchdog and runtime ready");
-    let outcome = runtime.block_on(supervise(plan, &cgroup, pins, sink, t0));
+    let outcome = runtime.block_on(supervise(plan, &cgroup, pins, t0));
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(trust);
 
@@ -392,16 +400,11 @@ impl Drop for RecordGuard {
     }
 }
 
+/// One launch: its run, and how its one agent is started.
 struct Plan {
-    run_id: String,
-    policy: Arc<Policy>,
-    resolver: Arc<Resolver>,
-    secrets: Arc<Secrets>,
+    run: Run,
     kill_on_expiry: bool,
-    ca: Arc<tls::RunCa>,
     trust_env: Vec<(String, PathBuf)>,
-    upstream_tls: rustls::ClientConfig,
-    upstream_timeout: Duration,
     user: target_user::TargetUser,
     isolation: isolation::Isolation,
     program: PathBuf,
@@ -411,11 +414,8 @@ struct Plan {
     report: Option<PathBuf>,
     ci: crate::ci::CiOptions,
     mode: crate::ci::report::RunMode,
-    audit_db: Option<PathBuf>,
-    approvals: Arc<ApprovalHub>,
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
-    spend: Arc<crate::spend::SpendControl>,
     /// The policy's unix sockets, resolved at start.
     unix: unix_list::UnixAllowlist,
 }
@@ -431,7 +431,6 @@ async fn supervise(
     mut plan: Plan,
     cgroup: &RunCgroup,
     pins: PinDir,
-    sink: DecisionSink,
     t0: std::time::Instant,
 ) -> Result<Outcome, LaunchError> {
     // The connector (supervised connects, as the agent) starts first: its
@@ -447,81 +446,24 @@ async fn supervise(
     let listeners = Listeners::bind()
         .await
         .map_err(io_err("cannot bind the proxy listeners on loopback"))?;
-    let cfg = KernelConfig {
-        proxy_port4: Listeners::port(&listeners.transparent4),
-        proxy_port6: listeners.transparent6.as_ref().map_or(0, Listeners::port),
-        dns_port4: Listeners::dns_port(&listeners.dns_udp4),
-        dns_port6: listeners.dns_udp6.as_ref().map_or(0, Listeners::dns_port),
-        explicit_port4: Listeners::port(&listeners.explicit4),
-        loopback_ports: plan.policy.local.loopback_ports.clone(),
-    };
+    let cfg = plan.run.kernel_config(cgroup.id()?, &listeners);
     tracing::debug!(elapsed = ?t0.elapsed(), "listeners bound");
-    let mut enforcement = Enforcement::attach(cgroup, pins, &cfg)?;
+    let mut enforcement = Enforcement::attach(cgroup.dir().as_fd(), pins)?;
+    enforcement.register(&cfg)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "programs attached");
-    let origdst = Arc::new(enforcement.take_origdst()?);
+    let origdst = Arc::new(enforcement.origdst(cfg.cgroup_id));
     let ring = enforcement.take_events()?;
 
-    let record_kernel = {
-        let sink = sink.clone();
-        let resolver = Arc::clone(&plan.resolver);
-        move |e: KernelEvent| sink.record(&kernel_decision(&e, &resolver.names))
-    };
+    let record_kernel = plan.run.kernel_recorder();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(events_task(ring, record_kernel.clone()));
-    let explicit_port = Listeners::port(&listeners.explicit4);
-    let ctx = ProxyContext {
-        run_id: Arc::from(plan.run_id.as_str()),
-        policy: Arc::clone(&plan.policy),
+    tasks.spawn(kernel_events::pump(ring, record_kernel.clone()));
+    let explicit_port = cfg.explicit_port4;
+    plan.run.serve(
+        listeners,
         origdst,
-        resolver: Arc::clone(&plan.resolver),
-        sink: sink.clone(),
-        upstream: Upstream::new(
-            Arc::clone(&plan.resolver),
-            plan.upstream_tls.clone(),
-            plan.upstream_timeout,
-        ),
-        tls_server: tls::ca::server_config(Arc::clone(&plan.ca))?,
-        secrets: Arc::clone(&plan.secrets),
-        approvals: Arc::clone(&plan.approvals),
-        spend: Arc::clone(&plan.spend),
-        observe: plan.mode == crate::ci::report::RunMode::Observe,
-    };
-    tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
-    tasks.spawn(explicit::serve(listeners.explicit4, ctx.clone()));
-    if let Some(l6) = listeners.transparent6 {
-        tasks.spawn(transparent::serve(l6, ctx.clone()));
-    }
-    let dns_ctx = dns::server::DnsContext {
-        policy: Arc::clone(&plan.policy),
-        resolver: Arc::clone(&plan.resolver),
-        secrets: Arc::clone(&plan.secrets),
-        sink: sink.clone(),
-        ipv6: cfg.proxy_port6 != 0,
-        observe: plan.mode == crate::ci::report::RunMode::Observe,
-    };
-    tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, dns_ctx.clone()));
-    tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, dns_ctx.clone()));
-    if let (Some(u), Some(t)) = (listeners.dns_udp6, listeners.dns_tcp6) {
-        tasks.spawn(dns::server::serve_udp(u, dns_ctx.clone()));
-        tasks.spawn(dns::server::serve_tcp(t, dns_ctx));
-    }
-
-    let agent_pid = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let control_path =
-        crate::control::socket_path(std::path::Path::new(runs::RUNS_DIR), &plan.run_id);
-    let control = crate::control::server::ControlSocket::bind(&control_path)
-        .map_err(io_err("cannot create the run's control socket"))?;
-    tasks.spawn(control.serve(crate::control::server::ControlContext {
-        run_id: plan.run_id.clone(),
-        name: plan.policy.run.name.clone(),
-        policy: plan.policy.source.display().to_string(),
-        secrets: Arc::clone(&plan.secrets),
-        sink: sink.clone(),
-        agent_pid: Arc::clone(&agent_pid),
-        audit_db: plan.audit_db.clone(),
-        approvals: Arc::clone(&plan.approvals),
-        spend: Arc::clone(&plan.spend),
-    }));
+        std::path::Path::new(runs::RUNS_DIR),
+        &mut tasks,
+    )?;
     let cgroup_path = cgroup.path().to_path_buf();
     let forwarder = signals::Forwarder::start(move || {
         let _ = cgroup::kill_all(&cgroup_path, Duration::from_secs(5));
@@ -549,12 +491,22 @@ async fn supervise(
         program: plan.program.clone(),
         argv0: plan.argv0.clone(),
         args: plan.args.clone(),
-        env: child_env(&plan, explicit_port),
+        env: agent_env::build(
+            &agent_env::AgentEnv {
+                run_id: &plan.run.id,
+                policy: &plan.run.policy,
+                secrets: &plan.run.secrets,
+                trust_env: &plan.trust_env,
+                user: &plan.user,
+                explicit_port,
+            },
+            std::env::vars_os(),
+        ),
         user: plan.user.clone(),
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
             unix_sockets: connects.is_some(),
-            user_namespaces: plan.policy.local.allow_user_namespaces,
+            user_namespaces: plan.run.policy.local.allow_user_namespaces,
         },
         isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
@@ -562,11 +514,11 @@ async fn supervise(
     crate::say!(
         Info,
         "enforcer: run {} started: {} as {} (uid {}), policy {}",
-        plan.run_id,
+        plan.run.id,
         plan.program.display(),
         plan.user.name,
         plan.user.uid,
-        plan.policy.source.display()
+        plan.run.policy.source.display()
     );
     if let Some(t) = &plan.terminal {
         t.say(&format!(
@@ -586,16 +538,18 @@ async fn supervise(
     let terminal_task = plan
         .terminal
         .take()
-        .map(|t| tokio::spawn(t.run(Arc::clone(&plan.approvals), plan.run_id.clone())));
+        .map(|t| tokio::spawn(t.run(Arc::clone(&plan.run.approvals), plan.run.id.clone())));
     let child_pid = started.pid;
     forwarder.set_child(child_pid as u32);
-    agent_pid.store(child_pid as u32, std::sync::atomic::Ordering::SeqCst);
-    if let Some(left) = plan.secrets.ttl_left() {
-        tasks.spawn(expiry(
+    plan.run
+        .agent_pid
+        .store(child_pid as u32, std::sync::atomic::Ordering::SeqCst);
+    if let Some(left) = plan.run.secrets.ttl_left() {
+        tasks.spawn(crate::run::expiry::expiry(
             left,
             plan.kill_on_expiry,
             cgroup.path().to_path_buf(),
-            sink.clone(),
+            plan.run.sink.clone(),
         ));
     }
 
@@ -651,126 +605,8 @@ async fn supervise(
     }
     enforcement.detach()?;
     let _ = plan.pin;
-    let code = summarize(&plan, code, &sink).await?;
+    let code = summarize(&plan, code).await?;
     Ok(Outcome::Exited(code))
-}
-
-/// Reads the kernel's refusal reports until the task is aborted.
-async fn events_task(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    record: impl FnMut(KernelEvent),
-) {
-    if let Err(e) = events::pump(ring, record).await {
-        tracing::warn!("reading kernel refusal reports failed: {e}");
-    }
-}
-
-/// `socket()` type bits of glibc's nscd client: SOCK_STREAM | SOCK_NONBLOCK
-/// | SOCK_CLOEXEC.
-const NSCD_SOCKET_TYPE: u32 = 1 | 0o4000 | 0o2000000;
-
-/// The decision for a refusal the kernel (or the seccomp supervisor)
-/// reported. Two are benign probes, refused all the same but neither
-/// counted nor printed (the audit log keeps them, as `benign-probe`):
-/// getaddrinfo's UDP `connect()` to an address the resolver handed out (it
-/// sorts addresses that way; no datagram follows), and a unix stream socket
-/// created with exactly glibc's nscd flags when the policy lists no unix
-/// socket (every name lookup of a glibc program tries nscd first).
-fn kernel_decision(e: &KernelEvent, names: &crate::dns::names::NameMap) -> Decision {
-    let unix_refused = e.reason_code == enforcer_common::Reason::UnixPathRefused as u32;
-    let reason = if unix_refused && e.path.is_none() {
-        // socket() or socketpair(): a datagram type, or any unix socket
-        // when none is listed.
-        match e.sock_type & 0xf {
-            1 | 5 => "unix sockets are refused: the policy lists none ([local] unix_sockets)",
-            _ => "unix datagram sockets are refused (where each datagram goes cannot be checked)",
-        }
-    } else {
-        e.reason
-    };
-    let sort_probe = e.reason_code == enforcer_common::Reason::UdpRefused as u32
-        && e.addr.is_some_and(|a| names.name_for(a).is_some());
-    let nscd_probe = unix_refused
-        && e.path.is_none()
-        && e.family == "unix"
-        && e.sock_type == NSCD_SOCKET_TYPE
-        && e.protocol == 0;
-    let (cause, reason) = if sort_probe {
-        (
-            Cause::BenignProbe,
-            "getaddrinfo's UDP connect() to sort the addresses the resolver gave (refused; no datagram is sent)",
-        )
-    } else if nscd_probe {
-        (
-            Cause::BenignProbe,
-            "a unix stream socket with glibc's nscd flags (its name-service cache probe; refused)",
-        )
-    } else {
-        (Cause::Kernel, reason)
-    };
-    let mut d = Decision::new(Layer::Kernel, cause, reason).process(e.pid, e.comm.clone());
-    if let Some(a) = e.addr {
-        d = d.host(a.to_string());
-        if e.port != 0 {
-            d = d.port(e.port);
-        }
-    } else if let Some(p) = &e.path {
-        d = d.host(format!("unix:{p}"));
-    } else if e.reason_code == enforcer_common::Reason::TerminalInjectionRefused as u32 {
-        d = d.host("terminal");
-    } else if !e.family.is_empty() {
-        d = d.host(format!("{} socket", e.family));
-    }
-    d
-}
-
-/// Proxy variables, upper and lower case (clients disagree on which they read).
-const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
-const NO_PROXY_VARS: &[&str] = &["NO_PROXY", "no_proxy"];
-
-/// The agent's environment: ours, with the identity of the target user, the
-/// explicit proxy, and the trust bundle that includes the run's CA.
-fn child_env(plan: &Plan, explicit_port: u16) -> Vec<(OsString, OsString)> {
-    let ours: std::collections::HashSet<String> = plan
-        .trust_env
-        .iter()
-        .map(|(k, _)| k.clone())
-        .chain(
-            PROXY_VARS
-                .iter()
-                .chain(NO_PROXY_VARS)
-                .map(|s| s.to_string()),
-        )
-        .chain(["ALL_PROXY", "all_proxy"].map(String::from))
-        // A secret's real value never reaches the agent, whatever it is called.
-        .chain(Secrets::hidden_vars(&plan.policy))
-        .collect();
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !matches!(k.as_ref(), "HOME" | "USER" | "LOGNAME" | "SHELL" | "MAIL")
-                && !ours.contains(k.as_ref())
-        })
-        .collect();
-    let proxy = format!("http://127.0.0.1:{explicit_port}");
-    for k in PROXY_VARS {
-        env.push((k.into(), proxy.clone().into()));
-    }
-    for k in NO_PROXY_VARS {
-        env.push((k.into(), "localhost,127.0.0.1,::1".into()));
-    }
-    for (k, v) in &plan.trust_env {
-        env.push((k.into(), v.clone().into()));
-    }
-    env.push(("HOME".into(), plan.user.home.clone().into()));
-    env.push(("USER".into(), plan.user.name.clone().into()));
-    env.push(("LOGNAME".into(), plan.user.name.clone().into()));
-    env.push(("SHELL".into(), plan.user.shell.clone().into()));
-    env.push(("ENFORCER_RUN_ID".into(), plan.run_id.clone().into()));
-    for (k, placeholder) in plan.secrets.env() {
-        env.push((k.into(), placeholder.into()));
-    }
-    env
 }
 
 /// The run's approval queue and, with `--approver terminal` on a terminal,
@@ -842,11 +678,12 @@ pub const EXIT_AUDIT_FAILED: i32 = 74;
 /// that still works, otherwise from the run's own counts), and `--report
 /// FILE.json`. Returns the exit status: the agent's, or
 /// [`EXIT_AUDIT_FAILED`] when the audit log failed during the run.
-async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, LaunchError> {
+async fn summarize(plan: &Plan, code: i32) -> Result<i32, LaunchError> {
+    let sink = &plan.run.sink;
     let from_log = match sink.audit() {
         Some(writer) => {
             let end = crate::audit::RunEnd {
-                run_id: plan.run_id.clone(),
+                run_id: plan.run.id.clone(),
                 ended_at: std::time::SystemTime::now(),
                 exit_code: code,
             };
@@ -869,14 +706,15 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, L
     let summary = from_log.unwrap_or_else(|| {
         let t = sink.tally();
         crate::audit::RunSummary {
-            run_id: plan.run_id.clone(),
-            name: plan.policy.run.name.clone(),
+            run_id: plan.run.id.clone(),
+            name: plan.run.policy.run.name.clone(),
             started_at: None,
             ended_at: None,
             exit_code: Some(code),
             counts: t.counts,
             top_refused: t.top_refused(crate::audit::TOP_REFUSED),
-            spend_usd: plan.spend.ledger.run_spent() as f64 / crate::spend::MICROS_PER_USD as f64,
+            spend_usd: plan.run.spend.ledger.run_spent() as f64
+                / crate::spend::MICROS_PER_USD as f64,
             db_path: match (&failure, sink.audit()) {
                 (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
                 _ => String::from("(none: --no-audit)"),
@@ -915,72 +753,18 @@ async fn summarize(plan: &Plan, code: i32, sink: &DecisionSink) -> Result<i32, L
         crate::ci::report::Inputs {
             opts: &plan.ci,
             mode: plan.mode,
-            policy: &plan.policy.source,
+            policy: &plan.run.policy.source,
             summary,
             code,
         },
-        plan.audit_db.as_deref(),
+        plan.run.audit_db.as_deref(),
         plan.report.as_deref(),
     )?;
     Ok(code)
-}
-
-/// What the audit log records about the run at its start.
-fn run_info(
-    run_id: &str,
-    policy: &Policy,
-    user: &target_user::TargetUser,
-    command: &[OsString],
-    cgroup: &std::path::Path,
-    ttl: Option<Duration>,
-) -> crate::audit::RunInfo {
-    let digest = std::fs::read(&policy.source)
-        .map(|b| ring::digest::digest(&ring::digest::SHA256, &b))
-        .map(|d| {
-            d.as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    crate::audit::RunInfo {
-        run_id: run_id.to_string(),
-        name: policy.run.name.clone(),
-        policy_path: policy.source.display().to_string(),
-        policy_sha256: digest,
-        invoking_user: std::env::var("SUDO_USER").unwrap_or_else(|_| user.name.clone()),
-        uid: user.uid,
-        command: command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" "),
-        cgroup: cgroup.display().to_string(),
-        started_at: std::time::SystemTime::now(),
-        ttl_seconds: ttl.map(|t| t.as_secs()),
-    }
 }
 
 /// How long the run's CA (and its leaves) stay valid: the policy's TTL, or a
 /// day, plus an hour of slack.
 fn plan_ca_lifetime(policy: &Policy) -> Duration {
     policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600)
-}
-
-/// Waits for the credentials' TTL; then records the expiry and, with
-/// `--kill-on-expiry`, ends the run.
-async fn expiry(left: Duration, kill: bool, cgroup: PathBuf, sink: DecisionSink) {
-    tokio::time::sleep(left).await;
-    let reason = if kill {
-        "the run's TTL has passed; --kill-on-expiry: ending the run"
-    } else {
-        "the run's TTL has passed: placeholders no longer work"
-    };
-    sink.record(&Decision::new(Layer::Control, Cause::CredentialsExpired, reason).host("run"));
-    if kill {
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::kernel::cgroup::kill_all(&cgroup, Duration::from_secs(10))
-        })
-        .await;
-    }
 }

@@ -18,7 +18,7 @@ use super::upstream::{Body, BoxError};
 use crate::{
     audit::{EventId, Failure, Outcome},
     decision::{Cause, Decision, DecisionSink},
-    spend::{Charge, response::Reader},
+    spend::{Charge, Settled, response::Reader},
 };
 
 /// What the end of a response settles.
@@ -57,8 +57,8 @@ impl Tracked {
         }
     }
 
-    /// Settles once: the charge (on a task: daily caps live in SQLite),
-    /// then the row.
+    /// Settles once: the charge (on a task when a daily cap, which lives in
+    /// SQLite, is involved), then the row.
     fn finish(&mut self, failure: Option<(Failure, String)>) {
         let Some(t) = self.tracking.take() else {
             return;
@@ -73,18 +73,23 @@ impl Tracked {
             );
             t.sink.log(&d);
         }
-        let settle = async move {
-            let settled = match t.charge {
-                Some(c) => Some(c.settle(t.status, actual, vendor_id).await),
-                None => None,
-            };
-            t.sink.complete(
-                t.id,
+        let Tracking {
+            sink,
+            id,
+            status,
+            started,
+            bytes_up,
+            charge,
+            ..
+        } = t;
+        let complete = move |settled: Option<Settled>| {
+            sink.complete(
+                id,
                 Outcome {
-                    status: Some(t.status.as_u16()),
-                    bytes_up: t.bytes_up,
+                    status: Some(status.as_u16()),
+                    bytes_up,
                     bytes_down: Some(bytes),
-                    latency_ms: Some(t.started.elapsed().as_secs_f64() * 1000.0),
+                    latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
                     cost_usd: settled.as_ref().map(|s| s.cost_usd),
                     vendor_txn_id: settled.and_then(|s| s.vendor_txn_id),
                     failure: failure.as_ref().map(|(f, _)| *f),
@@ -92,9 +97,21 @@ impl Tracked {
                 },
             );
         };
+        let Some(charge) = charge else {
+            // Nothing to settle: the row is completed here, without a task.
+            complete(None);
+            return;
+        };
+        let (charge, vendor_id) = match charge.settle_now(status, actual, vendor_id) {
+            Ok(settled) => return complete(Some(settled)),
+            Err(daily) => *daily,
+        };
         // Without a runtime (shutting down), the charge's own drop commits it.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(settle);
+            rt.spawn(async move {
+                let settled = charge.settle(status, actual, vendor_id).await;
+                complete(Some(settled));
+            });
         }
     }
 }

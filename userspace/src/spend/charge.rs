@@ -208,6 +208,31 @@ impl Charge {
         }
     }
 
+    /// Settles at once when nothing of the charge lives in SQLite (no
+    /// daily cap): no task, no thread. Gives the charge back otherwise.
+    pub fn settle_now(
+        mut self,
+        status: StatusCode,
+        actual: Option<i64>,
+        vendor_txn_id: Option<String>,
+    ) -> Result<Settled, Box<(Self, Option<String>)>> {
+        if self.daily.is_some() {
+            return Err(Box::new((self, vendor_txn_id)));
+        }
+        let run = self.run.take();
+        if status.is_client_error() || status.is_server_error() {
+            if let Some(r) = run {
+                r.release();
+            }
+            return Ok(Settled::default());
+        }
+        let spent = run.map_or(self.cost.usd_micros, |r| r.commit(actual));
+        Ok(Settled {
+            cost_usd: usd(spent),
+            vendor_txn_id,
+        })
+    }
+
     /// Settles by the vendor's answer: 4xx/5xx release, anything else
     /// commits (the actual cost when the response said it).
     pub async fn settle(

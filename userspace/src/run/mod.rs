@@ -1,0 +1,157 @@
+//! A run: one agent's policy, credentials, ledger, approvals, TTL, counters
+//! and audit identity, and the listeners that serve it (proxy, resolver,
+//! control socket). Owned by neither `launch` nor a daemon: `launch` makes
+//! a cgroup, starts one run and spawns one child into it; whatever governs
+//! many cgroups starts one run per cgroup.
+
+pub mod agent_env;
+pub mod expiry;
+pub mod info;
+pub mod kernel_events;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU32},
+    time::Duration,
+};
+
+use tokio::task::JoinSet;
+
+use crate::{
+    approval::ApprovalHub,
+    decision::DecisionSink,
+    dns::{self, Resolver},
+    kernel::KernelConfig,
+    policy::Policy,
+    proxy::{
+        Listeners, ProxyContext, context::Destinations, explicit, transparent, upstream::Upstream,
+    },
+    secrets::Secrets,
+    spend::SpendControl,
+    tls,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot create the run's control socket: {0}")]
+    Control(#[source] std::io::Error),
+}
+
+/// Everything one run decides with, shared by its listeners' tasks.
+pub struct Run {
+    pub id: String,
+    pub policy: Arc<Policy>,
+    pub resolver: Arc<Resolver>,
+    /// The run's credentials (real values and the placeholders the agent holds).
+    pub secrets: Arc<Secrets>,
+    /// Spend caps, rate limits and the loop breaker.
+    pub spend: Arc<SpendControl>,
+    /// Requests waiting for a human.
+    pub approvals: Arc<ApprovalHub>,
+    /// Where decisions go: counts, log lines, audit rows.
+    pub sink: DecisionSink,
+    /// The run's CA: its key lives in this process only.
+    pub ca: Arc<tls::RunCa>,
+    pub upstream_tls: rustls::ClientConfig,
+    pub upstream_timeout: Duration,
+    /// The audit database, when the run has one.
+    pub audit_db: Option<PathBuf>,
+    /// The agent's pid once it runs (for `enforcer status` and revocation).
+    pub agent_pid: Arc<AtomicU32>,
+    /// Observe mode: what the policy's rules refuse goes ahead, recorded as
+    /// "would deny" (`proxy::observe`); the kernel boundary is unchanged.
+    pub observe: bool,
+}
+
+impl Run {
+    /// What the kernel programs need to serve this run's processes in the
+    /// cgroup `cgroup_id` through `listeners`.
+    pub fn kernel_config(&self, cgroup_id: u64, listeners: &Listeners) -> KernelConfig {
+        KernelConfig {
+            cgroup_id,
+            proxy_port4: Listeners::port(&listeners.transparent4),
+            proxy_port6: listeners.transparent6.as_ref().map_or(0, Listeners::port),
+            dns_port4: Listeners::dns_port(&listeners.dns_udp4),
+            dns_port6: listeners.dns_udp6.as_ref().map_or(0, Listeners::dns_port),
+            explicit_port4: Listeners::port(&listeners.explicit4),
+            loopback_ports: self.policy.local.loopback_ports.clone(),
+        }
+    }
+
+    /// Starts serving the run on `listeners` (proxy, explicit proxy,
+    /// resolver) and on its control socket under `runs_dir`; `origdst` is
+    /// the kernel's record of where each of the run's connections was
+    /// headed. The tasks end when `tasks` is aborted.
+    pub fn serve(
+        &self,
+        listeners: Listeners,
+        origdst: Arc<dyn Destinations>,
+        runs_dir: &std::path::Path,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), RunError> {
+        let ctx = ProxyContext {
+            run_id: Arc::from(self.id.as_str()),
+            policy: Arc::clone(&self.policy),
+            origdst,
+            resolver: Arc::clone(&self.resolver),
+            sink: self.sink.clone(),
+            upstream: Upstream::new(
+                Arc::clone(&self.resolver),
+                self.upstream_tls.clone(),
+                self.upstream_timeout,
+            ),
+            tls_server: tls::ca::server_config(Arc::clone(&self.ca))?,
+            secrets: Arc::clone(&self.secrets),
+            approvals: Arc::clone(&self.approvals),
+            spend: Arc::clone(&self.spend),
+            observe: self.observe,
+        };
+        let ipv6 = listeners.transparent6.is_some();
+        tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
+        tasks.spawn(explicit::serve(listeners.explicit4, ctx.clone()));
+        if let Some(l6) = listeners.transparent6 {
+            tasks.spawn(transparent::serve(l6, ctx));
+        }
+        let dns_ctx = dns::server::DnsContext {
+            policy: Arc::clone(&self.policy),
+            resolver: Arc::clone(&self.resolver),
+            secrets: Arc::clone(&self.secrets),
+            sink: self.sink.clone(),
+            ipv6,
+            observe: self.observe,
+        };
+        tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, dns_ctx.clone()));
+        tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, dns_ctx.clone()));
+        if let (Some(u), Some(t)) = (listeners.dns_udp6, listeners.dns_tcp6) {
+            tasks.spawn(dns::server::serve_udp(u, dns_ctx.clone()));
+            tasks.spawn(dns::server::serve_tcp(t, dns_ctx));
+        }
+        let control_path = crate::control::socket_path(runs_dir, &self.id);
+        let control = crate::control::server::ControlSocket::bind(&control_path)
+            .map_err(RunError::Control)?;
+        tasks.spawn(control.serve(crate::control::server::ControlContext {
+            run_id: self.id.clone(),
+            name: self.policy.run.name.clone(),
+            policy: self.policy.source.display().to_string(),
+            secrets: Arc::clone(&self.secrets),
+            sink: self.sink.clone(),
+            agent_pid: Arc::clone(&self.agent_pid),
+            audit_db: self.audit_db.clone(),
+            approvals: Arc::clone(&self.approvals),
+            spend: Arc::clone(&self.spend),
+        }));
+        Ok(())
+    }
+
+    /// Records what the kernel (or the seccomp supervisor) refused, as this
+    /// run's decision.
+    pub fn kernel_recorder(
+        &self,
+    ) -> impl Fn(crate::kernel::events::KernelEvent) + Clone + Send + Sync + 'static {
+        let sink = self.sink.clone();
+        let resolver = Arc::clone(&self.resolver);
+        move |e| sink.record(&kernel_events::decision(&e, &resolver.names))
+    }
+}
