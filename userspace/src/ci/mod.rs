@@ -27,8 +27,8 @@ pub struct CiArgs {
     #[arg(long)]
     pub no_ci: bool,
     /// In CI mode, what fails the job when the agent itself succeeded:
-    /// exfil (exit 80), cap (83: spend caps, rate limits, the loop
-    /// breaker), ask (82: a request that needed a human), deny (81: any
+    /// exfil (exit 80), cap (83: spend caps, per-call ceilings, rate
+    /// limits, the loop breaker), ask (82: a request that needed a human), deny (81: any
     /// refusal). Comma-separated; the first that happened, in that order,
     /// gives the status. `none` fails on nothing.
     #[arg(

@@ -13,7 +13,8 @@ pub enum Violation {
     /// A placeholder headed where its secret does not belong.
     #[serde(rename = "exfil")]
     Exfiltration,
-    /// A spend cap, rate limit, call limit or the loop breaker refused a call.
+    /// A spend cap, per-call ceiling, rate limit, call limit or the loop
+    /// breaker refused a call.
     #[serde(rename = "cap")]
     Capped,
     /// A request needed a human (in CI: denied).
@@ -56,7 +57,7 @@ impl Violation {
         }
         if matches!(
             cause,
-            Cause::OverCap | Cause::RateLimited | Cause::LoopBreaker
+            Cause::OverCap | Cause::OverCallCeiling | Cause::RateLimited | Cause::LoopBreaker
         ) {
             v.push(Self::Capped);
         }

@@ -47,6 +47,12 @@ pub enum Cause {
     OverCap,
     /// The call's cost could not be read.
     CostUnknown,
+    /// The call's amount is above its rule's per-call ceiling
+    /// (`max_usd_per_call` / `deny_above_usd`).
+    OverCallCeiling,
+    /// A header or field the rule requires (`require`) is missing,
+    /// ambiguous or has a value the rule does not accept.
+    RequirementUnmet,
     /// The request body was too large, too slow or unreadable for a rule
     /// that must read it.
     BodyRefused,
@@ -114,6 +120,8 @@ impl Cause {
             Self::LoopBreaker => "loop-breaker",
             Self::OverCap => "over-cap",
             Self::CostUnknown => "cost-unknown",
+            Self::OverCallCeiling => "over-call-ceiling",
+            Self::RequirementUnmet => "requirement-unmet",
             Self::BodyRefused => "body-refused",
             Self::ApprovalDenied => "approval-denied",
             Self::ApprovalTimeout => "approval-timeout",
@@ -132,7 +140,9 @@ impl Cause {
     }
 
     /// Every cause, in declaration order.
-    pub const ALL: [Cause; 31] = [
+    /// (A new cause goes here too: `parse`, the CI report and `policy test`
+    /// read the audit log's `cause` column through this list.)
+    pub const ALL: [Cause; 33] = [
         Self::Allowed,
         Self::Intercepted,
         Self::PassedThrough,
@@ -149,6 +159,8 @@ impl Cause {
         Self::RateLimited,
         Self::LoopBreaker,
         Self::OverCap,
+        Self::OverCallCeiling,
+        Self::RequirementUnmet,
         Self::CostUnknown,
         Self::BodyRefused,
         Self::ApprovalDenied,

@@ -67,6 +67,10 @@ mod tests {
                 format!("{host}{rule}  cost = {{ zz_unknown = 1 }}\n"),
                 &s["$defs"]["cost"],
             ),
+            (
+                format!("{host}{rule}  require = {{ zz_unknown = 1 }}\n"),
+                &s["$defs"]["rule"]["properties"]["require"],
+            ),
         ];
         for (toml, section) in cases {
             assert_eq!(

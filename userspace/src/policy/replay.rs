@@ -141,7 +141,9 @@ fn recorded_action(e: &EventRow) -> Option<Action> {
         | Cause::Kernel
         | Cause::BenignProbe
         | Cause::UnknownProtocol
-        | Cause::AuditUnavailable => None,
+        | Cause::AuditUnavailable
+        // Decided on the request's body, which the log does not keep.
+        | Cause::RequirementUnmet => None,
         c if c.verdict() == Verdict::Allow => Some(Action::Allow),
         // Refused after the policy allowed it: a limit, a cap, the
         // upstream, the credentials' state.

@@ -9,8 +9,11 @@
 //! 4. policy decision: the host's rules (`policy`)
 //! 5. cleartext: no secret on a plaintext connection unless allowed
 //! 6. limits: rate, call counts, loop breaker (`spend::charge`)
-//! 7. cost and reservation under the caps (`spend::charge`)
-//! 8. approval, for `ask` rules (`approval`)
+//! 7. required headers and fields (`policy::Requirements`), then the cost,
+//!    its per-call thresholds (`spend::per_call`) and its reservation under
+//!    the caps (`spend::charge`)
+//! 8. approval, for `ask` rules and calls above `ask_above_usd` or missing
+//!    a requirement with `unmet = "ask"` (`approval`)
 //! 9. credentials: placeholders swapped for live values (`secrets::inject`)
 //! 10. audit commit: nothing leaves before its row is written (`audit`)
 //! 11. forward, then the response: redaction, actual cost, settlement and
@@ -75,7 +78,14 @@ where
             if let Some(b) = body {
                 drain(b).await;
             }
-            refusal.response(&d, &ctx.run_id)
+            // On a host with a vendor profile, in the vendor's error shape.
+            let shape = ctx
+                .policy
+                .hosts
+                .get(conn.host)
+                .and_then(|h| h.profile.as_ref())
+                .and_then(|p| p.refusal.as_ref());
+            refusal.response_shaped(&d, &ctx.run_id, shape)
         }
     }
 }
@@ -162,7 +172,7 @@ async fn stages(
     };
     // Observe mode: a refusal by the policy's rules is recorded as "would
     // deny" and the request goes ahead (see `observe`).
-    let Decided { ask, rule } = match decided {
+    let Decided { mut ask, rule } = match decided {
         Ok(x) => x,
         Err(r) => match super::observe::waive(ctx.observe, r, d) {
             None => Decided {
@@ -177,6 +187,10 @@ async fn stages(
             }
         },
     };
+    let rule_ref = rule.and_then(|i| host.and_then(|h| h.rules.get(i)));
+    let require = rule_ref.and_then(|r| r.require.as_ref());
+    // Why a call is asked besides its rule's `ask` (shown to the human).
+    let mut asked = Asked::default();
     stage!(cleartext(&parts, conn, ctx), Some(body));
 
     let cost_rule = rule
@@ -210,7 +224,16 @@ async fn stages(
     let form_check = parts.method == http::Method::POST
         && host.is_some_and(|h| !h.rules.is_empty())
         && content_type.as_deref().is_some_and(is_form_like);
-    let read_body = cost_in_body || ask || form_check || ctx.spend.limits_read_body(&call);
+    let may_ask = rule_ref.is_some_and(|r| {
+        r.amounts.ask_above_usd.is_some()
+            || r.require.as_ref().is_some_and(|q| q.unmet == Action::Ask)
+    });
+    let read_body = cost_in_body
+        || ask
+        || may_ask
+        || form_check
+        || require.is_some_and(|q| q.reads_body())
+        || ctx.spend.limits_read_body(&call);
     // From here the request may wait (for its body, a human): if the agent
     // leaves, it still gets its row.
     watch.track(d);
@@ -237,6 +260,33 @@ async fn stages(
         stage!(checked.map_err(|why| ambiguous(host, &why)), None);
     }
 
+    if let Some(req) = require {
+        if req.reads_body() && !complete {
+            return Err(Stopped {
+                refusal: too_large("required fields"),
+                body: None,
+            });
+        }
+        let content_type = content_type.as_deref();
+        match req.check(&parts.headers, &parts.uri, content_type, &data) {
+            Ok(met) => {
+                asked.scope = met
+                    .iter()
+                    .map(|m| ctx.secrets.mask(&m.to_string()))
+                    .collect()
+            }
+            Err(unmet) if req.unmet == Action::Ask => {
+                ask = true;
+                asked.why.push(ctx.secrets.mask(&unmet.why));
+            }
+            Err(unmet) => {
+                let r = Refusal::new(Cause::RequirementUnmet, unmet.why.clone())
+                    .field("field", unmet.what);
+                return Err(Stopped { refusal: r, body });
+            }
+        }
+    }
+
     stage!(
         ctx.spend
             .check_limits(&call, &data)
@@ -247,16 +297,8 @@ async fn stages(
         None => None,
         Some(c) => {
             if cost_in_body && prefix.as_ref().is_some_and(|p| p.complete().is_none()) {
-                let r = Refusal::new(
-                    Cause::BodyRefused,
-                    format!(
-                        "the rule reads the cost from the body, and the body is larger than {} bytes",
-                        buffer::LIMIT
-                    ),
-                )
-                .status(StatusCode::PAYLOAD_TOO_LARGE);
                 return Err(Stopped {
-                    refusal: r,
+                    refusal: too_large("the cost"),
                     body: None,
                 });
             }
@@ -264,10 +306,33 @@ async fn stages(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            let charge = ctx
-                .spend
-                .reserve(&ctx.policy, &call, c, &parts.uri, content_type, &data)
-                .await;
+            let cost = stage!(
+                spend::extract(c, &parts.uri, content_type, &data)
+                    .map_err(|e| spend_refusal(&spend::Stop::Cost(e), ctx)),
+                body
+            );
+            if let Some(r) = rule_ref {
+                match spend::per_call::judge(&r.amounts, &cost) {
+                    Err(over) => {
+                        let refusal = Refusal::new(Cause::OverCallCeiling, over.to_string())
+                            .field("limit", serde_json::to_value(&over).unwrap_or_default());
+                        return Err(Stopped { refusal, body });
+                    }
+                    Ok(spend::PerCall::Ask(why)) => {
+                        ask = true;
+                        asked.why.push(why);
+                    }
+                    Ok(spend::PerCall::Under) => {}
+                }
+                if let Some(c) = r.amounts.ceiling_usd {
+                    asked.ceiling = Some(format!(
+                        "per-call ceiling ${c} ({}): this call is ${}",
+                        r.amounts.ceiling_key,
+                        cost.usd()
+                    ));
+                }
+            }
+            let charge = ctx.spend.reserve_cost(&ctx.policy, &call, c, cost).await;
             Some(stage!(charge.map_err(|s| spend_refusal(&s, ctx)), body))
         }
     };
@@ -302,7 +367,16 @@ async fn stages(
     if ask && let Some(host) = host {
         watch.track(d);
         stage!(
-            approval(&parts, &data, conn, ctx, (host, rule), charge.as_ref(), d).await,
+            approval(
+                &parts,
+                &data,
+                conn,
+                ctx,
+                (host, rule),
+                (charge.as_ref(), asked),
+                d
+            )
+            .await,
             Some(body)
         );
     }
@@ -513,6 +587,31 @@ fn is_form_like(content_type: &str) -> bool {
     mt == "application/x-www-form-urlencoded" || mt.starts_with("multipart/")
 }
 
+/// Why a call is asked (besides an `ask` rule) and what it is scoped to,
+/// for the human deciding.
+#[derive(Default)]
+struct Asked {
+    /// The required values the request carries (`header Stripe-Account: acct_1`).
+    scope: Vec<String>,
+    /// Why a call of an `allow` rule is asked (above `ask_above_usd`, an
+    /// unmet requirement with `unmet = "ask"`).
+    why: Vec<String>,
+    /// The rule's per-call ceiling, against this call.
+    ceiling: Option<String>,
+}
+
+/// A body the rule reads `what` from is over the buffer limit.
+fn too_large(what: &str) -> Refusal {
+    Refusal::new(
+        Cause::BodyRefused,
+        format!(
+            "the rule reads {what} from the body, and the body is larger than {} bytes",
+            buffer::LIMIT
+        ),
+    )
+    .status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 /// A body the rules needed could not be read.
 fn body_refusal(e: &BufferError) -> Refusal {
     let status = match e {
@@ -556,7 +655,7 @@ async fn approval(
     conn: &Conn,
     ctx: &ProxyContext,
     (host, rule): (&HostPolicy, Option<usize>),
-    charge: Option<&Charge>,
+    (charge, why_asked): (Option<&Charge>, Asked),
     d: &mut Decision,
 ) -> Result<(), Refusal> {
     let asked = Instant::now();
@@ -579,7 +678,13 @@ async fn approval(
         headers: shown_headers(parts, ctx),
         secrets,
         cost: charge.map(Charge::describe),
-        caps: charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default(),
+        caps: why_asked
+            .ceiling
+            .into_iter()
+            .chain(charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default())
+            .collect(),
+        scope: why_asked.scope,
+        why: why_asked.why,
         rule: d.rule.clone().unwrap_or_default(),
         expires_in_secs: 0,
     };
