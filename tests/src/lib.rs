@@ -4,10 +4,13 @@
 //!
 //! Tests only ever aim traffic at addresses a [`TestHost`] created.
 
+pub mod action;
+pub mod debroot;
 pub mod files;
 pub mod launch;
 pub mod leftovers;
 pub mod netns;
+pub mod sdk;
 pub mod servers;
 pub mod terminal;
 pub mod vendor;

@@ -64,6 +64,10 @@ pub const NAMES: &[&str] = &[
     "open.vendor.test",
     "upload.vendor.test",
     "ws.vendor.test",
+    // Real vendors' names, for their own SDKs (resolved here with --resolve).
+    "api.stripe.com",
+    "api.twilio.com",
+    "api.resend.com",
 ];
 
 /// A name whose TLS offers only HTTP/1.1 (WebSocket upgrades need it).

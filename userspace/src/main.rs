@@ -78,18 +78,38 @@ fn run(command: Command) -> i32 {
             let e = enforcer::daemon::exec::exec(&args.socket, args.label, &args.command);
             failed(&e, 126)
         }
-        Command::Policy(PolicyCommand::Check { file }) => match Policy::load(&file) {
-            Ok(p) => {
-                enforcer::outln!("{}", p.summary());
-                for w in p.warnings() {
-                    logging::verbatim(logging::Level::Warn, format!("warning: {w}"));
+        Command::Policy(PolicyCommand::Check { file, json }) => {
+            enforcer::policy_cli::check(&file, json)
+        }
+        Command::Policy(PolicyCommand::Suggest { runs, db, name }) => {
+            match enforcer::policy_cli::suggest(&runs, &db.audit_db, name.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => failed(&e, 1),
+            }
+        }
+        Command::Policy(PolicyCommand::Schema) => {
+            enforcer::outln!(
+                "{}",
+                enforcer::policy::json_schema::POLICY_SCHEMA.trim_end()
+            );
+            0
+        }
+        Command::Generate { dir } => match enforcer::generate::write_all(&dir) {
+            Ok(files) => {
+                for f in files {
+                    enforcer::outln!("{}", f.display());
                 }
                 0
             }
-            Err(e) => {
-                logging::verbatim(logging::Level::Error, &e);
-                2
-            }
+            Err(e) => failed(&e, 1),
+        },
+        Command::Policy(PolicyCommand::Test {
+            policy,
+            against,
+            runs,
+        }) => match enforcer::policy_cli::test(&policy, &against, &runs) {
+            Ok(changed) => i32::from(changed),
+            Err(e) => failed(&e, 2),
         },
         Command::Policy(PolicyCommand::Explain {
             file,

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: everything a fresh machine needs, installed only
 //! when missing: the nightly rust-src component and bpf-linker (built
-//! against the nightly toolchain's own LLVM) for the eBPF programs, and the
-//! Debian packages the tests and the demo use.
+//! against the nightly toolchain's own LLVM) for the eBPF programs, the
+//! Debian packages the tests and the demo use, and a Python venv with the
+//! vendors' own SDKs (stripe, twilio, resend) that the profile tests drive.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,7 +15,8 @@ use crate::util::{self, exec, output};
 
 /// Debian packages the tests and demo use (iproute2: test hosts in network
 /// namespaces; curl, python3, dnsutils: real clients inside the sandbox;
-/// util-linux: setpriv).
+/// util-linux: setpriv; debootstrap: the clean Debian root the package is
+/// installed into; sudo: what the GitHub Action runs enforcer with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -23,13 +25,23 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "ca-certificates",
     "openssl",
+    "python3-venv",
+    "debootstrap",
+    "sudo",
 ];
+
+/// Where the vendor SDKs live for the e2e tests (readable by `nobody`, the
+/// agent's user in tests); the same path is in `tests/src/sdk.rs`.
+pub const SDK_VENV: &str = "/var/cache/enforcer-tests/sdk-venv";
+/// The vendors' Python SDKs the profile tests run, pinned.
+const SDK_PACKAGES: &[&str] = &["stripe==16.1.0", "twilio==9.13.0", "resend==2.52.0"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    sdk_venv()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -148,4 +160,36 @@ fn debian_packages() -> anyhow::Result<()> {
         );
     }
     util::apt_install(&missing)
+}
+
+/// The vendor SDK venv: created with Debian's python3 (not a user's pyenv,
+/// which the agent's user cannot read) and filled from PyPI, once; a stamp
+/// file with the pinned versions says it is complete.
+fn sdk_venv() -> anyhow::Result<()> {
+    let venv = Path::new(SDK_VENV);
+    let stamp = venv.join("enforcer-sdks.txt");
+    let wanted = SDK_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!("the vendor SDK venv {SDK_VENV} is missing: run `sudo cargo xtask setup`");
+    }
+    eprintln!(
+        "xtask: installing {} into {SDK_VENV}",
+        SDK_PACKAGES.join(" ")
+    );
+    exec(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(venv),
+    )?;
+    exec(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--no-input"])
+            .args(SDK_PACKAGES),
+    )?;
+    // Readable (and runnable) by the tests' agent user.
+    exec(Command::new("chmod").args(["-R", "a+rX"]).arg(venv))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))
 }

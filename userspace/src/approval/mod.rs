@@ -20,8 +20,10 @@ use tokio::sync::{Notify, oneshot};
 /// Who may approve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApproverMode {
-    /// Nobody: every ask is denied at once (CI).
+    /// Nobody: every ask is denied at once (`--approver none`).
     None,
+    /// CI mode: nobody, and the denial says it was asked in CI.
+    Ci,
     /// Root, through the control socket (and the terminal when there is one).
     Humans,
 }
@@ -57,6 +59,14 @@ pub struct Pending {
     /// What each cap has left, after this call if it is approved.
     #[serde(default)]
     pub caps: Vec<String>,
+    /// The values of the headers and fields the rule requires (the
+    /// merchant: `header Stripe-Account: acct_1`).
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// Why an `allow` rule's call is asked: above `ask_above_usd`, or a
+    /// requirement it misses (`unmet = "ask"`).
+    #[serde(default)]
+    pub why: Vec<String>,
     pub rule: String,
     /// Seconds left before it is denied for lack of an answer.
     pub expires_in_secs: u64,
@@ -120,10 +130,16 @@ pub enum Answer {
 /// How an ask ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { by: String },
-    Denied { by: String },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+    },
     TimedOut,
     NoApprover,
+    /// CI mode: nobody is asked.
+    DeniedInCi,
 }
 
 impl Outcome {
@@ -140,6 +156,9 @@ impl Outcome {
             Self::NoApprover => {
                 String::from("approval required, and no approver (--approver none): denied")
             }
+            Self::DeniedInCi => String::from(
+                "asked in CI: denied (approval required, and no one is asked in CI mode)",
+            ),
         }
     }
 
@@ -149,6 +168,7 @@ impl Outcome {
             Self::Approved { by } | Self::Denied { by } => by,
             Self::TimedOut => "nobody (approval timeout)",
             Self::NoApprover => "nobody (--approver none)",
+            Self::DeniedInCi => "nobody (CI mode)",
         }
     }
 }
@@ -238,16 +258,20 @@ impl ApprovalHub {
     /// Queues a request (or decides it at once: no approver, an earlier
     /// `always`). Wait for the answer with [`ApprovalHub::wait`].
     pub fn submit(self: &Arc<Self>, mut p: Pending, rule_key: (usize, usize)) -> Ticket {
-        if self.mode == ApproverMode::None {
+        if let Some(outcome) = match self.mode {
+            ApproverMode::None => Some(Outcome::NoApprover),
+            ApproverMode::Ci => Some(Outcome::DeniedInCi),
+            ApproverMode::Humans => None,
+        } {
             return Ticket {
                 id: 0,
                 wait: None,
-                decided: Some(Outcome::NoApprover),
+                decided: Some(outcome),
                 hub: None,
             };
         }
         let mut inner = self.lock();
-        if inner.always.contains(&rule_key) {
+        if inner.always.contains(&rule_key) && p.why.is_empty() {
             return Ticket {
                 id: 0,
                 wait: None,
@@ -320,7 +344,10 @@ impl ApprovalHub {
     pub fn answer(&self, id: u64, answer: Answer, by: &str) -> Result<(), NotPending> {
         let mut inner = self.lock();
         let w = inner.waiting.remove(&id).ok_or(NotPending(id))?;
-        if answer == Answer::Always {
+        // An `always` is remembered for a rule's own asks only: a call
+        // asked for its amount or a missing requirement (`why`) is approved
+        // once, and the next one above the threshold is asked again.
+        if answer == Answer::Always && w.pending.why.is_empty() {
             inner.always.insert(w.rule_key);
         }
         let _ = w.reply.send((answer, by.to_string()));
@@ -361,9 +388,36 @@ mod tests {
             secrets: vec!["KEY".into()],
             cost: Some("5.00 USD".into()),
             caps: Vec::new(),
+            scope: Vec::new(),
+            why: Vec::new(),
             rule: "POST /v1/refunds -> ask".into(),
             expires_in_secs: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn an_always_does_not_cover_asks_for_an_amount_or_a_requirement() {
+        let hub = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_secs(5),
+        ));
+        let mut asked = pending();
+        asked.why = vec!["$480.00 (48000 usd) is above ask_above_usd $50.00".into()];
+        let t = hub.submit(asked.clone(), (0, 1));
+        hub.answer(t.id, Answer::Always, "test").unwrap();
+        assert!(hub.wait(t).await.approved());
+        // The next call above the threshold is asked again.
+        let t = hub.submit(asked.clone(), (0, 1));
+        assert_ne!(t.id, 0, "asked again");
+        hub.answer(t.id, Answer::Deny, "test").unwrap();
+        assert!(!hub.wait(t).await.approved());
+        // An `always` for the rule's own asks does not cover a call asked
+        // for its amount.
+        let t = hub.submit(pending(), (0, 1));
+        hub.answer(t.id, Answer::Always, "test").unwrap();
+        assert!(hub.wait(t).await.approved());
+        assert_eq!(hub.submit(pending(), (0, 1)).id, 0);
+        assert_ne!(hub.submit(asked, (0, 1)).id, 0);
     }
 
     #[tokio::test]

@@ -288,6 +288,12 @@ pub fn prompt_text(p: &Pending, code: &str, run_id: &str) -> String {
     if !p.secrets.is_empty() {
         text.push_str(&format!("  secrets injected: {}\r\n", p.secrets.join(", ")));
     }
+    for w in &p.why {
+        text.push_str(&format!("  asked because: {}\r\n", printable(w)));
+    }
+    for s in &p.scope {
+        text.push_str(&format!("  scope: {}\r\n", printable(s)));
+    }
     if let Some(c) = &p.cost {
         text.push_str(&format!("  cost: {}\r\n", printable(c)));
     }
@@ -399,6 +405,8 @@ mod tests {
             secrets: vec![],
             cost: Some("$50.00 (5000 usd)".into()),
             caps: vec!["run cap $500.00: $450.00 left after this call".into()],
+            scope: vec!["header Stripe-Account: acct_1".into()],
+            why: vec!["$50.00 (5000 usd) is above ask_above_usd $20.00".into()],
             rule: "POST /v1/** -> ask".into(),
             expires_in_secs: 60,
         };

@@ -65,6 +65,12 @@ pub fn list(json: bool) -> Result<(), ControlError> {
         if let Some(b) = &p.body_preview {
             crate::outln!("    body: {}", printable(b));
         }
+        for w in &p.why {
+            crate::outln!("    asked because: {}", printable(w));
+        }
+        for s in &p.scope {
+            crate::outln!("    scope: {}", printable(s));
+        }
         if let Some(c) = &p.cost {
             crate::outln!("    cost: {}", printable(c));
         }

@@ -49,7 +49,8 @@ pub struct DaemonConfig {
     pub source: PathBuf,
     /// The governed cgroup, relative to the cgroup2 mount (`agents.slice`).
     pub slice: PathBuf,
-    pub audit_db: Option<PathBuf>,
+    /// The audit database (default: the same as `launch`'s).
+    pub audit_db: PathBuf,
     pub units: Vec<UnitPolicy>,
 }
 
@@ -104,7 +105,9 @@ impl DaemonConfig {
         d.finish(Self {
             source: path.to_path_buf(),
             slice,
-            audit_db: raw.audit_db,
+            audit_db: raw
+                .audit_db
+                .unwrap_or_else(|| PathBuf::from(crate::audit::DEFAULT_PATH)),
             units,
         })
     }

@@ -114,6 +114,10 @@ pub struct Shared {
 /// Live runs by cgroup id.
 type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
 
+/// The same runs, for the kernel's refusal reports (read without waiting
+/// on a run that is starting).
+type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let config = DaemonConfig::load(&opts.config)?;
@@ -127,11 +131,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let upstream_dns = crate::dns::config::upstreams(&[]).unwrap_or_default();
     let upstream_tls =
         crate::tls::upstream::client_config(crate::tls::upstream::root_store(&opts.upstream_ca)?)?;
-    let audit_db = config.audit_db.clone();
-    let store = audit_db
-        .as_deref()
-        .map(crate::audit::AuditStore::open)
-        .transpose()?;
+    // Every run is audited: a daemon whose log cannot be written does not start.
+    let audit_db = Some(config.audit_db.clone());
+    let store = Some(crate::audit::AuditStore::open(&config.audit_db)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,7 +184,7 @@ pub fn pin_prefix(slice: &Path) -> String {
         .to_string_lossy()
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+            if c.is_ascii_alphanumeric() || c == '-' {
                 c
             } else {
                 '_'
@@ -198,13 +200,14 @@ fn remove_older_daemons(bpf_root: &Path, prefix: &str, ours: &str) {
     let parent = bpf_root.join(bpffs::PINS_DIR);
     for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name != ours {
-            if let Err(e) = bpffs::remove_pins(&entry.path()) {
-                crate::say!(
-                    Warn,
-                    "enforcer: cannot remove an earlier daemon's pins {name}: {e}"
-                );
-            }
+        if name.starts_with(prefix)
+            && name != ours
+            && let Err(e) = bpffs::remove_pins(&entry.path())
+        {
+            crate::say!(
+                Warn,
+                "enforcer: cannot remove an earlier daemon's pins {name}: {e}"
+            );
         }
     }
 }
@@ -223,9 +226,14 @@ async fn serve(
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
         .map_err(io_err("cannot open the daemon socket to units"))?;
     let runs: Runs = Arc::default();
+    let directory: Directory = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(route_events(ring, Arc::clone(&runs)));
-    tasks.spawn(reap(Arc::clone(&shared), Arc::clone(&runs)));
+    tasks.spawn(route_events(ring, Arc::clone(&directory)));
+    tasks.spawn(reap(
+        Arc::clone(&shared),
+        Arc::clone(&runs),
+        Arc::clone(&directory),
+    ));
     crate::say!(
         Info,
         "enforcer: daemon governing {} ({} unit mapping(s)), socket {}",
@@ -241,7 +249,8 @@ async fn serve(
                 Ok((stream, _)) => {
                     let shared = Arc::clone(&shared);
                     let runs = Arc::clone(&runs);
-                    tokio::spawn(async move { answer(stream, shared, runs).await });
+                    let directory = Arc::clone(&directory);
+                    tokio::spawn(async move { answer(stream, shared, runs, directory).await });
                 }
                 Err(e) => {
                     tracing::warn!("accept on the daemon socket failed: {e}");
@@ -268,7 +277,7 @@ async fn serve(
 }
 
 /// One `enforcer exec` request.
-async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs) {
+async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: Directory) {
     let std_stream = match stream.into_std() {
         Ok(s) => s,
         Err(_) => return,
@@ -283,7 +292,7 @@ async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs) {
     let reply = match reader.read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<ExecRequest>(&line) {
             Ok(req) => match who {
-                Ok(p) => start_for(&shared, &runs, p, req).await,
+                Ok(p) => start_for(&shared, &runs, &directory, p, req).await,
                 Err(e) => refused(e.to_string()),
             },
             Err(e) => refused(format!("not an exec request: {e}")),
@@ -300,7 +309,13 @@ fn refused(reason: String) -> ExecReply {
     ExecReply::Refused { reason }
 }
 
-async fn start_for(shared: &Shared, runs: &Runs, p: peer::Peer, req: ExecRequest) -> ExecReply {
+async fn start_for(
+    shared: &Shared,
+    runs: &Runs,
+    directory: &Directory,
+    p: peer::Peer,
+    req: ExecRequest,
+) -> ExecReply {
     if p.uid == 0 {
         return refused(format!(
             "process {} runs as root: agent units must not run as root (root can detach the programs); set User= or DynamicUser=yes",
@@ -328,6 +343,10 @@ async fn start_for(shared: &Shared, runs: &Runs, p: peer::Peer, req: ExecRequest
                 p.uid,
                 r.run.policy.source.display()
             );
+            directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cgroup_id, Arc::clone(&r.run));
             live.insert(cgroup_id, r);
             ExecReply::Started(started)
         }
@@ -337,14 +356,16 @@ async fn start_for(shared: &Shared, runs: &Runs, p: peer::Peer, req: ExecRequest
 
 /// Routes each kernel refusal to the run of the cgroup it came from; a
 /// refusal in a cgroup without a run is the daemon's to report.
-async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, runs: Runs) {
+async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: Directory) {
     let record = move |e: KernelEvent| {
-        let runs = Arc::clone(&runs);
-        if let Ok(live) = runs.try_lock() {
-            if let Some(r) = live.get(&e.cgroup) {
-                (r.run.kernel_recorder())(e);
-                return;
-            }
+        let run = directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&e.cgroup)
+            .cloned();
+        if let Some(run) = run {
+            (run.kernel_recorder())(e);
+            return;
         }
         crate::say!(
             Warn,
@@ -361,7 +382,7 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, runs: Runs) 
 }
 
 /// Ends the runs whose unit's cgroup is empty or gone.
-async fn reap(shared: Arc<Shared>, runs: Runs) {
+async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ended: Vec<UnitRun> = {
@@ -371,6 +392,10 @@ async fn reap(shared: Arc<Shared>, runs: Runs) {
                 .filter(|(_, r)| !populated(&shared.cgroup_root.join(&r.cgroup)))
                 .map(|(id, _)| *id)
                 .collect();
+            let mut dir = directory.write().unwrap_or_else(|e| e.into_inner());
+            for id in &gone {
+                dir.remove(id);
+            }
             gone.into_iter().filter_map(|id| live.remove(&id)).collect()
         };
         for r in ended {

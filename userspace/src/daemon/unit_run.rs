@@ -100,6 +100,7 @@ pub async fn start(
         upstream_timeout: shared.upstream_timeout,
         audit_db: shared.audit_db.clone(),
         agent_pid: Arc::new(std::sync::atomic::AtomicU32::new(peer.pid as u32)),
+        observe: false,
     });
     let listeners = Listeners::bind().await.map_err(DaemonError::Listeners)?;
     let kernel = run.kernel_config(cgroup_id, &listeners);

@@ -27,7 +27,12 @@ pub(crate) fn compile(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     let file = path.display().to_string();
     let run = compile_run(raw.run.as_ref(), path, &mut d);
     let local = compile_local(raw.local.as_ref(), &mut d);
-    let (mut hosts, hosts_complete) = compile_hosts(&raw.host, &file, &mut d);
+    let (mut hosts, hosts_complete) = compile_hosts(
+        &raw.host,
+        &file,
+        path.parent().unwrap_or(Path::new(".")),
+        &mut d,
+    );
     let tcp = compile_tcp(&raw.tcp, &hosts, &mut d);
     let secrets = compile_secrets(&raw.secret, &mut hosts, hosts_complete, &mut d);
     for host in hosts

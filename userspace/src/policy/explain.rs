@@ -147,7 +147,15 @@ impl Policy {
                             .get(r.index)
                             .map(|rule| rule.label())
                             .unwrap_or_default();
-                        format!("rule {}: {label}, {file}:{}", r.index + 1, r.line)
+                        let via = h
+                            .rules
+                            .get(r.index)
+                            .and_then(|rule| rule.endpoint.as_ref())
+                            .zip(h.profile.as_ref())
+                            .map_or(String::new(), |(e, p)| {
+                                format!(" [endpoint {} {e}]", p.name)
+                            });
+                        format!("rule {}: {label}{via}, {file}:{}", r.index + 1, r.line)
                     }
                     None if h.rules.is_empty() && h.mode() == HostMode::Intercept => format!(
                         "whole host, intercepted for {}: {}, {file}:{}",
@@ -207,6 +215,37 @@ impl Policy {
                 "cost: none (no cost rule: the call counts $0 against the caps)",
             )),
             None => {}
+        }
+        if let Some(p) = &h.profile {
+            let shape = if p.refusal.is_some() {
+                "refusals in its own error shape"
+            } else {
+                "no error shape (enforcer's own refusals)"
+            };
+            lines.push(format!(
+                "vendor profile: {} ({}), {shape}",
+                p.name, p.origin
+            ));
+        }
+        if let Some((r, _)) = rule {
+            if !r.amounts.is_empty() {
+                lines.push(format!(
+                    "amount: {} (of the cost above; a call whose amount cannot be read is refused)",
+                    r.amounts
+                ));
+            }
+            if let Some(req) = &r.require {
+                let unmet = if req.unmet == super::Action::Ask {
+                    "asked"
+                } else {
+                    "refused (403 naming it)"
+                };
+                for f in &req.fields {
+                    lines.push(format!(
+                        "requires: {f} (present once, in one spelling; otherwise {unmet})"
+                    ));
+                }
+            }
         }
         if let Some(cap) = h.spend_cap_usd {
             lines.push(format!("spend cap: ${cap} per run on {}", h.name));

@@ -4,12 +4,14 @@
 
 use std::fmt;
 
+use super::amounts::AmountLimits;
 use super::canonical::Ambiguities;
 use super::cost::CostRule;
 use super::hosts::HostPattern;
 use super::methods::MethodSet;
 use super::paths::PathGlob;
 use super::rate::Rate;
+use super::require::Requirements;
 use super::schema::RawAction;
 
 /// What happens to a request (or, for `action` on a host, to a whole host).
@@ -57,6 +59,12 @@ pub struct Rule {
     pub cost: Option<CostRule>,
     pub rate: Option<Rate>,
     pub max_calls: Option<u64>,
+    /// `max_usd_per_call` / `deny_above_usd` and `ask_above_usd`.
+    pub amounts: AmountLimits,
+    /// `require` (and `unmet`): headers and fields a request must carry.
+    pub require: Option<Requirements>,
+    /// The profile endpoint this rule was written as (`endpoint = ...`).
+    pub endpoint: Option<String>,
     /// Line of the rule's `[[host.rule]]` header (or inline table).
     pub line: usize,
     /// E.g. `POST /v1/refunds -> ask (rule 3 of api.stripe.com, policy.toml:27)`.
@@ -132,6 +140,8 @@ pub struct HostPolicy {
     /// Whether some rule's path has an upper-case letter (then a path's
     /// case may change the decision even when the path is lower case).
     pub rules_have_upper: bool,
+    /// The vendor profile (`vendor = "stripe"` or `vendor_file`).
+    pub profile: Option<std::sync::Arc<super::Profile>>,
     /// Line of the `[[host]]` header.
     pub line: usize,
 }

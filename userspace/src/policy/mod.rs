@@ -11,6 +11,7 @@
 //! Everything is compiled once at load time; deciding a request does not
 //! parse anything.
 
+mod amounts;
 mod canonical;
 mod compile;
 mod cost;
@@ -20,12 +21,17 @@ mod duration;
 mod explain;
 mod host;
 mod hosts;
+pub mod json_schema;
 mod methods;
 mod paths;
+mod profile;
 mod rate;
+pub mod replay;
+mod require;
 mod rules;
 mod schema;
 mod secrets;
+pub mod suggest;
 mod summary;
 mod values;
 mod warnings;
@@ -33,6 +39,7 @@ mod warnings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use amounts::AmountLimits;
 pub use canonical::{
     AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest, MULTIPART_OVERRIDE_NAMES,
     body_method_override, multipart_names_override, normalized_field,
@@ -46,7 +53,9 @@ pub use host::{Action, HostMode, HostPolicy, Rule};
 pub use hosts::{HostPattern, normalize_name, parse_ip};
 pub use methods::MethodSet;
 pub use paths::PathGlob;
+pub use profile::{BUILT_IN as BUILT_IN_PROFILES, Endpoint, Profile, RefusalShape};
 pub use rate::{Rate, RateError};
+pub use require::{Met, Place, Requirement, Requirements, Unmet, ValuePattern, check_header};
 pub use secrets::{BasicPart, Injection, SecretSource, SecretSpec};
 
 /// A parsed and validated policy.

@@ -2,9 +2,13 @@
 //! ports, whole-host actions, caps, rules, and unreachable rules.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::amounts::compile_amounts;
 use super::canonical::{AMBIGUITY_NAMES, Ambiguities};
 use super::cost::compile_cost;
 use super::diagnostics::Diagnostics;
@@ -12,6 +16,8 @@ use super::host::{Action, HostPolicy, Rule};
 use super::hosts::HostPattern;
 use super::methods::MethodSet;
 use super::paths::PathGlob;
+use super::profile::{self, Profile};
+use super::require::compile_require;
 use super::schema::{MethodSpec, RawAction, RawHost, RawRule};
 use super::values::{check_usd, compile_count, compile_ports, compile_rate};
 
@@ -23,6 +29,7 @@ const DEFAULT_PORTS: [u16; 2] = [443, 80];
 pub(crate) fn compile_hosts(
     raw: &[Spanned<RawHost>],
     file: &str,
+    base: &Path,
     d: &mut Diagnostics,
 ) -> (Vec<HostPolicy>, bool) {
     let mut hosts = Vec::new();
@@ -30,9 +37,16 @@ pub(crate) fn compile_hosts(
     let mut seen: HashMap<String, (usize, String)> = HashMap::new();
     for h in raw {
         let before = d.len();
-        let host = compile_host(h, file, d);
+        let profile = host_profile(h.get_ref(), base, d);
+        let named = host_name(h, profile.as_deref(), d);
+        let host = named
+            .as_ref()
+            .and_then(|n| compile_host(h, n, profile, file, d));
         // Duplicates are checked even when an entry has other problems.
-        let name = h.get_ref().name.get_ref();
+        let Some((name, name_span)) = &named else {
+            all_ok = false;
+            continue;
+        };
         if let Ok(pattern) = HostPattern::parse(name) {
             match seen.get(pattern.as_str()) {
                 Some((line, first)) => {
@@ -42,7 +56,7 @@ pub(crate) fn compile_hosts(
                         format!(" (`{name}` is the same host as `{first}`)")
                     };
                     d.error(
-                        h.get_ref().name.span(),
+                        name_span.clone(),
                         format!(
                             "duplicate host `{pattern}`: already defined at line {line}{same}; merge the two entries"
                         ),
@@ -62,15 +76,61 @@ pub(crate) fn compile_hosts(
     (hosts, all_ok)
 }
 
-fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Option<HostPolicy> {
+/// The vendor profile a `[[host]]` names (`vendor`, `vendor_file`).
+fn host_profile(h: &RawHost, base: &Path, d: &mut Diagnostics) -> Option<Arc<Profile>> {
+    let vendor = h.vendor.as_ref();
+    let file = h.vendor_file.as_ref();
+    let span = file.or(vendor)?.span();
+    profile::load(
+        vendor.map(|v| v.get_ref().as_str()),
+        file.map(|f| f.get_ref().as_str()),
+        base,
+    )
+    .map_err(|e| d.error(span, e))
+    .ok()
+}
+
+/// The entry's name: as written, or the profile's first host.
+fn host_name(
+    raw: &Spanned<RawHost>,
+    profile: Option<&Profile>,
+    d: &mut Diagnostics,
+) -> Option<(String, Range<usize>)> {
+    let h = raw.get_ref();
+    if let Some(n) = &h.name {
+        return Some((n.get_ref().clone(), n.span()));
+    }
+    let span = h
+        .vendor
+        .as_ref()
+        .or(h.vendor_file.as_ref())
+        .map(|v| v.span());
+    match (profile.and_then(|p| p.hosts.first()), span) {
+        (Some(first), Some(span)) => Some((first.clone(), span)),
+        // The profile did not load: its error is reported already.
+        (None, Some(_)) => None,
+        _ => {
+            d.error(raw.span(), "missing required key `name`");
+            None
+        }
+    }
+}
+
+fn compile_host(
+    raw: &Spanned<RawHost>,
+    (name, name_span): &(String, Range<usize>),
+    profile: Option<Arc<Profile>>,
+    file: &str,
+    d: &mut Diagnostics,
+) -> Option<HostPolicy> {
     let h = raw.get_ref();
     let line = d.line(raw.span().start);
     let before = d.len();
-    let name = h.name.get_ref().clone();
+    let name = name.clone();
     let pattern = match HostPattern::parse(&name) {
         Ok(p) => Some(p),
         Err(e) => {
-            d.error(h.name.span(), e);
+            d.error(name_span.clone(), e);
             None
         }
     };
@@ -164,12 +224,20 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         .allow_plaintext_secrets
         .as_ref()
         .is_some_and(|v| *v.get_ref());
-    let ambiguities = compile_ambiguities(h.allow_ambiguous.as_ref(), d);
+    let mut ambiguities = compile_ambiguities(h.allow_ambiguous.as_ref(), d);
+    // What the vendor's own routing makes unambiguous (validated with the
+    // profile), e.g. Twilio's `.json` suffixes.
+    for name in profile.iter().flat_map(|p| &p.allow_ambiguous) {
+        ambiguities.enable(name);
+    }
 
     let host_label = pattern.as_ref().map_or(name.as_str(), |p| p.as_str());
     let mut rules: Vec<Option<(Rule, std::ops::Range<usize>)>> = Vec::new();
-    for (i, r) in h.rule.iter().enumerate() {
-        rules.push(compile_rule(r, i + 1, host_label, file, d).map(|rule| (rule, r.span())));
+    for r in &h.rule {
+        match compile_rule(r, rules.len() + 1, host_label, file, profile.as_deref(), d) {
+            Some(expanded) => rules.extend(expanded.into_iter().map(|rule| Some((rule, r.span())))),
+            None => rules.push(None),
+        }
     }
     check_unreachable(&rules, d);
 
@@ -193,6 +261,7 @@ fn compile_host(raw: &Spanned<RawHost>, file: &str, d: &mut Diagnostics) -> Opti
         intercept,
         plaintext_secrets,
         ambiguities,
+        profile,
         line,
     })
 }
@@ -222,34 +291,29 @@ fn compile_ambiguities(
     out
 }
 
+/// What a rule matches: its own method and path, or each endpoint of the
+/// host's profile it names (with the endpoint's cost and response id).
+struct Target {
+    methods: MethodSet,
+    path: PathGlob,
+    endpoint: Option<String>,
+    cost: Option<super::CostRule>,
+    response_id_pointer: Option<String>,
+}
+
+/// Compiles one `[[host.rule]]`: one rule, or one per endpoint it names.
 fn compile_rule(
     raw: &Spanned<RawRule>,
     number: usize,
     host: &str,
     file: &str,
+    profile: Option<&Profile>,
     d: &mut Diagnostics,
-) -> Option<Rule> {
+) -> Option<Vec<Rule>> {
     let r = raw.get_ref();
     let before = d.len();
     let line = d.line(raw.span().start);
-
-    let methods = match r.method.get_ref() {
-        MethodSpec::One(m) => MethodSet::parse(std::slice::from_ref(m)).map_err(|errs| {
-            for (_, e) in errs {
-                d.error(r.method.span(), e);
-            }
-        }),
-        MethodSpec::List(list) => {
-            let names: Vec<&str> = list.iter().map(|m| m.get_ref().as_str()).collect();
-            MethodSet::parse(&names).map_err(|errs| {
-                for (i, e) in errs {
-                    let span = list.get(i).map_or(r.method.span(), |m| m.span());
-                    d.error(span, e);
-                }
-            })
-        }
-    };
-    let path = PathGlob::parse(r.path.get_ref()).map_err(|e| d.error(r.path.span(), e));
+    let targets = rule_targets(raw, profile, d);
     let action = Action::from(*r.action.get_ref());
 
     let deny_effect = |key: &str| {
@@ -278,25 +342,177 @@ fn compile_rule(
         }
         compile_count(v, "max_calls", d)
     });
+    let targets = targets?;
+    if targets.len() > 1 {
+        for (key, span) in [
+            ("rate", r.rate.as_ref().map(|v| v.span())),
+            ("max_calls", r.max_calls.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = span {
+                d.error(
+                    span,
+                    format!("`{key}` on a rule naming several endpoints would count each apart: write one endpoint per rule"),
+                );
+            }
+        }
+    }
+    let has_cost = r.cost.is_some() || targets.iter().all(|t| t.cost.is_some());
+    let amounts = compile_amounts(r, action, has_cost, d);
+    let require = r.require.as_ref().and_then(|req| {
+        if action == Action::Deny {
+            d.error(
+                req.span(),
+                "`require` has no effect on a rule that denies; remove it or change the action",
+            );
+            None
+        } else {
+            compile_require(req, r.unmet.as_ref(), d)
+        }
+    });
+    if let (Some(u), None) = (&r.unmet, &r.require) {
+        d.error(
+            u.span(),
+            "`unmet` says what happens to a request that misses `require`, and the rule has no `require`",
+        );
+    }
 
     if d.len() != before {
         return None;
     }
-    let (Ok(methods), Ok(path)) = (methods, path) else {
+    let vendor = profile.map_or("", |p| p.name.as_str());
+    let rules = targets
+        .into_iter()
+        .map(|t| {
+            let via = t
+                .endpoint
+                .as_ref()
+                .map_or(String::new(), |e| format!(", endpoint {vendor} {e}"));
+            let description = format!(
+                "{} {} -> {action} (rule {number} of {host}{via}, {file}:{line})",
+                t.methods, t.path
+            );
+            // The rule's own cost wins; the endpoint's response id is kept.
+            let mut cost = if action == Action::Deny {
+                None
+            } else {
+                cost.clone().or(t.cost)
+            };
+            if let Some(c) = cost.as_mut()
+                && c.response_id_pointer.is_none()
+            {
+                c.response_id_pointer = t.response_id_pointer;
+            }
+            Rule {
+                methods: t.methods,
+                path: t.path,
+                action,
+                cost,
+                rate,
+                max_calls,
+                amounts: amounts.clone(),
+                require: require.clone(),
+                endpoint: t.endpoint,
+                line,
+                description,
+            }
+        })
+        .collect();
+    Some(rules)
+}
+
+/// The method and path of a rule, or of each endpoint it names.
+fn rule_targets(
+    raw: &Spanned<RawRule>,
+    profile: Option<&Profile>,
+    d: &mut Diagnostics,
+) -> Option<Vec<Target>> {
+    let r = raw.get_ref();
+    if let Some(ep) = &r.endpoint {
+        for (key, span) in [
+            ("method", r.method.as_ref().map(|m| m.span())),
+            ("path", r.path.as_ref().map(|p| p.span())),
+        ] {
+            if let Some(span) = span {
+                d.error(
+                    span,
+                    format!("`endpoint` names the method and path: remove `{key}`"),
+                );
+            }
+        }
+        let Some(profile) = profile else {
+            d.error(
+                ep.span(),
+                "`endpoint` names an endpoint of the host's vendor profile, and this host has none: add vendor = \"...\" (or vendor_file) to the [[host]]",
+            );
+            return None;
+        };
+        let names = &ep.get_ref().0;
+        if names.is_empty() {
+            d.error(ep.span(), "`endpoint` lists no endpoint");
+        }
+        let mut out = Vec::new();
+        for n in names {
+            match profile.endpoint(n) {
+                Some(e) => out.push(Target {
+                    methods: e.methods.clone(),
+                    path: e.path.clone(),
+                    endpoint: Some(e.name.clone()),
+                    cost: e.cost.clone(),
+                    response_id_pointer: e.response_id_pointer.clone(),
+                }),
+                None => {
+                    let known: Vec<&str> =
+                        profile.endpoints.iter().map(|e| e.name.as_str()).collect();
+                    d.error(
+                        ep.span(),
+                        format!(
+                            "the {} profile has no endpoint `{n}`; it has: {}",
+                            profile.name,
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        return (out.len() == names.len() && !out.is_empty()).then_some(out);
+    }
+    let (Some(method), Some(path)) = (&r.method, &r.path) else {
+        let missing = if r.method.is_none() { "method" } else { "path" };
+        let hint = if profile.is_some() {
+            " (or `endpoint`, naming one of the vendor profile's endpoints)"
+        } else {
+            ""
+        };
+        d.error(
+            raw.span(),
+            format!("missing required key `{missing}`{hint}"),
+        );
         return None;
     };
-    let description =
-        format!("{methods} {path} -> {action} (rule {number} of {host}, {file}:{line})");
-    Some(Rule {
-        methods,
-        path,
-        action,
-        cost,
-        rate,
-        max_calls,
-        line,
-        description,
-    })
+    let methods = match method.get_ref() {
+        MethodSpec::One(m) => MethodSet::parse(std::slice::from_ref(m)).map_err(|errs| {
+            for (_, e) in errs {
+                d.error(method.span(), e);
+            }
+        }),
+        MethodSpec::List(list) => {
+            let names: Vec<&str> = list.iter().map(|m| m.get_ref().as_str()).collect();
+            MethodSet::parse(&names).map_err(|errs| {
+                for (i, e) in errs {
+                    let span = list.get(i).map_or(method.span(), |m| m.span());
+                    d.error(span, e);
+                }
+            })
+        }
+    };
+    let path = PathGlob::parse(path.get_ref()).map_err(|e| d.error(path.span(), e));
+    Some(vec![Target {
+        methods: methods.ok()?,
+        path: path.ok()?,
+        endpoint: None,
+        cost: None,
+        response_id_pointer: None,
+    }])
 }
 
 /// A rule is unreachable when an earlier rule matches every request it does.

@@ -90,7 +90,9 @@ pub(crate) enum RawBasicPart {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHost {
-    pub name: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub vendor: Option<Spanned<String>>,
+    pub vendor_file: Option<Spanned<String>>,
     pub ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub action: Option<Spanned<RawAction>>,
     pub spend_cap_usd: Option<Spanned<Usd>>,
@@ -107,12 +109,56 @@ pub(crate) struct RawHost {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
-    pub method: Spanned<MethodSpec>,
-    pub path: Spanned<String>,
+    pub method: Option<Spanned<MethodSpec>>,
+    pub path: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<RawValues>>,
     pub action: Spanned<RawAction>,
     pub cost: Option<Spanned<RawCost>>,
     pub rate: Option<Spanned<RateText>>,
     pub max_calls: Option<Spanned<Count>>,
+    pub max_usd_per_call: Option<Spanned<Usd>>,
+    pub ask_above_usd: Option<Spanned<Usd>>,
+    pub deny_above_usd: Option<Spanned<Usd>>,
+    pub require: Option<Spanned<RawRequire>>,
+    pub unmet: Option<Spanned<RawAction>>,
+}
+
+/// `require = { header."Stripe-Account" = ["acct_1"], form.customer = "cus_*" }`:
+/// per place, field name -> accepted value(s).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRequire {
+    pub header: Option<BTreeMap<Spanned<String>, Spanned<RawValues>>>,
+    pub form: Option<BTreeMap<Spanned<String>, Spanned<RawValues>>>,
+    pub json: Option<BTreeMap<Spanned<String>, Spanned<RawValues>>>,
+    pub query: Option<BTreeMap<Spanned<String>, Spanned<RawValues>>>,
+}
+
+/// `"acct_1"` or `["acct_1", "acct_2"]`.
+#[derive(Debug)]
+pub(crate) struct RawValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for RawValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawValues;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value such as \"acct_1\" or a list such as [\"acct_1\", \"acct_2\"]")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValues, E> {
+                Ok(RawValues(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawValues, A::Error> {
+                let mut out = Vec::new();
+                while let Some(m) = seq.next_element::<String>()? {
+                    out.push(m);
+                }
+                Ok(RawValues(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

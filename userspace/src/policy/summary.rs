@@ -114,6 +114,9 @@ fn host_summary(out: &mut String, h: &HostPolicy) {
         }
     }
     let mut limits = Vec::new();
+    if let Some(p) = &h.profile {
+        limits.push(format!("vendor {} ({})", p.name, p.origin));
+    }
     if let Some(cap) = h.spend_cap_usd {
         limits.push(format!("spend cap ${cap}"));
     }
@@ -135,6 +138,9 @@ fn host_summary(out: &mut String, h: &HostPolicy) {
     out.push('\n');
     for (i, r) in h.rules.iter().enumerate() {
         let _ = write!(out, "    {}. {}", i + 1, r.label());
+        if let Some(e) = &r.endpoint {
+            let _ = write!(out, " [endpoint {e}]");
+        }
         if let Some(cost) = &r.cost {
             let _ = write!(out, "; cost {cost}");
         }
@@ -143,6 +149,12 @@ fn host_summary(out: &mut String, h: &HostPolicy) {
         }
         if let Some(n) = r.max_calls {
             let _ = write!(out, "; max calls {n}");
+        }
+        if !r.amounts.is_empty() {
+            let _ = write!(out, "; {}", r.amounts);
+        }
+        if let Some(req) = &r.require {
+            let _ = write!(out, "; {req}");
         }
         out.push('\n');
     }

@@ -1125,3 +1125,170 @@ action = "allow"
         assert!(e.contains(expect), "{text}: {e}");
     }
 }
+
+#[test]
+fn amount_thresholds_and_requirements_are_validated() {
+    let e = errors(
+        r#"
+[[host]]
+name = "api.stripe.com"
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/refunds"
+  action = "allow"
+  max_usd_per_call = 200
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/charges"
+  action = "allow"
+  cost = { form_field = "amount", divide_by = 100 }
+  ask_above_usd = 500
+  deny_above_usd = 100
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/payouts"
+  action = "ask"
+  cost = { form_field = "amount", divide_by = 100 }
+  ask_above_usd = 5
+  max_usd_per_call = 10
+  deny_above_usd = 20
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/transfers"
+  action = "allow"
+  require = { header."Stripe_Account" = "acct_1", header.Host = "x", form."a[b]" = "1", json.x = "1", form.c = [] }
+  unmet = "allow"
+  [[host.rule]]
+  method = "DELETE"
+  path = "/v1/**"
+  action = "deny"
+  require = { header."Stripe-Account" = "acct_1" }
+  [[host.rule]]
+  method = "GET"
+  path = "/v1/**"
+  action = "allow"
+  unmet = "ask"
+"#,
+    );
+    for expected in [
+        "`max_usd_per_call` needs the amount of the call: add a `cost`",
+        "ask_above_usd ($500) must be below deny_above_usd ($100)",
+        "`ask_above_usd` has no effect on an `ask` rule",
+        "`max_usd_per_call` and `deny_above_usd` mean the same ceiling; keep one",
+        "write header names with `-`, not `_`",
+        "header `Host` cannot be required",
+        "`a[b]` is not a plain field name",
+        "`x` is not a JSON pointer",
+        "no accepted value",
+        "`unmet` is \"deny\" (the default) or \"ask\"",
+        "`require` has no effect on a rule that denies",
+        "the rule has no `require`",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn thresholds_and_requirements_show_in_check_and_explain() {
+    let p = parse(
+        r#"
+[[host]]
+name = "api.stripe.com"
+  [[host.rule]]
+  method = "POST"
+  path = "/v1/payment_intents"
+  action = "allow"
+  cost = { form_field = "amount", divide_by = 100, currency_field = "currency", rates = { eur = 1.08 } }
+  max_usd_per_call = 1000
+  ask_above_usd = 50
+  require = { header."Stripe-Account" = ["acct_1", "acct_2"], form.customer = "cus_*" }
+  unmet = "ask"
+"#,
+    );
+    let summary = p.summary();
+    assert!(
+        summary.contains(
+            "1. POST /v1/payment_intents -> allow; cost form field amount / 100, currency from form field currency, rates eur=1.08; ask above $50, at most $1000 per call; requires header Stripe-Account in [acct_1, acct_2] and form field customer = cus_*, otherwise ask"
+        ),
+        "{summary}"
+    );
+    let e = p
+        .explain("POST", "https://api.stripe.com/v1/payment_intents")
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("amount: ask above $50, at most $1000 per call"),
+        "{e}"
+    );
+    assert!(
+        e.contains("requires: header Stripe-Account in [acct_1, acct_2] (present once, in one spelling; otherwise asked)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_vendor_file_of_ones_own_is_loaded_next_to_the_policy_and_checked() {
+    let dir = std::env::temp_dir().join(format!("enforcer-profile-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("profiles")).unwrap();
+    std::fs::write(
+        dir.join("profiles/acme.toml"),
+        r#"
+[vendor]
+name = "acme"
+hosts = ["api.acme.test"]
+[refusal]
+body = { fault = { reason = "{message}", status = "{status}" } }
+[[endpoint]]
+name = "orders.create"
+method = "POST"
+path = "/orders"
+cost = { json_pointer = "/total", currency = "usd", response_id_pointer = "/order_id" }
+"#,
+    )
+    .unwrap();
+    let policy = dir.join("p.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[host]]
+vendor_file = "profiles/acme.toml"
+  [[host.rule]]
+  endpoint = "orders.create"
+  action = "allow"
+  max_usd_per_call = 20
+"#,
+    )
+    .unwrap();
+    let p = Policy::load(&policy).unwrap();
+    let h = &p.hosts[0];
+    assert_eq!(h.name, "api.acme.test");
+    let rule = &h.rules[0];
+    assert_eq!(rule.endpoint.as_deref(), Some("orders.create"));
+    assert_eq!(
+        rule.cost
+            .as_ref()
+            .and_then(|c| c.response_id_pointer.as_deref()),
+        Some("/order_id")
+    );
+    let body = h
+        .profile
+        .as_ref()
+        .and_then(|p| p.refusal.as_ref())
+        .unwrap()
+        .render(403, "deny-rule", "no");
+    assert_eq!(
+        body,
+        serde_json::json!({"fault": {"reason": "no", "status": 403}})
+    );
+
+    // A broken profile is reported with its own file and line.
+    std::fs::write(
+        dir.join("profiles/acme.toml"),
+        "[vendor]\nname = \"acme\"\nhosts = [\"api.acme.test\"]\n[[endpoint]]\nname = \"orders.create\"\nmethod = \"POST\"\npath = \"orders\"\n",
+    )
+    .unwrap();
+    let e = Policy::load(&policy).unwrap_err().to_string();
+    assert!(e.contains("p.toml:3:15"), "{e}");
+    assert!(e.contains("profiles/acme.toml:7:8"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

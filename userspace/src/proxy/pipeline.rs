@@ -9,8 +9,11 @@
 //! 4. policy decision: the host's rules (`policy`)
 //! 5. cleartext: no secret on a plaintext connection unless allowed
 //! 6. limits: rate, call counts, loop breaker (`spend::charge`)
-//! 7. cost and reservation under the caps (`spend::charge`)
-//! 8. approval, for `ask` rules (`approval`)
+//! 7. required headers and fields (`policy::Requirements`), then the cost,
+//!    its per-call thresholds (`spend::per_call`) and its reservation under
+//!    the caps (`spend::charge`)
+//! 8. approval, for `ask` rules and calls above `ask_above_usd` or missing
+//!    a requirement with `unmet = "ask"` (`approval`)
 //! 9. credentials: placeholders swapped for live values (`secrets::inject`)
 //! 10. audit commit: nothing leaves before its row is written (`audit`)
 //! 11. forward, then the response: redaction, actual cost, settlement and
@@ -75,7 +78,14 @@ where
             if let Some(b) = body {
                 drain(b).await;
             }
-            refusal.response(&d, &ctx.run_id)
+            // On a host with a vendor profile, in the vendor's error shape.
+            let shape = ctx
+                .policy
+                .hosts
+                .get(conn.host)
+                .and_then(|h| h.profile.as_ref())
+                .and_then(|p| p.refusal.as_ref());
+            refusal.response_shaped(&d, &ctx.run_id, shape)
         }
     }
 }
@@ -151,19 +161,40 @@ async fn stages(
 ) -> Result<Response<Body>, Stopped> {
     stage!(identify(&parts, conn), Some(body));
     stage!(scan_head(&parts, conn, ctx), Some(body));
-    let Some(host) = ctx.policy.hosts.get(conn.host) else {
-        let r = Refusal::new(Cause::NotInPolicy, "no policy entry for this host");
-        return Err(Stopped {
-            refusal: r,
-            body: Some(body),
-        });
-    };
+    let host = ctx.policy.hosts.get(conn.host);
     let canon = stage!(canonical(&parts, host), Some(body));
-    let Decided { ask, rule } = stage!(decide(&canon, host, d), Some(body));
+    let decided = match host {
+        Some(h) => decide(&canon, h, d),
+        None => Err(Refusal::new(
+            Cause::NotInPolicy,
+            format!("host {} is not in the policy", conn.name),
+        )),
+    };
+    // Observe mode: a refusal by the policy's rules is recorded as "would
+    // deny" and the request goes ahead (see `observe`).
+    let Decided { mut ask, rule } = match decided {
+        Ok(x) => x,
+        Err(r) => match super::observe::waive(ctx.observe, r, d) {
+            None => Decided {
+                ask: false,
+                rule: None,
+            },
+            Some(refusal) => {
+                return Err(Stopped {
+                    refusal,
+                    body: Some(body),
+                });
+            }
+        },
+    };
+    let rule_ref = rule.and_then(|i| host.and_then(|h| h.rules.get(i)));
+    let require = rule_ref.and_then(|r| r.require.as_ref());
+    // Why a call is asked besides its rule's `ask` (shown to the human).
+    let mut asked = Asked::default();
     stage!(cleartext(&parts, conn, ctx), Some(body));
 
     let cost_rule = rule
-        .and_then(|i| host.rules.get(i))
+        .and_then(|i| host.and_then(|h| h.rules.get(i)))
         .and_then(|r| r.cost.as_ref());
     let target = match canon.query() {
         Some(q) => format!("{}?{q}", canon.path()),
@@ -191,9 +222,18 @@ async fn stages(
     // Rails, Laravel and Symfony: the body is checked before any rule's
     // decision may stand.
     let form_check = parts.method == http::Method::POST
-        && !host.rules.is_empty()
+        && host.is_some_and(|h| !h.rules.is_empty())
         && content_type.as_deref().is_some_and(is_form_like);
-    let read_body = cost_in_body || ask || form_check || ctx.spend.limits_read_body(&call);
+    let may_ask = rule_ref.is_some_and(|r| {
+        r.amounts.ask_above_usd.is_some()
+            || r.require.as_ref().is_some_and(|q| q.unmet == Action::Ask)
+    });
+    let read_body = cost_in_body
+        || ask
+        || may_ask
+        || form_check
+        || require.is_some_and(|q| q.reads_body())
+        || ctx.spend.limits_read_body(&call);
     // From here the request may wait (for its body, a human): if the agent
     // leaves, it still gets its row.
     watch.track(d);
@@ -212,9 +252,39 @@ async fn stages(
     };
     let data = prefix.as_ref().map_or(Bytes::new(), |p| p.data().clone());
     let complete = prefix.as_ref().is_some_and(|p| p.complete().is_some());
-    if form_check && complete {
+    if form_check
+        && complete
+        && let Some(host) = host
+    {
         let checked = body_method_override(content_type.as_deref(), &data, true);
         stage!(checked.map_err(|why| ambiguous(host, &why)), None);
+    }
+
+    if let Some(req) = require {
+        if req.reads_body() && !complete {
+            return Err(Stopped {
+                refusal: too_large("required fields"),
+                body: None,
+            });
+        }
+        let content_type = content_type.as_deref();
+        match req.check(&parts.headers, &parts.uri, content_type, &data) {
+            Ok(met) => {
+                asked.scope = met
+                    .iter()
+                    .map(|m| ctx.secrets.mask(&m.to_string()))
+                    .collect()
+            }
+            Err(unmet) if req.unmet == Action::Ask => {
+                ask = true;
+                asked.why.push(ctx.secrets.mask(&unmet.why));
+            }
+            Err(unmet) => {
+                let r = Refusal::new(Cause::RequirementUnmet, unmet.why.clone())
+                    .field("field", unmet.what);
+                return Err(Stopped { refusal: r, body });
+            }
+        }
     }
 
     stage!(
@@ -227,16 +297,8 @@ async fn stages(
         None => None,
         Some(c) => {
             if cost_in_body && prefix.as_ref().is_some_and(|p| p.complete().is_none()) {
-                let r = Refusal::new(
-                    Cause::BodyRefused,
-                    format!(
-                        "the rule reads the cost from the body, and the body is larger than {} bytes",
-                        buffer::LIMIT
-                    ),
-                )
-                .status(StatusCode::PAYLOAD_TOO_LARGE);
                 return Err(Stopped {
-                    refusal: r,
+                    refusal: too_large("the cost"),
                     body: None,
                 });
             }
@@ -244,10 +306,33 @@ async fn stages(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            let charge = ctx
-                .spend
-                .reserve(&ctx.policy, &call, c, &parts.uri, content_type, &data)
-                .await;
+            let cost = stage!(
+                spend::extract(c, &parts.uri, content_type, &data)
+                    .map_err(|e| spend_refusal(&spend::Stop::Cost(e), ctx)),
+                body
+            );
+            if let Some(r) = rule_ref {
+                match spend::per_call::judge(&r.amounts, &cost) {
+                    Err(over) => {
+                        let refusal = Refusal::new(Cause::OverCallCeiling, over.to_string())
+                            .field("limit", serde_json::to_value(&over).unwrap_or_default());
+                        return Err(Stopped { refusal, body });
+                    }
+                    Ok(spend::PerCall::Ask(why)) => {
+                        ask = true;
+                        asked.why.push(why);
+                    }
+                    Ok(spend::PerCall::Under) => {}
+                }
+                if let Some(c) = r.amounts.ceiling_usd {
+                    asked.ceiling = Some(format!(
+                        "per-call ceiling ${c} ({}): this call is ${}",
+                        r.amounts.ceiling_key,
+                        cost.usd()
+                    ));
+                }
+            }
+            let charge = ctx.spend.reserve_cost(&ctx.policy, &call, c, cost).await;
             Some(stage!(charge.map_err(|s| spend_refusal(&s, ctx)), body))
         }
     };
@@ -279,10 +364,19 @@ async fn stages(
         parts.extensions.insert(forward::CutOff(why));
     }
 
-    if ask {
+    if ask && let Some(host) = host {
         watch.track(d);
         stage!(
-            approval(&parts, &data, conn, ctx, (host, rule), charge.as_ref(), d).await,
+            approval(
+                &parts,
+                &data,
+                conn,
+                ctx,
+                (host, rule),
+                (charge.as_ref(), asked),
+                d
+            )
+            .await,
             Some(body)
         );
     }
@@ -365,14 +459,31 @@ fn scan_head(parts: &Parts, conn: &Conn, ctx: &ProxyContext) -> Result<(), Refus
     }
 }
 
-/// Stage 3: the canonical request, or a 400 that says what to change.
-fn canonical(parts: &Parts, host: &HostPolicy) -> Result<CanonicalRequest, Refusal> {
+/// Stage 3: the canonical request, or a 400 that says what to change (a
+/// host observe mode let through without an entry accepts no ambiguity).
+fn canonical(parts: &Parts, host: Option<&HostPolicy>) -> Result<CanonicalRequest, Refusal> {
     let target = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path(), |p| p.as_str());
-    host.canonical(parts.method.as_str(), target, Some(&parts.headers))
-        .map_err(|why| ambiguous(host, &why))
+    match host {
+        Some(host) => host
+            .canonical(parts.method.as_str(), target, Some(&parts.headers))
+            .map_err(|why| ambiguous(host, &why)),
+        None => CanonicalRequest::parse(
+            parts.method.as_str(),
+            target,
+            Some(&parts.headers),
+            crate::policy::Ambiguities::default(),
+        )
+        .map_err(|why| {
+            Refusal::new(
+                Cause::Ambiguous,
+                format!("ambiguous request refused: {why}"),
+            )
+            .field("kind", why.kind())
+        }),
+    }
 }
 
 fn ambiguous(host: &HostPolicy, why: &crate::policy::Ambiguous) -> Refusal {
@@ -476,6 +587,31 @@ fn is_form_like(content_type: &str) -> bool {
     mt == "application/x-www-form-urlencoded" || mt.starts_with("multipart/")
 }
 
+/// Why a call is asked (besides an `ask` rule) and what it is scoped to,
+/// for the human deciding.
+#[derive(Default)]
+struct Asked {
+    /// The required values the request carries (`header Stripe-Account: acct_1`).
+    scope: Vec<String>,
+    /// Why a call of an `allow` rule is asked (above `ask_above_usd`, an
+    /// unmet requirement with `unmet = "ask"`).
+    why: Vec<String>,
+    /// The rule's per-call ceiling, against this call.
+    ceiling: Option<String>,
+}
+
+/// A body the rule reads `what` from is over the buffer limit.
+fn too_large(what: &str) -> Refusal {
+    Refusal::new(
+        Cause::BodyRefused,
+        format!(
+            "the rule reads {what} from the body, and the body is larger than {} bytes",
+            buffer::LIMIT
+        ),
+    )
+    .status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 /// A body the rules needed could not be read.
 fn body_refusal(e: &BufferError) -> Refusal {
     let status = match e {
@@ -519,7 +655,7 @@ async fn approval(
     conn: &Conn,
     ctx: &ProxyContext,
     (host, rule): (&HostPolicy, Option<usize>),
-    charge: Option<&Charge>,
+    (charge, why_asked): (Option<&Charge>, Asked),
     d: &mut Decision,
 ) -> Result<(), Refusal> {
     let asked = Instant::now();
@@ -542,7 +678,13 @@ async fn approval(
         headers: shown_headers(parts, ctx),
         secrets,
         cost: charge.map(Charge::describe),
-        caps: charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default(),
+        caps: why_asked
+            .ceiling
+            .into_iter()
+            .chain(charge.map(|c| caps_left(ctx, host, c)).unwrap_or_default())
+            .collect(),
+        scope: why_asked.scope,
+        why: why_asked.why,
         rule: d.rule.clone().unwrap_or_default(),
         expires_in_secs: 0,
     };
@@ -567,7 +709,7 @@ async fn approval(
         }
         approval::Outcome::Denied { .. } => Cause::ApprovalDenied,
         approval::Outcome::TimedOut => Cause::ApprovalTimeout,
-        approval::Outcome::NoApprover => Cause::NoApprover,
+        approval::Outcome::NoApprover | approval::Outcome::DeniedInCi => Cause::NoApprover,
     };
     Err(Refusal::new(cause, outcome.reason()))
 }

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt as _, Full};
 
 use super::upstream::Body;
 use crate::decision::{Cause, Decision};
+use crate::policy::RefusalShape;
 
 /// A request that stops here: the decision to record (its cause, reason and
 /// rule) and what the agent is told.
@@ -58,6 +59,10 @@ impl Refusal {
             Cause::LoopBreaker => "loop breaker tripped",
             Cause::OverCap => "spend cap",
             Cause::CostUnknown => "request refused: its cost cannot be determined",
+            Cause::OverCallCeiling => "request refused: above the per-call ceiling",
+            Cause::RequirementUnmet => {
+                "request refused: a required header or field is missing or not accepted"
+            }
             Cause::BodyRefused => "request body refused",
             Cause::AuditUnavailable => {
                 "request refused: the audit log cannot be written, so nothing is forwarded"
@@ -70,6 +75,48 @@ impl Refusal {
 
     /// The response for `d` (the decision already recorded for it).
     pub fn response(&self, d: &Decision, run: &str) -> Response<Body> {
+        let body = self.body(d, run);
+        let mut resp = json_response(self.status, &body);
+        for (k, v) in &self.headers {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+        resp
+    }
+
+    /// The response for `d` in a vendor's own error shape (so the agent's
+    /// SDK raises its usual error), with enforcer's own body under
+    /// `enforcer`; enforcer's shape when the host has no profile.
+    pub fn response_shaped(
+        &self,
+        d: &Decision,
+        run: &str,
+        shape: Option<&RefusalShape>,
+    ) -> Response<Body> {
+        let Some(shape) = shape else {
+            return self.response(d, run);
+        };
+        let message = format!("{}: {}", self.title(), self.reason);
+        let mut body = shape.render(self.status.as_u16(), self.cause.as_str(), &message);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("enforcer".into(), self.body(d, run));
+        }
+        let mut resp = json_response(self.status, &body);
+        for (k, v) in &shape.headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        for (k, v) in &self.headers {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+        resp
+    }
+
+    /// Enforcer's own JSON body for `d`.
+    fn body(&self, d: &Decision, run: &str) -> serde_json::Value {
         let mut body = serde_json::json!({
             "error": self.title(),
             "run": run,
@@ -86,11 +133,7 @@ impl Refusal {
                 obj.insert(k.clone(), v.clone());
             }
         }
-        let mut resp = json_response(self.status, &body);
-        for (k, v) in &self.headers {
-            resp.headers_mut().insert(k.clone(), v.clone());
-        }
-        resp
+        body
     }
 }
 

@@ -84,6 +84,18 @@ impl SpendControl {
         body: &[u8],
     ) -> Result<Charge, Stop> {
         let cost = super::extract(rule, uri, content_type, body).map_err(Stop::Cost)?;
+        self.reserve_cost(policy, call, rule, cost).await
+    }
+
+    /// Reserves a cost already read by `rule` (see [`super::extract`]) under
+    /// the run's caps, then the host's daily cap.
+    pub async fn reserve_cost(
+        &self,
+        policy: &Policy,
+        call: &Call<'_>,
+        rule: &CostRule,
+        cost: Cost,
+    ) -> Result<Charge, Stop> {
         let run = self
             .ledger
             .reserve(call.host, cost.usd_micros)

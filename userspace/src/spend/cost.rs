@@ -108,6 +108,75 @@ pub fn extract(
     })
 }
 
+/// Where a field a rule requires is read (see `policy::Requirements`).
+#[derive(Debug, Clone, Copy)]
+pub enum FieldPlace<'a> {
+    /// A field of an `application/x-www-form-urlencoded` body.
+    Form(&'a str),
+    /// An RFC 6901 pointer into a JSON body.
+    Json(&'a str),
+    /// A query-string parameter.
+    Query(&'a str),
+}
+
+/// The one value of a field, read exactly as a cost's amount is: once, in
+/// one spelling, from the body kind named (a form field also present in the
+/// query string, a query parameter also in the body, a top-level JSON key
+/// also in the query string, an aliased spelling such as `customer[]` or
+/// `+customer`, or a duplicate JSON key are all refused).
+pub fn read_field(
+    place: FieldPlace<'_>,
+    uri: &Uri,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<String, SpendError> {
+    let req = Request {
+        uri,
+        content_type,
+        body,
+    };
+    match place {
+        FieldPlace::Form(name) => {
+            let form = req.form(name)?;
+            req.form_value(&form, name)
+        }
+        FieldPlace::Query(name) => req.query_value(name),
+        FieldPlace::Json(ptr) => {
+            let doc = req.json(ptr)?;
+            // Frameworks that merge the query string over a JSON body
+            // (Rails, Laravel) read a top-level key from either.
+            let top = ptr
+                .split('/')
+                .nth(1)
+                .unwrap_or_default()
+                .replace("~1", "/")
+                .replace("~0", "~");
+            let target = normalized_field(&top);
+            if let Some((k, _)) = req
+                .query_pairs()
+                .into_iter()
+                .find(|(k, _)| normalized_field(k) == target)
+            {
+                return Err(SpendError::Ambiguous {
+                    what: format!(
+                        "{} (also sent as query parameter `{}`)",
+                        json_what(ptr),
+                        quoted(&k).escape_default()
+                    ),
+                    count: 2,
+                });
+            }
+            match json_value(&doc, ptr, true) {
+                Err(SpendError::InvalidAmount { what, .. }) => Err(SpendError::NotText {
+                    what,
+                    kind: json::pointer(&doc, ptr).map_or("value", |v| v.kind()),
+                }),
+                other => other,
+            }
+        }
+    }
+}
+
 /// A currency and where it came from (for messages).
 pub(crate) struct Currency {
     pub(crate) code: String,

@@ -41,6 +41,10 @@ pub enum SpendError {
         why: AmountError,
     },
 
+    /// A required JSON field is there but is not text or a number.
+    #[error("{what} is {kind}, not a string or a number")]
+    NotText { what: String, kind: &'static str },
+
     /// The currency field is there but is not a currency code.
     #[error("{what} = {text:?} is not a currency code (three letters, e.g. usd)")]
     InvalidCurrency { what: String, text: String },

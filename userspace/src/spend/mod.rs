@@ -19,17 +19,19 @@ pub mod error;
 mod json;
 pub mod ledger;
 pub mod money;
+pub mod per_call;
 pub mod rate;
 pub mod response;
 
 pub use breaker::{LoopBreaker, Tripped, TrippedKey};
 pub use charge::{Call, Charge, Settled, Stop};
 pub use control::SpendControl;
-pub use cost::{Cost, extract};
+pub use cost::{Cost, FieldPlace, extract, read_field};
 pub use daily::{DailyLedger, DailyReservation};
 pub use error::SpendError;
 pub use ledger::{AccountSnapshot, Ledger, OverCap, Reservation};
 pub use money::{MAX_MICROS, MICROS_PER_USD, format_usd};
+pub use per_call::{OverCeiling, PerCall};
 pub use rate::{Limited, RateLimiter};
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ pub struct Load {
     /// Map the origin's name to its address (`--connect-to`); without it
     /// the name is left to the proxy.
     pub connect_to: bool,
+    /// A query string added to the URL (without `?`).
+    pub query: Option<&'static str>,
+    /// Request headers (`-H`), as `Name: value`.
+    pub headers: &'static [&'static str],
 }
 
 /// The name the origin is asked for (SNI, Host); oha maps it to the origin's
@@ -33,7 +37,10 @@ impl Load {
     pub fn args(&self, origin_addr: &str) -> Vec<String> {
         let port = if self.scheme == "https" { 443 } else { 80 };
         let mut a: Vec<String> = vec![
-            format!("{}://{ORIGIN_NAME}{PATH}", self.scheme),
+            match self.query {
+                Some(q) => format!("{}://{ORIGIN_NAME}{PATH}?{q}", self.scheme),
+                None => format!("{}://{ORIGIN_NAME}{PATH}", self.scheme),
+            },
             "--no-tui".into(),
             "--output-format".into(),
             "json".into(),
@@ -50,6 +57,10 @@ impl Load {
         if self.connect_to {
             a.push("--connect-to".into());
             a.push(format!("{ORIGIN_NAME}:{port}:{origin_addr}:{port}"));
+        }
+        for h in self.headers {
+            a.push("-H".into());
+            a.push((*h).to_string());
         }
         if !self.keep_alive {
             a.push("--disable-keepalive".into());

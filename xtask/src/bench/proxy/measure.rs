@@ -38,6 +38,7 @@ pub(super) struct Bench<'a> {
     intercept_policy: PathBuf,
     pass_policy: PathBuf,
     cost_policy: PathBuf,
+    profile_policy: PathBuf,
     /// `--audit-db` for every run (when this enforcer has an audit log): in
     /// the scratch directory, on the same file system as the default one.
     audit_db: Option<PathBuf>,
@@ -88,6 +89,27 @@ impl<'a> Bench<'a> {
                  cost = {{ fixed_usd = 0.0001 }}\n"
             ),
         )?;
+        // A vendor profile for the origin, and a rule naming its endpoint
+        // with a merchant header and a query field required.
+        let profile = dir.join("bench-vendor.toml");
+        std::fs::write(
+            &profile,
+            format!(
+                "[vendor]\nname = \"bench\"\nhosts = [\"{ORIGIN_NAME}\"]\n\n[refusal]\n\
+                 body = {{ error = {{ type = \"invalid_request_error\", message = \"{{message}}\" }} }}\n\n\
+                 [[endpoint]]\nname = \"files.read\"\nmethod = \"GET\"\npath = \"/*\"\n"
+            ),
+        )?;
+        let profile_policy = dir.join("profiled.toml");
+        std::fs::write(
+            &profile_policy,
+            format!(
+                "[run]\nname = \"bench-profile\"\n\n[[host]]\nvendor_file = \"{}\"\n\n  \
+                 [[host.rule]]\n  endpoint = \"files.read\"\n  action = \"allow\"\n  \
+                 require = {{ header.\"Stripe-Account\" = [\"acct_1\", \"acct_2\"], query.customer = \"cus_*\" }}\n",
+                profile.display()
+            ),
+        )?;
         let help = util::output(Command::new(enforcer).args(["launch", "--help"]))?;
         let audit_db = help.contains("--audit-db").then(|| dir.join("audit.db"));
         let mut peers = HashMap::new();
@@ -121,6 +143,7 @@ impl<'a> Bench<'a> {
             intercept_policy,
             pass_policy,
             cost_policy,
+            profile_policy,
             audit_db,
             interrupted,
             scenarios,
@@ -232,6 +255,12 @@ impl<'a> Bench<'a> {
             // Through enforcer's explicit listener the name goes in the
             // request (CONNECT origin.bench.test:443) and enforcer resolves it.
             connect_to: s.via != Via::Enforcer(EnforcerMode::Explicit),
+            query: (s.via == Via::Enforcer(EnforcerMode::Profiled)).then_some("customer=cus_1"),
+            headers: if s.via == Via::Enforcer(EnforcerMode::Profiled) {
+                &["Stripe-Account: acct_1"]
+            } else {
+                &[]
+            },
         }
     }
 
@@ -298,12 +327,14 @@ impl<'a> Bench<'a> {
                 &self.intercept_policy
             }
             EnforcerMode::CostChecked => &self.cost_policy,
+            EnforcerMode::Profiled => &self.profile_policy,
         };
         let extra = match mode {
             EnforcerMode::PassThrough => "",
-            EnforcerMode::Intercept | EnforcerMode::Unaudited | EnforcerMode::CostChecked => {
-                " --cacert \"$NODE_EXTRA_CA_CERTS\""
-            }
+            EnforcerMode::Intercept
+            | EnforcerMode::Unaudited
+            | EnforcerMode::CostChecked
+            | EnforcerMode::Profiled => " --cacert \"$NODE_EXTRA_CA_CERTS\"",
             EnforcerMode::Explicit => {
                 " --cacert \"$NODE_EXTRA_CA_CERTS\" -x \"$HTTP_PROXY\" --no-pre-lookup"
             }

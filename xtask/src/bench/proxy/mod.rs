@@ -131,6 +131,9 @@ enum EnforcerMode {
     /// Intercepted, each request with a cost reserved and committed under
     /// a per-run spend cap.
     CostChecked,
+    /// Intercepted, the request decided by a vendor profile's endpoint
+    /// with a header and a query field required (issue 15).
+    Profiled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +188,13 @@ const SCENARIOS: &[Scenario] = &[
         key: "enforcer-cost",
         label: "enforcer, intercepted HTTPS, cost-checked",
         via: Via::Enforcer(EnforcerMode::CostChecked),
+        scheme: "https",
+        shapes: &[C1, C32],
+    },
+    Scenario {
+        key: "enforcer-profile",
+        label: "enforcer, intercepted HTTPS, profile rule with field constraints",
+        via: Via::Enforcer(EnforcerMode::Profiled),
         scheme: "https",
         shapes: &[C1, C32],
     },

@@ -298,6 +298,11 @@ pub(super) fn report(opts: &Options, results: &Results, memory: &[Memory]) {
             "enforcer-cost",
             "enforcer-intercept",
         ),
+        (
+            "profile rule with field constraints / plain path rule (intercepted HTTPS)",
+            "enforcer-profile",
+            "enforcer-intercept",
+        ),
     ] {
         for shape in [C1, C32] {
             let r = ratio_of(results, key, shape, base, shape);
