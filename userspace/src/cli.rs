@@ -37,6 +37,24 @@ pub enum Command {
         1 for other errors."
     )]
     Launch(LaunchArgs),
+    /// Govern every agent unit of a systemd slice (preview): attach the
+    /// kernel programs to the slice once and start a run for each unit
+    /// that starts through `enforcer exec`.
+    #[command(
+        after_help = "The configuration (default /etc/enforcer/enforcer.toml):\n  \
+        slice = \"agents.slice\"            # cgroup below the cgroup2 root\n  \
+        audit_db = \"/var/lib/enforcer/audit.db\"\n  \
+        [[unit]]\n  match = \"billing-*.service\"  # unit name pattern, first match wins\n  \
+        policy = \"billing.toml\"         # relative to the configuration's directory\n\n\
+        A cgroup in the slice without a run (no matching [[unit]], or not started through \
+        `enforcer exec`) reaches nothing, not even DNS. Runs started by root are refused. \
+        When the daemon stops, its programs stay attached: the slice reaches nothing until it \
+        starts again, and every run it had is ended (units get a new run when they restart)."
+    )]
+    Daemon(DaemonArgs),
+    /// The entry point of an agent unit (ExecStart=enforcer exec -- CMD):
+    /// ask the daemon for a run for this unit, then run CMD confined.
+    Exec(ExecArgs),
     /// Validate and inspect policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -102,6 +120,49 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// The daemon's configuration file.
+    #[arg(long, value_name = "FILE", default_value = crate::daemon::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Resolve NAME to ADDR for every run instead of asking DNS (repeatable).
+    #[arg(long = "resolve", value_name = "NAME=ADDR")]
+    pub resolve: Vec<String>,
+    /// Also trust this CA for upstream TLS (repeatable).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to send response headers.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+    /// How long an ask waits for `enforcer approve` before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub approval_timeout: Duration,
+    /// The socket units' `enforcer exec` asks on.
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+    pub socket: PathBuf,
+    /// Log decisions as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The orchestrator's name for this run, recorded with it.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+    pub socket: PathBuf,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
 }
 
 /// Who answers `action = "ask"` requests.

@@ -11,6 +11,7 @@ pub mod ci;
 pub mod cleanup;
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod decision;
 pub mod dns;
 pub mod generate;

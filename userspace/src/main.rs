@@ -62,6 +62,22 @@ fn run(command: Command) -> i32 {
             Ok(code) => code,
             Err(e) => failed(&e, e.exit_code()),
         },
+        Command::Daemon(args) => match enforcer::daemon::run(enforcer::daemon::DaemonOptions {
+            config: args.config,
+            resolve: args.resolve,
+            upstream_ca: args.upstream_ca,
+            upstream_timeout: args.upstream_timeout,
+            approval_timeout: args.approval_timeout,
+            log_json: args.log_json,
+            socket: args.socket,
+        }) {
+            Ok(()) => 0,
+            Err(e) => failed(&e, 1),
+        },
+        Command::Exec(args) => {
+            let e = enforcer::daemon::exec::exec(&args.socket, args.label, &args.command);
+            failed(&e, 126)
+        }
         Command::Policy(PolicyCommand::Check { file, json }) => {
             enforcer::policy_cli::check(&file, json)
         }

@@ -285,10 +285,14 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
     if let Some(store) = &audit_store {
+        let invoking = std::env::var("SUDO_USER").unwrap_or_else(|_| user.name.clone());
         store.start_run(&crate::run::info::run_info(
             &run_id,
             &policy,
-            &user,
+            &crate::run::info::Starter {
+                invoking: &invoking,
+                uid: user.uid,
+            },
             &args.command,
             cgroup.path(),
             ttl,

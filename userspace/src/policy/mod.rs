@@ -16,7 +16,7 @@ mod canonical;
 mod compile;
 mod cost;
 mod decide;
-mod diagnostics;
+pub(crate) mod diagnostics;
 mod duration;
 mod explain;
 mod host;
