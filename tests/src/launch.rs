@@ -135,6 +135,9 @@ impl Launch {
             c.arg("--audit-db").arg(files::audit_db());
         }
         c.args(&self.flags).arg("--").args(&self.command);
+        // This project's own CI sets CI=true: every test pins the mode it
+        // tests (interactive here; CI tests pass --ci or ENFORCER_CI=1).
+        c.env("ENFORCER_CI", "0");
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())

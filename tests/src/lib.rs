@@ -4,6 +4,8 @@
 //!
 //! Tests only ever aim traffic at addresses a [`TestHost`] created.
 
+pub mod action;
+pub mod debroot;
 pub mod files;
 pub mod launch;
 pub mod leftovers;

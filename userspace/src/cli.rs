@@ -37,6 +37,24 @@ pub enum Command {
         1 for other errors."
     )]
     Launch(LaunchArgs),
+    /// Govern every agent unit of a systemd slice (preview): attach the
+    /// kernel programs to the slice once and start a run for each unit
+    /// that starts through `enforcer exec`.
+    #[command(
+        after_help = "The configuration (default /etc/enforcer/enforcer.toml):\n  \
+        slice = \"agents.slice\"            # cgroup below the cgroup2 root\n  \
+        audit_db = \"/var/lib/enforcer/audit.db\"\n  \
+        [[unit]]\n  match = \"billing-*.service\"  # unit name pattern, first match wins\n  \
+        policy = \"billing.toml\"         # relative to the configuration's directory\n\n\
+        A cgroup in the slice without a run (no matching [[unit]], or not started through \
+        `enforcer exec`) reaches nothing, not even DNS. Runs started by root are refused. \
+        When the daemon stops, its programs stay attached: the slice reaches nothing until it \
+        starts again, and every run it had is ended (units get a new run when they restart)."
+    )]
+    Daemon(DaemonArgs),
+    /// The entry point of an agent unit (ExecStart=enforcer exec -- CMD):
+    /// ask the daemon for a run for this unit, then run CMD confined.
+    Exec(ExecArgs),
     /// Validate and inspect policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -96,6 +114,55 @@ pub enum Command {
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
     },
+    /// (packaging) Write shell completions and man pages under DIR.
+    #[command(name = "__generate", hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// The daemon's configuration file.
+    #[arg(long, value_name = "FILE", default_value = crate::daemon::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Resolve NAME to ADDR for every run instead of asking DNS (repeatable).
+    #[arg(long = "resolve", value_name = "NAME=ADDR")]
+    pub resolve: Vec<String>,
+    /// Also trust this CA for upstream TLS (repeatable).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to send response headers.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+    /// How long an ask waits for `enforcer approve` before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub approval_timeout: Duration,
+    /// The socket units' `enforcer exec` asks on.
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+    pub socket: PathBuf,
+    /// Log decisions as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The orchestrator's name for this run, recorded with it.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+    pub socket: PathBuf,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
 }
 
 /// Who answers `action = "ask"` requests.
@@ -165,9 +232,21 @@ pub struct LaunchArgs {
     /// How long a request waits for an answer before it is denied.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub approval_timeout: Duration,
-    /// Write the end-of-run summary as JSON to FILE.
+    /// Write the run's report as JSON to FILE (versioned; the schema is
+    /// docs/ci.md's report.v1.schema.json): the summary, what was allowed,
+    /// refused, asked and would have been denied, every exfiltration attempt.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// enforce (default) refuses what the policy does not allow. observe
+    /// lets through every HTTP(S) request, connection and DNS name the policy
+    /// would refuse and records each as "would deny" (the kernel boundary
+    /// stays as it is): for a trusted recording run whose audit log
+    /// `enforcer policy suggest` turns into a policy. It opens DNS and HTTPS
+    /// exfiltration for the run: never use it on untrusted input.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: crate::ci::report::RunMode,
+    #[command(flatten)]
+    pub ci: crate::ci::CiArgs,
     /// Log every decision as a JSON line on stderr (default: human-readable refusals).
     #[arg(long)]
     pub log_json: bool,
@@ -187,10 +266,53 @@ pub struct LaunchArgs {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate FILE and print a normalized summary of what it allows.
+    #[command(after_help = "Exit status: 0 when the policy loads, 2 when it does not.")]
     Check {
+        /// Print one JSON object: {"ok", "file", "errors": [{"line",
+        /// "column", "message"}], "warnings": [...], "summary"} (editors, CI).
+        #[arg(long)]
+        json: bool,
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print a minimal policy that allows exactly what recorded runs did
+    /// (record them with `launch --mode observe`), ids in paths generalised.
+    #[command(after_help = "Example:
+          sudo enforcer launch --mode observe --policy empty.toml --audit-db rec.db -- ./job.sh
+          enforcer policy suggest --audit-db rec.db --run 20261130-081502-3fa9c1 > policy.toml
+          enforcer policy check policy.toml
+
+        Exit status: 0 when a policy was printed; 1 when a run is unknown or the database         cannot be read.")]
+    Suggest {
+        /// A recorded run (repeatable; `enforcer audit runs` lists them).
+        #[arg(long = "run", value_name = "RUN_ID", required = true)]
+        runs: Vec<String>,
+        #[command(flatten)]
+        db: AuditDbArg,
+        /// The suggested policy's `[run] name` (default: the run's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Replay recorded requests through POLICY (nothing is sent) and print
+    /// what it would decide differently: newly refused, newly asked, newly
+    /// allowed. For a CI check on changes to a policy.
+    #[command(after_help = "Example:
+          enforcer policy test policies/ci.toml --against audit.db --run 20261130-081502-3fa9c1
+
+        Exit status: 0 when nothing would change, 1 when something would, 2 for a policy that         does not load or a database that cannot be read.")]
+    Test {
+        #[arg(value_name = "POLICY")]
+        policy: PathBuf,
+        /// The audit database holding the recorded runs.
+        #[arg(long, value_name = "AUDIT_DB")]
+        against: PathBuf,
+        /// Only these runs (repeatable; default: every run in the database).
+        #[arg(long = "run", value_name = "RUN_ID")]
+        runs: Vec<String>,
+    },
+    /// Print the policy file's JSON Schema (for editors; the package also
+    /// installs it under /usr/share/enforcer).
+    Schema,
     /// Show the decision FILE makes for one request, the rule that makes
     /// it, and what applies on the way out (cost, caps, rate and call
     /// limits, secrets injected).

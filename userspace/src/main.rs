@@ -62,18 +62,54 @@ fn run(command: Command) -> i32 {
             Ok(code) => code,
             Err(e) => failed(&e, e.exit_code()),
         },
-        Command::Policy(PolicyCommand::Check { file }) => match Policy::load(&file) {
-            Ok(p) => {
-                enforcer::outln!("{}", p.summary());
-                for w in p.warnings() {
-                    logging::verbatim(logging::Level::Warn, format!("warning: {w}"));
+        Command::Daemon(args) => match enforcer::daemon::run(enforcer::daemon::DaemonOptions {
+            config: args.config,
+            resolve: args.resolve,
+            upstream_ca: args.upstream_ca,
+            upstream_timeout: args.upstream_timeout,
+            approval_timeout: args.approval_timeout,
+            log_json: args.log_json,
+            socket: args.socket,
+        }) {
+            Ok(()) => 0,
+            Err(e) => failed(&e, 1),
+        },
+        Command::Exec(args) => {
+            let e = enforcer::daemon::exec::exec(&args.socket, args.label, &args.command);
+            failed(&e, 126)
+        }
+        Command::Policy(PolicyCommand::Check { file, json }) => {
+            enforcer::policy_cli::check(&file, json)
+        }
+        Command::Policy(PolicyCommand::Suggest { runs, db, name }) => {
+            match enforcer::policy_cli::suggest(&runs, &db.audit_db, name.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => failed(&e, 1),
+            }
+        }
+        Command::Policy(PolicyCommand::Schema) => {
+            enforcer::outln!(
+                "{}",
+                enforcer::policy::json_schema::POLICY_SCHEMA.trim_end()
+            );
+            0
+        }
+        Command::Generate { dir } => match enforcer::generate::write_all(&dir) {
+            Ok(files) => {
+                for f in files {
+                    enforcer::outln!("{}", f.display());
                 }
                 0
             }
-            Err(e) => {
-                logging::verbatim(logging::Level::Error, &e);
-                2
-            }
+            Err(e) => failed(&e, 1),
+        },
+        Command::Policy(PolicyCommand::Test {
+            policy,
+            against,
+            runs,
+        }) => match enforcer::policy_cli::test(&policy, &against, &runs) {
+            Ok(changed) => i32::from(changed),
+            Err(e) => failed(&e, 2),
         },
         Command::Policy(PolicyCommand::Explain {
             file,

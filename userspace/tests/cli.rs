@@ -451,3 +451,153 @@ fn log_json_makes_every_stderr_line_json() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(text(&out.stderr).starts_with("error:"), "{out:?}");
 }
+
+/// An audit database with one recorded run (real SQLite, written by the
+/// same writer a launch uses): two allowed GETs and one refused POST.
+fn recorded_db(dir: &Path) -> (PathBuf, String) {
+    use enforcer::{
+        audit::{AuditStore, RunInfo},
+        decision::{Cause, Decision, DecisionSink, Layer, LogMode},
+    };
+    let db = dir.join("audit.db");
+    let run = String::from("20261130-000000-c1c1c1");
+    let store = AuditStore::open(&db).expect("open");
+    store
+        .start_run(&RunInfo {
+            run_id: run.clone(),
+            name: "ci-job".into(),
+            policy_path: "p.toml".into(),
+            policy_sha256: String::new(),
+            invoking_user: "dev".into(),
+            uid: 1000,
+            command: "job".into(),
+            cgroup: String::new(),
+            started_at: std::time::SystemTime::now(),
+            ttl_seconds: None,
+        })
+        .expect("start");
+    let sink = DecisionSink::with_audit(&run, LogMode::Quiet, Some(store.writer()));
+    let allowed = |p: &str| {
+        Decision::new(Layer::Request, Cause::Allowed, "rule 1")
+            .host("api.github.test")
+            .port(443)
+            .request("GET", p)
+    };
+    let decisions = [
+        allowed("/repos/o/r"),
+        allowed("/repos/o/r/issues/12"),
+        Decision::new(Layer::Request, Cause::DefaultDeny, "no rule matches")
+            .host("api.github.test")
+            .port(443)
+            .request("POST", "/repos/o/r/issues"),
+    ];
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            for d in &decisions {
+                sink.commit(d).await.expect("commit");
+            }
+        });
+    drop(sink);
+    (db, run)
+}
+
+#[test]
+fn policy_test_exits_1_on_a_newly_refused_request_and_0_when_nothing_changes() {
+    let dir = scratch("policy-test");
+    let (db, run_id) = recorded_db(&dir);
+    let write = |name: &str, rules: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("[[host]]\nname = \"api.github.test\"\n{rules}"))
+            .expect("write");
+        p
+    };
+    let rule = |m: &str, p: &str, a: &str| {
+        format!("  [[host.rule]]\n  method = \"{m}\"\n  path = \"{p}\"\n  action = \"{a}\"\n")
+    };
+    let same = write("same.toml", &rule("GET", "/repos/**", "allow"));
+    let stricter = write(
+        "stricter.toml",
+        &(rule("GET", "/repos/*/*/issues/**", "deny") + &rule("GET", "/repos/**", "allow")),
+    );
+    let test = |policy: &Path| {
+        run(enforcer()
+            .args(["policy", "test"])
+            .arg(policy)
+            .arg("--against")
+            .arg(&db)
+            .args(["--run", &run_id]))
+    };
+    let o = test(&same);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(text(&o.stdout).contains("no change"), "{}", text(&o.stdout));
+    let o = test(&stricter);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let out = text(&o.stdout);
+    assert!(out.contains("newly refused (1):"), "{out}");
+    assert!(
+        out.contains("GET api.github.test:443/repos/o/r/issues/12 allow -> deny"),
+        "{out}"
+    );
+    // A policy that does not load: 2, with file:line.
+    let broken = write("broken.toml", "  [[host.rule]]\n  method = \"GET\"\n");
+    let o = test(&broken);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("broken.toml:3"),
+        "{}",
+        text(&o.stderr)
+    );
+    // An unknown run: 2.
+    let o = run(enforcer()
+        .args(["policy", "test"])
+        .arg(&same)
+        .arg("--against")
+        .arg(&db)
+        .args(["--run", "nope"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn policy_check_json_names_each_problem_and_the_schema_is_printed() {
+    let o = run(enforcer().args(["policy", "check", "--json", &policy("billing.toml")]));
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true);
+    assert!(
+        v["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("api.stripe.com"))
+    );
+    let dir = scratch("check-json");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[host]]\nname = \"a.test\"\nportz = [1]\n").expect("write");
+    let o = run(enforcer().args(["policy", "check", "--json"]).arg(&bad));
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"][0]["line"], 3, "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("portz")),
+        "{v}"
+    );
+    let o = run(enforcer().args(["policy", "schema"]));
+    let schema: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the schema");
+    assert_eq!(schema["title"], "enforcer policy");
+}

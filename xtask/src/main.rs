@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod netns;
 mod setup;
 mod test;
@@ -33,6 +34,9 @@ enum Command {
     },
     /// Launch a real program under enforcement against a local fake vendor.
     Demo,
+    /// Build the stripped release binary and the Debian package (binary,
+    /// systemd files, example policies, completions, man pages, schemas).
+    Dist(dist::DistArgs),
     /// Benchmarks, side by side, as ratios in one run.
     Bench {
         #[command(subcommand)]
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test { filter } => test::run(&filter),
         Command::Demo => demo::run(),
+        Command::Dist(args) => dist::run(&args),
         Command::Bench { which } => bench::run(which),
         Command::E2e { args } => {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -15,7 +15,8 @@ use crate::util::{self, exec, output};
 
 /// Debian packages the tests and demo use (iproute2: test hosts in network
 /// namespaces; curl, python3, dnsutils: real clients inside the sandbox;
-/// util-linux: setpriv).
+/// util-linux: setpriv; debootstrap: the clean Debian root the package is
+/// installed into; sudo: what the GitHub Action runs enforcer with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -25,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ca-certificates",
     "openssl",
     "python3-venv",
+    "debootstrap",
+    "sudo",
 ];
 
 /// Where the vendor SDKs live for the e2e tests (readable by `nobody`, the

@@ -106,6 +106,8 @@ pub fn e2e(args: &[&str]) -> anyhow::Result<()> {
             .args(filter)
             .env("ENFORCER_BIN", enforcer)
             .env("RUST_BACKTRACE", "1")
+            // CI runs this with CI=true; each test pins the mode it tests.
+            .env("ENFORCER_CI", "0")
             .status()
             .with_context(|| format!("cannot run {bin}"))?;
         if !st.success() {

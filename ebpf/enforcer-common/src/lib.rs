@@ -241,6 +241,9 @@ pub struct Event {
     pub addr: [u8; 16],
     /// Command name of the caller, NUL padded.
     pub comm: [u8; 16],
+    /// Cgroup id of the caller (for packets: of the sending socket), so a
+    /// program set serving many runs can say whose refusal it was.
+    pub cgroup: u64,
 }
 
 #[cfg(feature = "user")]

@@ -1,6 +1,9 @@
 //! Reporting refusals to userspace through the EVENTS ring buffer.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid,
+};
 use enforcer_common::{Event, Reason, counters};
 
 use crate::maps::{EVENTS, bump};
@@ -34,17 +37,20 @@ pub fn report(refusal: &Refusal) {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let uid = bpf_get_current_uid_gid() as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    send(refusal, pid, uid, comm);
+    // SAFETY: the helper has no arguments and no side effects.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    send(refusal, pid, uid, comm, cgroup);
 }
 
-/// Sends a refusal made without a task (packet hooks): only the socket's uid is known.
+/// Sends a refusal made without a task (packet hooks): only the socket's
+/// uid and cgroup are known.
 #[inline(always)]
-pub fn report_packet(refusal: &Refusal, uid: u32) {
-    send(refusal, 0, uid, [0; 16]);
+pub fn report_packet(refusal: &Refusal, uid: u32, cgroup: u64) {
+    send(refusal, 0, uid, [0; 16], cgroup);
 }
 
 #[inline(always)]
-fn send(refusal: &Refusal, pid: u32, uid: u32, comm: [u8; 16]) {
+fn send(refusal: &Refusal, pid: u32, uid: u32, comm: [u8; 16], cgroup: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(counters::EVENTS_LOST);
         return;
@@ -59,6 +65,7 @@ fn send(refusal: &Refusal, pid: u32, uid: u32, comm: [u8; 16]) {
         protocol: refusal.protocol,
         addr: refusal.addr,
         comm,
+        cgroup,
     };
     entry.write(event);
     entry.submit(0);

@@ -116,11 +116,17 @@ fn port_open(run: &Run, port: u16) -> bool {
     run.ports.is_enforcer_port(port) || loopback_port_listed(run.cgroup, port)
 }
 
+/// The cgroup of the socket that sent the packet.
+#[inline(always)]
+fn skb_cgroup(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the helper reads the cgroup of the packet's socket.
+    unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) }
+}
+
 /// The run of the socket that sent the packet (its cgroup's entry).
 #[inline(always)]
 fn packet_run(ctx: &SkBuffContext) -> Option<Run> {
-    // SAFETY: the helper reads the cgroup of the packet's socket.
-    run_of(unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) })
+    run_of(skb_cgroup(ctx))
 }
 
 #[inline(always)]
@@ -134,7 +140,7 @@ fn drop_packet(ctx: &SkBuffContext, reason: Reason, p: Option<&Packet>, addr_is_
             r.port = if addr_is_src { sp } else { dp };
         }
     }
-    report_packet(&r, ctx.get_socket_uid());
+    report_packet(&r, ctx.get_socket_uid(), skb_cgroup(ctx));
     DROP
 }
 

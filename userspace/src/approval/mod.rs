@@ -20,8 +20,10 @@ use tokio::sync::{Notify, oneshot};
 /// Who may approve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApproverMode {
-    /// Nobody: every ask is denied at once (CI).
+    /// Nobody: every ask is denied at once (`--approver none`).
     None,
+    /// CI mode: nobody, and the denial says it was asked in CI.
+    Ci,
     /// Root, through the control socket (and the terminal when there is one).
     Humans,
 }
@@ -128,10 +130,16 @@ pub enum Answer {
 /// How an ask ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { by: String },
-    Denied { by: String },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+    },
     TimedOut,
     NoApprover,
+    /// CI mode: nobody is asked.
+    DeniedInCi,
 }
 
 impl Outcome {
@@ -148,6 +156,9 @@ impl Outcome {
             Self::NoApprover => {
                 String::from("approval required, and no approver (--approver none): denied")
             }
+            Self::DeniedInCi => String::from(
+                "asked in CI: denied (approval required, and no one is asked in CI mode)",
+            ),
         }
     }
 
@@ -157,6 +168,7 @@ impl Outcome {
             Self::Approved { by } | Self::Denied { by } => by,
             Self::TimedOut => "nobody (approval timeout)",
             Self::NoApprover => "nobody (--approver none)",
+            Self::DeniedInCi => "nobody (CI mode)",
         }
     }
 }
@@ -246,11 +258,15 @@ impl ApprovalHub {
     /// Queues a request (or decides it at once: no approver, an earlier
     /// `always`). Wait for the answer with [`ApprovalHub::wait`].
     pub fn submit(self: &Arc<Self>, mut p: Pending, rule_key: (usize, usize)) -> Ticket {
-        if self.mode == ApproverMode::None {
+        if let Some(outcome) = match self.mode {
+            ApproverMode::None => Some(Outcome::NoApprover),
+            ApproverMode::Ci => Some(Outcome::DeniedInCi),
+            ApproverMode::Humans => None,
+        } {
             return Ticket {
                 id: 0,
                 wait: None,
-                decided: Some(Outcome::NoApprover),
+                decided: Some(outcome),
                 hub: None,
             };
         }

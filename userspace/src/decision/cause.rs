@@ -19,6 +19,9 @@ pub enum Cause {
     PassedThrough,
     /// A human approved an `ask`.
     Approved,
+    /// Observe mode: the policy would have refused this (the row's `rule`
+    /// and `reason` say how); it was let through and recorded.
+    WouldDeny,
 
     // Refused by the policy.
     /// The host, port or name is not in the policy (or is denied as a whole).
@@ -88,9 +91,11 @@ impl Cause {
     /// The verdict this cause means.
     pub fn verdict(self) -> Verdict {
         match self {
-            Self::Allowed | Self::Intercepted | Self::PassedThrough | Self::Approved => {
-                Verdict::Allow
-            }
+            Self::Allowed
+            | Self::Intercepted
+            | Self::PassedThrough
+            | Self::Approved
+            | Self::WouldDeny => Verdict::Allow,
             _ => Verdict::Deny,
         }
     }
@@ -102,6 +107,7 @@ impl Cause {
             Self::Intercepted => "intercepted",
             Self::PassedThrough => "passed-through",
             Self::Approved => "approved",
+            Self::WouldDeny => "would-deny",
             Self::NotInPolicy => "not-in-policy",
             Self::DefaultDeny => "default-deny",
             Self::DenyRule => "deny-rule",
@@ -131,6 +137,51 @@ impl Cause {
             Self::NotFromRun => "not-from-run",
             Self::Abandoned => "abandoned",
         }
+    }
+
+    /// Every cause, in declaration order.
+    /// (A new cause goes here too: `parse`, the CI report and `policy test`
+    /// read the audit log's `cause` column through this list.)
+    pub const ALL: [Cause; 33] = [
+        Self::Allowed,
+        Self::Intercepted,
+        Self::PassedThrough,
+        Self::Approved,
+        Self::WouldDeny,
+        Self::NotInPolicy,
+        Self::DefaultDeny,
+        Self::DenyRule,
+        Self::Ambiguous,
+        Self::NameMismatch,
+        Self::Exfiltration,
+        Self::Cleartext,
+        Self::UnknownProtocol,
+        Self::RateLimited,
+        Self::LoopBreaker,
+        Self::OverCap,
+        Self::OverCallCeiling,
+        Self::RequirementUnmet,
+        Self::CostUnknown,
+        Self::BodyRefused,
+        Self::ApprovalDenied,
+        Self::ApprovalTimeout,
+        Self::NoApprover,
+        Self::CredentialsExpired,
+        Self::CredentialsRevoked,
+        Self::ForgedApproval,
+        Self::AuditUnavailable,
+        Self::SpendStoreUnavailable,
+        Self::Kernel,
+        Self::BenignProbe,
+        Self::UpstreamFailed,
+        Self::NotFromRun,
+        Self::Abandoned,
+    ];
+
+    /// The cause an audit row's `cause` column names (`None` for text no
+    /// version of enforcer wrote).
+    pub fn parse(text: &str) -> Option<Cause> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
     }
 
     /// Whether the summary counts it as a refusal (benign probes stay
@@ -167,5 +218,13 @@ mod tests {
         assert_eq!(Cause::BenignProbe.verdict(), Verdict::Deny);
         let json = serde_json::to_string(&Cause::CredentialsRevoked).unwrap();
         assert_eq!(json, format!("\"{}\"", Cause::CredentialsRevoked.as_str()));
+    }
+
+    #[test]
+    fn every_cause_parses_back_from_its_column_text() {
+        for c in Cause::ALL {
+            assert_eq!(Cause::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Cause::parse("no-such-cause"), None);
     }
 }

@@ -177,7 +177,16 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
             ))),
         );
     }
-    if !ctx.policy.allows_name(&name) {
+    let observed = ctx.observe && matches!(qtype, RecordType::A | RecordType::AAAA);
+    if !ctx.policy.allows_name(&name) && observed {
+        // Observe mode: answered, and recorded as what the policy would do.
+        ctx.sink.record(&decision(
+            Cause::WouldDeny,
+            &name,
+            qtype,
+            "observe mode: would deny (not-in-policy): name not allowed by policy; answered",
+        ));
+    } else if !ctx.policy.allows_name(&name) {
         return Triage::Done(
             Reply::with_ede(
                 ResponseCode::NXDomain,

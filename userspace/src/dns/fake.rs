@@ -167,6 +167,7 @@ pub fn context(resolver: Arc<super::Resolver>) -> super::server::DnsContext {
         resolver,
         sink: crate::decision::DecisionSink::new("test", crate::decision::LogMode::Quiet),
         ipv6: true,
+        observe: false,
     }
 }
 

@@ -67,6 +67,9 @@ pub struct DnsContext {
     pub sink: DecisionSink,
     /// Whether AAAA answers are given (the proxy has an IPv6 listener).
     pub ipv6: bool,
+    /// Observe mode: names the policy does not allow are answered too (A and
+    /// AAAA), each recorded as "would deny".
+    pub observe: bool,
 }
 
 pub use answer::answer;
@@ -165,6 +168,7 @@ impl Intake {
     /// anything else is parsed and triaged here.
     pub fn take(&self, wire: &[u8], peer: SocketAddr) -> Taken {
         if let Some(q) = answer::peek(wire)
+            && !self.ctx.observe
             && !self.ctx.policy.allows_name(&q.name)
         {
             return self.refuse(wire, peer);

@@ -23,6 +23,8 @@ pub struct KernelEvent {
     pub port: u16,
     /// Unix socket path, for refused unix connects (reported by the seccomp supervisor).
     pub path: Option<String>,
+    /// The cgroup the refusal came from (0 when the seccomp supervisor reported it).
+    pub cgroup: u64,
 }
 
 impl KernelEvent {
@@ -61,6 +63,7 @@ impl KernelEvent {
             addr,
             port: e.port,
             path: None,
+            cgroup: e.cgroup,
         }
     }
 

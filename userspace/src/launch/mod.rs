@@ -81,6 +81,12 @@ pub enum LaunchError {
     Spend(#[from] crate::spend::SpendError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Report(#[from] crate::ci::report::ReportError),
+    #[error(
+        "CI mode builds its report and exit status from the audit log: drop --no-audit (or pass --no-ci)"
+    )]
+    CiWithoutAudit,
     #[error("interrupted before the agent started")]
     Interrupted,
     #[error("{context}: {source}")]
@@ -94,7 +100,7 @@ impl LaunchError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) => 2,
+            Self::Policy(_) | Self::Resolve(_) | Self::UnixList(_) | Self::CiWithoutAudit => 2,
             Self::Tls(crate::tls::TlsError::CaFile { .. })
             | Self::Secret(_)
             | Self::Spend(crate::spend::SpendError::InvalidRule(_)) => 2,
@@ -218,7 +224,29 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         Some(crate::audit::AuditStore::open(&args.audit_db)?)
     };
 
-    let (approvals, terminal) = approvers(args.approver, approval_timeout, &policy)?;
+    if args.mode == crate::ci::report::RunMode::Observe {
+        crate::say!(
+            Warn,
+            "enforcer: !!! OBSERVE MODE: every HTTP(S) request, connection and DNS name the \
+             policy would refuse is LET THROUGH and recorded as \"would deny\". DNS and HTTPS \
+             exfiltration are open for this run: use it only for a trusted recording run, never \
+             on untrusted input. The kernel boundary (raw sockets, UDP, unlisted ports) is \
+             enforced as always; secrets are injected only as the policy says. !!!"
+        );
+    }
+    let ci = crate::ci::CiOptions::resolve(&args.ci, |k| std::env::var_os(k));
+    if ci.enabled && args.no_audit {
+        return Err(LaunchError::CiWithoutAudit);
+    }
+    let (approvals, terminal) = if ci.enabled {
+        crate::ci::announce(&ci, policy.has_ask());
+        (
+            Arc::new(ApprovalHub::new(ApproverMode::Ci, approval_timeout)),
+            None,
+        )
+    } else {
+        approvers(args.approver, approval_timeout, &policy)?
+    };
 
     tracing::debug!(elapsed = ?t0.elapsed(), "request validated");
     let run_id = runid::new_run_id();
@@ -257,10 +285,14 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let cgroup = RunCgroup::create(&cgroup_root, &run_id)?;
     let pins = PinDir::create(&bpf_root, &run_id)?;
     if let Some(store) = &audit_store {
+        let invoking = std::env::var("SUDO_USER").unwrap_or_else(|_| user.name.clone());
         store.start_run(&crate::run::info::run_info(
             &run_id,
             &policy,
-            &user,
+            &crate::run::info::Starter {
+                invoking: &invoking,
+                uid: user.uid,
+            },
             &args.command,
             cgroup.path(),
             ttl,
@@ -321,6 +353,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         upstream_timeout,
         audit_db: (!args.no_audit).then(|| args.audit_db.clone()),
         agent_pid: Arc::default(),
+        observe: args.mode == crate::ci::report::RunMode::Observe,
     };
     let plan = Plan {
         run,
@@ -333,6 +366,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
         args: cmd_args.to_vec(),
         pin: args.pin,
         report: args.report.clone(),
+        ci,
+        mode: args.mode,
         terminal,
         unix,
     };
@@ -381,6 +416,8 @@ struct Plan {
     args: Vec<OsString>,
     pin: bool,
     report: Option<PathBuf>,
+    ci: crate::ci::CiOptions,
+    mode: crate::ci::report::RunMode,
     /// The launching terminal, when it prompts for approvals.
     terminal: Option<Terminal>,
     /// The policy's unix sockets, resolved at start.
@@ -716,9 +753,17 @@ async fn summarize(plan: &Plan, code: i32) -> Result<i32, LaunchError> {
         }
         None => code,
     };
-    if let Some(path) = &plan.report {
-        summary.write_json(path)?;
-    }
+    let code = crate::ci::conclude(
+        crate::ci::report::Inputs {
+            opts: &plan.ci,
+            mode: plan.mode,
+            policy: &plan.run.policy.source,
+            summary,
+            code,
+        },
+        plan.run.audit_db.as_deref(),
+        plan.report.as_deref(),
+    )?;
     Ok(code)
 }
 

@@ -272,6 +272,7 @@ fn event(reason: Reason, notif: &Notif, family: u16, sock_type: u32, protocol: u
         addr: None,
         port: 0,
         path: None,
+        cgroup: 0,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::{
     approval::ApprovalHub,
     decision::{Cause, Decision, DecisionSink, Layer},
     dns::Resolver,
-    policy::Policy,
+    policy::{ConnectionVerdict, Policy},
     secrets::Secrets,
 };
 
@@ -43,12 +43,44 @@ pub struct ProxyContext {
     pub approvals: Arc<ApprovalHub>,
     /// Spend caps, rate limits and the loop breaker.
     pub spend: Arc<crate::spend::SpendControl>,
+    /// Observe mode: what the policy's rules refuse goes ahead, recorded as
+    /// "would deny" (see [`super::observe`]).
+    pub observe: bool,
 }
 
 impl ProxyContext {
+    /// The policy's verdict for a connection to `name:port`; in observe
+    /// mode a refusal becomes an interception under no `[[host]]` entry
+    /// ([`super::observe::OBSERVED`]), recorded as "would deny" when the
+    /// connection is made ([`ProxyContext::record_interception`]).
+    pub fn connection(&self, name: &str, port: u16) -> ConnectionVerdict {
+        match self.policy.connection(name, port) {
+            ConnectionVerdict::Refuse { .. } if self.observe => ConnectionVerdict::Intercept {
+                host: super::observe::OBSERVED,
+            },
+            v => v,
+        }
+    }
+
     /// Records that a connection to `name:port` is intercepted under the
     /// `[[host]]` entry `host`: its requests are decided one by one.
     pub fn record_interception(&self, name: &str, port: u16, host: usize) {
+        if host == super::observe::OBSERVED {
+            let reason = match self.policy.connection(name, port) {
+                ConnectionVerdict::Refuse { reason } => reason,
+                _ => String::from("not allowed by the policy"),
+            };
+            self.sink.record(
+                &Decision::new(
+                    Layer::Connection,
+                    Cause::WouldDeny,
+                    format!("observe mode: would deny (not-in-policy): {reason}; intercepted"),
+                )
+                .host(name.to_string())
+                .port(port),
+            );
+            return;
+        }
         let entry = self.policy.hosts.get(host);
         self.sink.record(
             &Decision::new(

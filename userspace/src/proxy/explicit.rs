@@ -102,7 +102,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> 
     };
     let tls = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    match ctx.policy.connection(&host, port) {
+    match ctx.connection(&host, port) {
         ConnectionVerdict::Refuse { reason } => refused(
             &ctx,
             Cause::NotInPolicy,
@@ -168,7 +168,7 @@ fn connect(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Respo
         });
         return Response::new(refusal::full(bytes::Bytes::new()));
     }
-    let verdict = ctx.policy.connection(&name, port);
+    let verdict = ctx.connection(&name, port);
     if let ConnectionVerdict::Refuse { reason } = &verdict {
         return refused(&ctx, Cause::NotInPolicy, &name, port, "CONNECT", "", reason);
     }

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod http;
 pub mod intercept;
 pub mod listeners;
+pub mod observe;
 pub mod outcome;
 pub mod pipeline;
 pub mod prefixed;

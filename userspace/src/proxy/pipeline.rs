@@ -161,23 +161,40 @@ async fn stages(
 ) -> Result<Response<Body>, Stopped> {
     stage!(identify(&parts, conn), Some(body));
     stage!(scan_head(&parts, conn, ctx), Some(body));
-    let Some(host) = ctx.policy.hosts.get(conn.host) else {
-        let r = Refusal::new(Cause::NotInPolicy, "no policy entry for this host");
-        return Err(Stopped {
-            refusal: r,
-            body: Some(body),
-        });
-    };
+    let host = ctx.policy.hosts.get(conn.host);
     let canon = stage!(canonical(&parts, host), Some(body));
-    let Decided { mut ask, rule } = stage!(decide(&canon, host, d), Some(body));
-    let rule_ref = rule.and_then(|i| host.rules.get(i));
+    let decided = match host {
+        Some(h) => decide(&canon, h, d),
+        None => Err(Refusal::new(
+            Cause::NotInPolicy,
+            format!("host {} is not in the policy", conn.name),
+        )),
+    };
+    // Observe mode: a refusal by the policy's rules is recorded as "would
+    // deny" and the request goes ahead (see `observe`).
+    let Decided { mut ask, rule } = match decided {
+        Ok(x) => x,
+        Err(r) => match super::observe::waive(ctx.observe, r, d) {
+            None => Decided {
+                ask: false,
+                rule: None,
+            },
+            Some(refusal) => {
+                return Err(Stopped {
+                    refusal,
+                    body: Some(body),
+                });
+            }
+        },
+    };
+    let rule_ref = rule.and_then(|i| host.and_then(|h| h.rules.get(i)));
     let require = rule_ref.and_then(|r| r.require.as_ref());
     // Why a call is asked besides its rule's `ask` (shown to the human).
     let mut asked = Asked::default();
     stage!(cleartext(&parts, conn, ctx), Some(body));
 
     let cost_rule = rule
-        .and_then(|i| host.rules.get(i))
+        .and_then(|i| host.and_then(|h| h.rules.get(i)))
         .and_then(|r| r.cost.as_ref());
     let target = match canon.query() {
         Some(q) => format!("{}?{q}", canon.path()),
@@ -207,7 +224,7 @@ async fn stages(
     // Rails, Laravel and Symfony: the body is checked before any rule's
     // decision may stand.
     let form_check = parts.method == http::Method::POST
-        && !host.rules.is_empty()
+        && host.is_some_and(|h| !h.rules.is_empty())
         && content_type.as_deref().is_some_and(is_form_like);
     let may_ask = rule_ref.is_some_and(|r| {
         r.amounts.ask_above_usd.is_some()
@@ -237,7 +254,10 @@ async fn stages(
     };
     let data = prefix.as_ref().map_or(Bytes::new(), |p| p.data().clone());
     let complete = prefix.as_ref().is_some_and(|p| p.complete().is_some());
-    if form_check && complete {
+    if form_check
+        && complete
+        && let Some(host) = host
+    {
         let checked = body_method_override(content_type.as_deref(), &data, true);
         stage!(checked.map_err(|why| ambiguous(host, &why)), None);
     }
@@ -346,7 +366,7 @@ async fn stages(
         parts.extensions.insert(forward::CutOff(why));
     }
 
-    if ask {
+    if ask && let Some(host) = host {
         watch.track(d);
         stage!(
             approval(
@@ -441,14 +461,31 @@ fn scan_head(parts: &Parts, conn: &Conn, ctx: &ProxyContext) -> Result<(), Refus
     }
 }
 
-/// Stage 3: the canonical request, or a 400 that says what to change.
-fn canonical(parts: &Parts, host: &HostPolicy) -> Result<CanonicalRequest, Refusal> {
+/// Stage 3: the canonical request, or a 400 that says what to change (a
+/// host observe mode let through without an entry accepts no ambiguity).
+fn canonical(parts: &Parts, host: Option<&HostPolicy>) -> Result<CanonicalRequest, Refusal> {
     let target = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path(), |p| p.as_str());
-    host.canonical(parts.method.as_str(), target, Some(&parts.headers))
-        .map_err(|why| ambiguous(host, &why))
+    match host {
+        Some(host) => host
+            .canonical(parts.method.as_str(), target, Some(&parts.headers))
+            .map_err(|why| ambiguous(host, &why)),
+        None => CanonicalRequest::parse(
+            parts.method.as_str(),
+            target,
+            Some(&parts.headers),
+            crate::policy::Ambiguities::default(),
+        )
+        .map_err(|why| {
+            Refusal::new(
+                Cause::Ambiguous,
+                format!("ambiguous request refused: {why}"),
+            )
+            .field("kind", why.kind())
+        }),
+    }
 }
 
 fn ambiguous(host: &HostPolicy, why: &crate::policy::Ambiguous) -> Refusal {
@@ -674,7 +711,7 @@ async fn approval(
         }
         approval::Outcome::Denied { .. } => Cause::ApprovalDenied,
         approval::Outcome::TimedOut => Cause::ApprovalTimeout,
-        approval::Outcome::NoApprover => Cause::NoApprover,
+        approval::Outcome::NoApprover | approval::Outcome::DeniedInCi => Cause::NoApprover,
     };
     Err(Refusal::new(cause, outcome.reason()))
 }

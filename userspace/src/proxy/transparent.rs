@@ -98,10 +98,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
     // need to wait for a server-first protocol to time out).
     let hopeless = match &resolved {
         Some(name) => matches!(
-            ctx.policy.connection(name, dst.port()),
+            ctx.connection(name, dst.port()),
             ConnectionVerdict::Refuse { .. }
         ),
-        None => !ctx.policy.hosts.iter().any(|h| h.allows_port(dst.port())),
+        None => !ctx.observe && !ctx.policy.hosts.iter().any(|h| h.allows_port(dst.port())),
     };
     if hopeless {
         let reason = match &resolved {
@@ -150,7 +150,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
         (None, Some(resolved)) if !tls => resolved,
         (None, Some(resolved)) => {
             // TLS without SNI: only a pass-through can serve it.
-            let verdict = ctx.policy.connection(&resolved, dst.port());
+            let verdict = ctx.connection(&resolved, dst.port());
             if !matches!(verdict, ConnectionVerdict::PassThrough { .. }) {
                 let reason = "TLS without a server name (SNI) cannot be intercepted";
                 return refuse_tls(
@@ -211,7 +211,7 @@ async fn by_name(
     if exfiltration_in_name(&ctx, &name, port) {
         return;
     }
-    match ctx.policy.connection(&name, port) {
+    match ctx.connection(&name, port) {
         ConnectionVerdict::Refuse { reason } => {
             if tls {
                 refuse_tls(client, &ctx, Cause::NotInPolicy, name, port, &reason).await;

@@ -22,6 +22,42 @@ pub struct AgentEnv<'a> {
     pub explicit_port: u16,
 }
 
+/// What a run changes in its agent's environment: variables it sets
+/// (proxy, trust bundle, placeholders, run id) and variables it removes.
+pub struct Overrides {
+    pub set: Vec<(String, String)>,
+    pub unset: Vec<String>,
+}
+
+/// The run's part of the environment, without the user's identity (for
+/// `enforcer exec`, whose unit already runs as its user).
+pub fn overrides(
+    run_id: &str,
+    policy: &Policy,
+    secrets: &Secrets,
+    trust_env: &[(String, PathBuf)],
+    explicit_port: u16,
+) -> Overrides {
+    let mut unset: Vec<String> = ["ALL_PROXY", "all_proxy"].map(String::from).to_vec();
+    unset.extend(Secrets::hidden_vars(policy));
+    let mut set = Vec::new();
+    let proxy = format!("http://127.0.0.1:{explicit_port}");
+    for k in PROXY_VARS {
+        set.push((k.to_string(), proxy.clone()));
+    }
+    for k in NO_PROXY_VARS {
+        set.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+    }
+    for (k, v) in trust_env {
+        set.push((k.clone(), v.display().to_string()));
+    }
+    set.push(("ENFORCER_RUN_ID".to_string(), run_id.to_string()));
+    for (k, placeholder) in secrets.env() {
+        set.push((k.to_string(), placeholder.to_string()));
+    }
+    Overrides { set, unset }
+}
+
 /// The agent's environment: `base` (the caller's), with the identity of
 /// the target user, the explicit proxy, and the trust bundle that includes
 /// the run's CA; no variable that names a secret keeps its real value.
@@ -29,19 +65,12 @@ pub fn build(
     a: &AgentEnv<'_>,
     base: impl Iterator<Item = (OsString, OsString)>,
 ) -> Vec<(OsString, OsString)> {
-    let ours: std::collections::HashSet<String> = a
-        .trust_env
+    let o = overrides(a.run_id, a.policy, a.secrets, a.trust_env, a.explicit_port);
+    let ours: std::collections::HashSet<&str> = o
+        .set
         .iter()
-        .map(|(k, _)| k.clone())
-        .chain(
-            PROXY_VARS
-                .iter()
-                .chain(NO_PROXY_VARS)
-                .map(|s| s.to_string()),
-        )
-        .chain(["ALL_PROXY", "all_proxy"].map(String::from))
-        // A secret's real value never reaches the agent, whatever it is called.
-        .chain(Secrets::hidden_vars(a.policy))
+        .map(|(k, _)| k.as_str())
+        .chain(o.unset.iter().map(String::as_str))
         .collect();
     let mut env: Vec<(OsString, OsString)> = base
         .filter(|(k, _)| {
@@ -50,23 +79,10 @@ pub fn build(
                 && !ours.contains(k.as_ref())
         })
         .collect();
-    let proxy = format!("http://127.0.0.1:{}", a.explicit_port);
-    for k in PROXY_VARS {
-        env.push((k.into(), proxy.clone().into()));
-    }
-    for k in NO_PROXY_VARS {
-        env.push((k.into(), "localhost,127.0.0.1,::1".into()));
-    }
-    for (k, v) in a.trust_env {
-        env.push((k.into(), v.clone().into()));
-    }
+    env.extend(o.set.into_iter().map(|(k, v)| (k.into(), v.into())));
     env.push(("HOME".into(), a.user.home.clone().into()));
     env.push(("USER".into(), a.user.name.clone().into()));
     env.push(("LOGNAME".into(), a.user.name.clone().into()));
     env.push(("SHELL".into(), a.user.shell.clone().into()));
-    env.push(("ENFORCER_RUN_ID".into(), a.run_id.to_string().into()));
-    for (k, placeholder) in a.secrets.env() {
-        env.push((k.into(), placeholder.into()));
-    }
     env
 }

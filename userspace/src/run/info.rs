@@ -2,13 +2,21 @@
 
 use std::{ffi::OsString, time::Duration};
 
-use crate::{launch::target_user::TargetUser, policy::Policy};
+use crate::policy::Policy;
+
+/// Who started a run and as whom the agent runs.
+pub struct Starter<'a> {
+    /// The person (or unit) who started the run.
+    pub invoking: &'a str,
+    /// The agent's uid.
+    pub uid: u32,
+}
 
 /// What the audit log records about the run at its start.
 pub fn run_info(
     run_id: &str,
     policy: &Policy,
-    user: &TargetUser,
+    starter: &Starter<'_>,
     command: &[OsString],
     cgroup: &std::path::Path,
     ttl: Option<Duration>,
@@ -27,8 +35,8 @@ pub fn run_info(
         name: policy.run.name.clone(),
         policy_path: policy.source.display().to_string(),
         policy_sha256: digest,
-        invoking_user: std::env::var("SUDO_USER").unwrap_or_else(|_| user.name.clone()),
-        uid: user.uid,
+        invoking_user: starter.invoking.to_string(),
+        uid: starter.uid,
         command: command
             .iter()
             .map(|a| a.to_string_lossy().into_owned())

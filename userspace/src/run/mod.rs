@@ -60,6 +60,9 @@ pub struct Run {
     pub audit_db: Option<PathBuf>,
     /// The agent's pid once it runs (for `enforcer status` and revocation).
     pub agent_pid: Arc<AtomicU32>,
+    /// Observe mode: what the policy's rules refuse goes ahead, recorded as
+    /// "would deny" (`proxy::observe`); the kernel boundary is unchanged.
+    pub observe: bool,
 }
 
 impl Run {
@@ -103,6 +106,7 @@ impl Run {
             secrets: Arc::clone(&self.secrets),
             approvals: Arc::clone(&self.approvals),
             spend: Arc::clone(&self.spend),
+            observe: self.observe,
         };
         let ipv6 = listeners.transparent6.is_some();
         tasks.spawn(transparent::serve(listeners.transparent4, ctx.clone()));
@@ -116,6 +120,7 @@ impl Run {
             secrets: Arc::clone(&self.secrets),
             sink: self.sink.clone(),
             ipv6,
+            observe: self.observe,
         };
         tasks.spawn(dns::server::serve_udp(listeners.dns_udp4, dns_ctx.clone()));
         tasks.spawn(dns::server::serve_tcp(listeners.dns_tcp4, dns_ctx.clone()));

@@ -249,6 +249,7 @@ async fn run_with(port: u16, policy: &str, timeout: Duration, small_db: bool) ->
             Duration::from_secs(5),
         )),
         spend: Arc::new(SpendControl::open(&policy, "t", None).unwrap()),
+        observe: false,
     };
     let conn = Conn {
         name: "api.test".into(),

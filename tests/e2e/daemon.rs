@@ -1,0 +1,324 @@
+//! `enforcer daemon` governing a slice of cgroups (made here by hand, as
+//! systemd makes `agents.slice/<unit>.service`): each unit that starts
+//! through `enforcer exec` is decided by its own policy; every other
+//! process in the slice, a root unit, a unit with no mapping and a caller
+//! outside the slice get nothing; while the daemon is down nothing gets out.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use enforcer_e2e::{TestHost, files, leftovers};
+
+/// A daemon governing a slice of its own.
+struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    socket: PathBuf,
+    slice_name: String,
+    slice: PathBuf,
+}
+
+impl Daemon {
+    /// `units`: (unit name pattern, policy TOML).
+    fn start(units: &[(&str, &str)]) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let slice_name = format!(
+            "enft-d{}-{}.slice",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let slice = leftovers::cgroup2_root().join(&slice_name);
+        std::fs::create_dir(&slice).expect("mkdir slice");
+        let mut config = format!(
+            "slice = \"{slice_name}\"\naudit_db = \"{}\"\n",
+            files::audit_db().display()
+        );
+        for (pattern, policy) in units {
+            let p = files::write("unit-policy.toml", policy);
+            config.push_str(&format!(
+                "[[unit]]\nmatch = \"{pattern}\"\npolicy = \"{}\"\n",
+                p.display()
+            ));
+        }
+        let config = files::write("enforcer.toml", &config);
+        let socket = config.with_extension("sock");
+        let mut d = Self {
+            child: None,
+            config,
+            socket,
+            slice_name,
+            slice,
+        };
+        d.restart();
+        d
+    }
+
+    fn restart(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new(files::enforcer())
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        self.child = Some(child);
+        if !leftovers::eventually(20, || self.socket.exists()) {
+            panic!("the daemon did not come up: {}", self.stop());
+        }
+    }
+
+    /// Stops the daemon (SIGTERM) and returns its stderr.
+    fn stop(&mut self) -> String {
+        let Some(child) = self.child.take() else {
+            return String::new();
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("daemon exit");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A unit's cgroup (created on first use).
+    fn unit(&self, name: &str) -> PathBuf {
+        let p = self.slice.join(name);
+        let _ = std::fs::create_dir(&p);
+        p
+    }
+
+    /// Runs `argv` in `cgroup` as `nobody` (or root), optionally through
+    /// `enforcer exec`.
+    fn run_in(&self, cgroup: &Path, user: Option<&str>, exec: bool, argv: &[&str]) -> Output {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && shift && exec \"$@\"")
+            .arg(cgroup)
+            .arg("--");
+        if let Some(u) = user {
+            cmd.args([
+                "setpriv",
+                "--reuid",
+                u,
+                "--regid",
+                "nogroup",
+                "--clear-groups",
+            ]);
+        }
+        if exec {
+            cmd.arg(files::enforcer())
+                .arg("exec")
+                .arg("--socket")
+                .arg(&self.socket)
+                .arg("--");
+        }
+        cmd.args(argv);
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let out = child.wait_with_output().expect("wait");
+        assert!(Instant::now() < deadline, "timed out");
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // Units first (cgroup.kill covers each subtree), then the slice.
+        for entry in std::fs::read_dir(&self.slice)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
+                leftovers::eventually(5, || std::fs::remove_dir(entry.path()).is_ok());
+            }
+        }
+        leftovers::eventually(5, || std::fs::remove_dir(&self.slice).is_ok());
+        // What a stopped daemon leaves on purpose (its programs stay
+        // attached so that the slice reaches nothing): ours go too.
+        let pins = Path::new("/sys/fs/bpf/enforcer");
+        // bpffs refuses dots in names: the daemon writes them as `_`.
+        let prefix = format!("daemon-{}-", self.slice_name.replace('.', "_"));
+        for entry in std::fs::read_dir(pins).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                for f in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_file(f.path());
+                }
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(pins);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn allow_tcp(host: &TestHost) -> String {
+    format!(
+        "[run]\nname = \"allowed\"\n[[tcp]]\nhost = \"{}\"\nport = {}\n",
+        host.v4, host.tcp_port
+    )
+}
+
+const DENY_ALL: &str = "[run]\nname = \"deny-all\"\n";
+
+#[test]
+fn each_unit_is_decided_by_its_own_policy() {
+    let host = TestHost::new();
+    let d = Daemon::start(&[
+        ("a-*.service", &allow_tcp(&host)),
+        ("b-*.service", DENY_ALL),
+    ]);
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "hi"];
+    let a = d.run_in(&d.unit("a-1.service"), Some("nobody"), true, &argv);
+    assert!(
+        stdout(&a).starts_with("ok peer") && stdout(&a).contains("vendor-echo hi"),
+        "{a:?}"
+    );
+    let b = d.run_in(&d.unit("b-1.service"), Some("nobody"), true, &argv);
+    assert!(stdout(&b).starts_with("err"), "{b:?}");
+    assert_eq!(
+        host.counters.snapshot().0,
+        1,
+        "only unit a's connection arrived"
+    );
+    // DNS of a unit is answered by enforcer, for its own policy.
+    let dns = format!("{}:53", host.v4);
+    let q = d.run_in(
+        &d.unit("b-2.service"),
+        Some("nobody"),
+        true,
+        &[
+            probe.to_str().expect("utf-8"),
+            "dns-udp",
+            &dns,
+            "vendor.test",
+        ],
+    );
+    assert!(stdout(&q).starts_with("ok from"), "{q:?}");
+    let log = {
+        let mut d = d;
+        d.stop()
+    };
+    assert!(log.contains("started for a-1.service"), "{log}");
+    assert!(log.contains("started for b-1.service"), "{log}");
+}
+
+#[test]
+fn nothing_in_the_slice_reaches_out_without_a_run_of_its_own() {
+    let host = TestHost::new();
+    let d = Daemon::start(&[("a-*.service", &allow_tcp(&host))]);
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let tcp = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let dns_target = format!("{}:53", host.v4);
+    let dns = [
+        probe.to_str().expect("utf-8"),
+        "dns-udp",
+        &dns_target,
+        "vendor.test",
+    ];
+    // A process of a mapped unit that did not come through exec.
+    for argv in [&tcp[..], &dns[..]] {
+        let o = d.run_in(&d.unit("a-plain.service"), Some("nobody"), false, argv);
+        assert!(stdout(&o).starts_with("err EPERM"), "{o:?}");
+    }
+    // A unit no [[unit]] entry maps.
+    let o = d.run_in(&d.unit("other.service"), Some("nobody"), true, &tcp);
+    assert!(
+        stderr(&o).contains("no [[unit]] entry matches other.service"),
+        "{o:?}"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    // A root unit.
+    let o = d.run_in(&d.unit("a-root.service"), None, true, &tcp);
+    assert!(stderr(&o).contains("must not run as root"), "{o:?}");
+    // A cgroup below a unit's is not a unit.
+    let nested = d.unit("a-2.service").join("sub");
+    std::fs::create_dir(&nested).expect("mkdir nested");
+    let o = d.run_in(&nested, Some("nobody"), true, &tcp);
+    assert!(stderr(&o).contains("is not a unit"), "{o:?}");
+    let o = d.run_in(&nested, Some("nobody"), false, &tcp);
+    assert!(stdout(&o).starts_with("err EPERM"), "{o:?}");
+    std::fs::remove_dir(&nested).expect("rmdir nested");
+    // A caller outside the slice asking for a run.
+    let outside = leftovers::cgroup2_root().join(format!("enft-outside-{}", std::process::id()));
+    std::fs::create_dir(&outside).expect("mkdir outside");
+    let o = d.run_in(&outside, Some("nobody"), true, &tcp);
+    let _ = std::fs::remove_dir(&outside);
+    assert!(stderr(&o).contains("is not in the governed slice"), "{o:?}");
+    // A run's agent cannot ask for another run: its seccomp filter refuses
+    // unix sockets (the policy lists none), the daemon's included.
+    let o = d.run_in(
+        &d.unit("a-3.service"),
+        Some("nobody"),
+        true,
+        &[
+            files::enforcer().to_str().expect("utf-8"),
+            "exec",
+            "--socket",
+            d.socket.to_str().expect("utf-8"),
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("cannot reach the enforcer daemon")
+            && stderr(&o).contains("Function not implemented"),
+        "{o:?}"
+    );
+    host.assert_untouched("nothing without a run");
+}
+
+#[test]
+fn while_the_daemon_is_down_nothing_gets_out_and_units_start_again_after() {
+    let host = TestHost::new();
+    let mut d = Daemon::start(&[("a-*.service", &allow_tcp(&host))]);
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let unit = d.unit("a-1.service");
+    let o = d.run_in(&unit, Some("nobody"), true, &argv);
+    assert!(stdout(&o).starts_with("ok peer"), "{o:?}");
+    let log = d.stop();
+    assert!(log.contains("daemon governing"), "{log}");
+    // Down: the programs stay attached with no run filed.
+    let o = d.run_in(&unit, Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("err EPERM"), "down: {o:?}");
+    let o = d.run_in(&unit, Some("nobody"), true, &argv);
+    assert!(
+        stderr(&o).contains("cannot reach the enforcer daemon"),
+        "{o:?}"
+    );
+    d.restart();
+    let o = d.run_in(&unit, Some("nobody"), true, &argv);
+    assert!(stdout(&o).starts_with("ok peer"), "after restart: {o:?}");
+    assert_eq!(
+        host.counters.snapshot().0,
+        2,
+        "the two runs' connections, no more"
+    );
+}

@@ -1,0 +1,113 @@
+//! `enforcer exec -- cmd`: the entry point of an agent unit. It asks the
+//! daemon for a run for its own cgroup (the daemon learns who asks from the
+//! kernel), takes the run's environment, installs the same seccomp filter
+//! as `launch`'s child and execs the command. Nothing it sends is trusted.
+
+use std::{
+    ffi::{CString, OsString},
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{ffi::OsStrExt as _, net::UnixStream},
+    path::Path,
+};
+
+use super::protocol::{ExecReply, ExecRequest, Started};
+use crate::launch::seccomp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot reach the enforcer daemon at {path}: {source} (is enforcer.service running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the enforcer daemon failed: {0}")]
+    Protocol(String),
+    #[error("the enforcer daemon refused to start a run: {0}")]
+    Refused(String),
+    #[error("cannot confine the process: {0}")]
+    Confine(String),
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no command given (enforcer exec -- COMMAND ...)")]
+    NoCommand,
+}
+
+/// Asks the daemon at `socket` for a run, confines this process and execs
+/// `command`. Returns only on failure.
+pub fn exec(socket: &Path, label: Option<String>, command: &[OsString]) -> ExecError {
+    match prepare(socket, label, command) {
+        Ok(e) | Err(e) => e,
+    }
+}
+
+fn prepare(
+    socket: &Path,
+    label: Option<String>,
+    command: &[OsString],
+) -> Result<ExecError, ExecError> {
+    let (program, _) = command.split_first().ok_or(ExecError::NoCommand)?;
+    let started = ask(socket, label)?;
+    for k in &started.unset {
+        // SAFETY: single-threaded at this point (no runtime, no threads).
+        unsafe { std::env::remove_var(k) };
+    }
+    for (k, v) in &started.set {
+        // SAFETY: as above.
+        unsafe { std::env::set_var(k, v) };
+    }
+    confine(&started)?;
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|e| ExecError::Protocol(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let err = nix::unistd::execvp(&argv[0], &argv).err();
+    Ok(ExecError::Exec {
+        program: program.to_string_lossy().into_owned(),
+        source: err.map_or_else(std::io::Error::last_os_error, Into::into),
+    })
+}
+
+fn ask(socket: &Path, label: Option<String>) -> Result<Started, ExecError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ExecError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let mut line = serde_json::to_string(&ExecRequest { label })
+        .map_err(|e| ExecError::Protocol(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| ExecError::Protocol(e.to_string()))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| ExecError::Protocol(e.to_string()))?;
+    match serde_json::from_str::<ExecReply>(&reply) {
+        Ok(ExecReply::Started(s)) => Ok(s),
+        Ok(ExecReply::Refused { reason }) => Err(ExecError::Refused(reason)),
+        Err(e) => Err(ExecError::Protocol(format!("unreadable reply: {e}"))),
+    }
+}
+
+/// no_new_privs, then the seccomp filter launch's child gets (no unix
+/// sockets: exec'd runs cannot list any yet).
+fn confine(started: &Started) -> Result<(), ExecError> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| ExecError::Confine(e.to_string()))?;
+    let filter = seccomp::build(seccomp::FilterOptions {
+        unix_sockets: false,
+        user_namespaces: started.user_namespaces,
+    });
+    // SAFETY: no_new_privs is set; the filter is a valid program.
+    let listener = unsafe { seccomp::install(&filter) }
+        .map_err(|errno| ExecError::Confine(format!("seccomp: errno {errno}")))?;
+    // Nobody supervises this run's notifications yet: without a listener
+    // they fail (ENOSYS), which refuses them.
+    // SAFETY: the descriptor is ours.
+    unsafe { libc::close(listener) };
+    Ok(())
+}

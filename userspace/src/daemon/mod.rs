@@ -1,0 +1,410 @@
+//! `enforcer daemon`: one process that governs every agent unit in a
+//! systemd slice. Its programs are attached once to the slice's cgroup; each
+//! unit that starts through `enforcer exec` gets a run of its own (see
+//! `crate::run`), decided by the policy its unit name maps to. A cgroup in
+//! the slice without a run reaches nothing.
+
+pub mod config;
+pub mod exec;
+pub mod peer;
+pub mod protocol;
+pub mod unit_run;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+
+use self::{
+    config::DaemonConfig,
+    protocol::{ExecReply, ExecRequest},
+    unit_run::UnitRun,
+};
+use crate::{
+    audit::AuditWriter,
+    decision::LogMode,
+    kernel::{Enforcement, bpffs, cgroup, events::KernelEvent, loader::LoadError},
+    policy::PolicyError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] PolicyError),
+    #[error("enforcer daemon must run as root (it attaches kernel programs)")]
+    NotRoot,
+    #[error(
+        "the slice's cgroup {0} does not exist (start the slice first: systemctl start agents.slice)"
+    )]
+    NoSlice(PathBuf),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Peer(#[from] peer::PeerError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Bpffs(#[from] bpffs::BpffsError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Resolve(#[from] crate::dns::ResolveError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Spend(#[from] crate::spend::SpendError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error("cannot bind a run's listeners: {0}")]
+    Listeners(#[source] std::io::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Io { context, source }
+}
+
+/// How the daemon was asked to run.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub resolve: Vec<String>,
+    pub upstream_ca: Vec<PathBuf>,
+    pub upstream_timeout: Duration,
+    pub approval_timeout: Duration,
+    pub log_json: bool,
+    /// Where the daemon's socket is bound.
+    pub socket: PathBuf,
+}
+
+/// What every unit's run is started with.
+pub struct Shared {
+    pub config: DaemonConfig,
+    pub cgroup_root: PathBuf,
+    pub enforcement: Enforcement,
+    pub audit: Option<AuditWriter>,
+    pub audit_db: Option<PathBuf>,
+    pub resolve: Vec<String>,
+    pub upstream_dns: Vec<SocketAddr>,
+    pub upstream_tls: rustls::ClientConfig,
+    pub upstream_timeout: Duration,
+    pub approval_timeout: Duration,
+    pub log_mode: LogMode,
+}
+
+/// Live runs by cgroup id.
+type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
+
+/// The same runs, for the kernel's refusal reports (read without waiting
+/// on a run that is starting).
+type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let config = DaemonConfig::load(&opts.config)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let cgroup_root = cgroup::cgroup2_mount()?;
+    let slice_dir = cgroup_root.join(&config.slice);
+    let slice =
+        std::fs::File::open(&slice_dir).map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
+    let upstream_dns = crate::dns::config::upstreams(&[]).unwrap_or_default();
+    let upstream_tls =
+        crate::tls::upstream::client_config(crate::tls::upstream::root_store(&opts.upstream_ca)?)?;
+    // Every run is audited: a daemon whose log cannot be written does not start.
+    let audit_db = Some(config.audit_db.clone());
+    let store = Some(crate::audit::AuditStore::open(&config.audit_db)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("enforcer-daemon")
+        .build()
+        .map_err(io_err("cannot start the async runtime"))?;
+    let bpf_root = bpffs::ensure_mounted()?;
+    let pin_prefix = pin_prefix(&config.slice);
+    let pin_name = format!("{pin_prefix}{}", crate::runid::new_run_id());
+    let pins = bpffs::PinDir::create(&bpf_root, &pin_name)?;
+    // Attached before an older daemon's programs are removed: in between,
+    // both refuse everything in the slice (neither has a run for it).
+    let mut enforcement = Enforcement::attach(std::os::fd::AsFd::as_fd(&slice), pins)?;
+    remove_older_daemons(&bpf_root, &pin_prefix, &pin_name);
+    let ring = enforcement.take_events()?;
+    let shared = Arc::new(Shared {
+        config,
+        cgroup_root,
+        enforcement,
+        audit: store.map(crate::audit::AuditStore::writer),
+        audit_db,
+        resolve: opts.resolve.clone(),
+        upstream_dns,
+        upstream_tls,
+        upstream_timeout: opts.upstream_timeout,
+        approval_timeout: opts.approval_timeout,
+        log_mode: if opts.log_json {
+            LogMode::Json
+        } else {
+            LogMode::Human { verbose: false }
+        },
+    });
+    runtime.block_on(serve(Arc::clone(&shared), ring, &opts.socket))?;
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    // Programs and maps stay attached and pinned with no run filed: while
+    // no daemon runs, the slice reaches nothing.
+    match Arc::try_unwrap(shared) {
+        Ok(s) => s.enforcement.keep_pinned(),
+        Err(_) => tracing::warn!("daemon state still shared at exit; pins stay"),
+    }
+    Ok(())
+}
+
+/// The start of the pin directory names of daemons governing `slice`
+/// (bpffs refuses dots in names).
+pub fn pin_prefix(slice: &Path) -> String {
+    let flat: String = slice
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("daemon-{flat}-")
+}
+
+/// Unpins the programs of earlier daemons of the same slice (this one's
+/// are attached).
+fn remove_older_daemons(bpf_root: &Path, prefix: &str, ours: &str) {
+    let parent = bpf_root.join(bpffs::PINS_DIR);
+    for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix)
+            && name != ours
+            && let Err(e) = bpffs::remove_pins(&entry.path())
+        {
+            crate::say!(
+                Warn,
+                "enforcer: cannot remove an earlier daemon's pins {name}: {e}"
+            );
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    socket: &Path,
+) -> Result<(), DaemonError> {
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("cannot create the socket's directory"))?;
+    }
+    let listener = UnixListener::bind(socket).map_err(io_err("cannot bind the daemon socket"))?;
+    // Anyone may ask; the kernel says who asked.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(io_err("cannot open the daemon socket to units"))?;
+    let runs: Runs = Arc::default();
+    let directory: Directory = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(route_events(ring, Arc::clone(&directory)));
+    tasks.spawn(reap(
+        Arc::clone(&shared),
+        Arc::clone(&runs),
+        Arc::clone(&directory),
+    ));
+    crate::say!(
+        Info,
+        "enforcer: daemon governing {} ({} unit mapping(s)), socket {}",
+        shared.config.slice.display(),
+        shared.config.units.len(),
+        socket.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io_err("cannot install signal handlers"))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    let runs = Arc::clone(&runs);
+                    let directory = Arc::clone(&directory);
+                    tokio::spawn(async move { answer(stream, shared, runs, directory).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on the daemon socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tasks.abort_all();
+    let _ = std::fs::remove_file(socket);
+    let live: Vec<UnitRun> = runs.lock().await.drain().map(|(_, r)| r).collect();
+    for r in live {
+        crate::say!(
+            Warn,
+            "enforcer: daemon stopping: run {} of {} revoked; its unit reaches nothing until it restarts",
+            r.run.id,
+            r.unit
+        );
+        unit_run::end(&shared, r, -1).await;
+    }
+    Ok(())
+}
+
+/// One `enforcer exec` request.
+async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: Directory) {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let who = peer::identify(&std_stream);
+    let Ok(stream) = UnixStream::from_std(std_stream) else {
+        return;
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(64 * 1024));
+    let reply = match reader.read_line(&mut line).await {
+        Ok(_) => match serde_json::from_str::<ExecRequest>(&line) {
+            Ok(req) => match who {
+                Ok(p) => start_for(&shared, &runs, &directory, p, req).await,
+                Err(e) => refused(e.to_string()),
+            },
+            Err(e) => refused(format!("not an exec request: {e}")),
+        },
+        Err(e) => refused(format!("cannot read the request: {e}")),
+    };
+    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+fn refused(reason: String) -> ExecReply {
+    crate::say!(Warn, "enforcer: exec refused: {reason}");
+    ExecReply::Refused { reason }
+}
+
+async fn start_for(
+    shared: &Shared,
+    runs: &Runs,
+    directory: &Directory,
+    p: peer::Peer,
+    req: ExecRequest,
+) -> ExecReply {
+    if p.uid == 0 {
+        return refused(format!(
+            "process {} runs as root: agent units must not run as root (root can detach the programs); set User= or DynamicUser=yes",
+            p.pid
+        ));
+    }
+    let unit = match peer::unit_of(&p.cgroup, &shared.config.slice) {
+        Ok(u) => u,
+        Err(e) => return refused(e.to_string()),
+    };
+    let cgroup_id = match std::fs::metadata(shared.cgroup_root.join(&p.cgroup)) {
+        Ok(m) => m.ino(),
+        Err(e) => return refused(format!("cannot read the cgroup of {unit}: {e}")),
+    };
+    let mut live = runs.lock().await;
+    if let Some(r) = live.get(&cgroup_id) {
+        return refused(format!("{unit} already has run {}", r.run.id));
+    }
+    match unit_run::start(shared, &p, &unit, cgroup_id, req.label).await {
+        Ok((r, started)) => {
+            crate::say!(
+                Info,
+                "enforcer: run {} started for {unit} (uid {}), policy {}",
+                started.run_id,
+                p.uid,
+                r.run.policy.source.display()
+            );
+            directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cgroup_id, Arc::clone(&r.run));
+            live.insert(cgroup_id, r);
+            ExecReply::Started(started)
+        }
+        Err(e) => refused(format!("{unit}: {e}")),
+    }
+}
+
+/// Routes each kernel refusal to the run of the cgroup it came from; a
+/// refusal in a cgroup without a run is the daemon's to report.
+async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: Directory) {
+    let record = move |e: KernelEvent| {
+        let run = directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&e.cgroup)
+            .cloned();
+        if let Some(run) = run {
+            (run.kernel_recorder())(e);
+            return;
+        }
+        crate::say!(
+            Warn,
+            "enforcer: refused in a cgroup without a run (id {}): pid {} ({}) {}",
+            e.cgroup,
+            e.pid,
+            e.comm,
+            e.destination()
+        );
+    };
+    if let Err(e) = crate::kernel::events::pump(ring, record).await {
+        tracing::warn!("reading kernel refusal reports failed: {e}");
+    }
+}
+
+/// Ends the runs whose unit's cgroup is empty or gone.
+async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ended: Vec<UnitRun> = {
+            let mut live = runs.lock().await;
+            let gone: Vec<u64> = live
+                .iter()
+                .filter(|(_, r)| !populated(&shared.cgroup_root.join(&r.cgroup)))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut dir = directory.write().unwrap_or_else(|e| e.into_inner());
+            for id in &gone {
+                dir.remove(id);
+            }
+            gone.into_iter().filter_map(|id| live.remove(&id)).collect()
+        };
+        for r in ended {
+            unit_run::end(&shared, r, 0).await;
+        }
+    }
+}
+
+fn populated(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+}
