@@ -298,3 +298,78 @@ fn a_second_merchant_cannot_be_smuggled_past_the_scope() {
     assert_eq!(unmet, 15, "{rows:?}");
     leftovers::assert_run_gone(&run);
 }
+
+/// What a fake vendor received once proved that an agent could make the
+/// proxy drop a checked header (`Connection: Stripe-Account` is hop-by-hop
+/// stripping of the scope), or hide a second account where a framework
+/// reads it (a second Content-Type, brackets PHP or Rack read as the same
+/// name, a `;` Rack 2 splits on). All of it is refused before the vendor
+/// sees a byte; a plain `Connection: keep-alive` still goes through.
+/// (Connection headers are HTTP/1 only: curl drops them over HTTP/2.)
+#[test]
+fn no_header_trick_or_field_spelling_gets_a_second_merchant_through() {
+    let w = VendorWorld::new();
+    let pi = "https://api.vendor.test/v1/payment_intents";
+    let cust = "https://api.vendor.test/v1/customers";
+    let pay_args = "-d amount=100 -d currency=usd";
+    let script = [
+        call(
+            "connection-scope",
+            &format!("--http1.1 -H 'Stripe-Account: acct_1' -H 'Connection: Stripe-Account' {pay_args} {pi}"),
+        ),
+        call(
+            "connection-lower",
+            &format!("--http1.1 -H 'Stripe-Account: acct_1' -H 'Connection: stripe-account' {pay_args} {pi}"),
+        ),
+        call(
+            "connection-content-type",
+            &format!("--http1.1 -H 'Connection: Content-Type' -d account=acct_1 {cust}"),
+        ),
+        call(
+            "content-type-twice",
+            &format!(
+                "-H 'Content-Type: application/x-www-form-urlencoded' -H 'Content-Type: application/json' -d account=acct_1 {cust}"
+            ),
+        ),
+        call("form-bracket-tail", &format!("-d account=acct_1 -d 'account]=acct_3' {cust}")),
+        call("form-bracket-around", &format!("-d account=acct_1 -d '[account]=acct_3' {cust}")),
+        call(
+            "form-semicolon",
+            &format!("-d 'account=acct_1&x=1;account=acct_3' {cust}"),
+        ),
+        call(
+            "keep-alive-ok",
+            &format!("--http1.1 -H 'Connection: keep-alive' -d account=acct_1 {cust}"),
+        ),
+    ]
+    .join("; ");
+    let out = w
+        .launch(POLICY, &["/bin/sh", "-c", &script])
+        .flag("--approver")
+        .flag("none")
+        .run();
+    out.assert_clean();
+    let got: Vec<&str> = out.stdout.lines().collect();
+    let want = [
+        "connection-scope 400",
+        "connection-lower 400",
+        "connection-content-type 400",
+        "content-type-twice 400",
+        "form-bracket-tail 403",
+        "form-bracket-around 403",
+        "form-semicolon 403",
+        "keep-alive-ok 200",
+    ];
+    assert_eq!(got, want, "{}", out.stderr);
+    assert_eq!(w.vendor.count("POST", "/v1/payment_intents"), 0);
+    assert_eq!(w.vendor.count("POST", "/v1/customers"), 1);
+    for s in w.vendor.seen() {
+        let body = String::from_utf8_lossy(&s.body_sample);
+        assert!(!body.contains("acct_3"), "{body}");
+    }
+    let run = out.run_id.expect("run id");
+    let rows = causes(&run);
+    let ambiguous = rows.iter().filter(|(_, c)| c == "ambiguous").count();
+    assert_eq!(ambiguous, 4, "{rows:?}");
+    leftovers::assert_run_gone(&run);
+}

@@ -105,6 +105,15 @@ pub enum Ambiguous {
     )]
     MethodOverrideParam(String),
 
+    #[error(
+        "the Connection header names `{0}`: the proxy would drop that header after the policy checked it; Connection may list only close, keep-alive, upgrade, te and http2-settings"
+    )]
+    ConnectionOption(String),
+    #[error(
+        "the request has more than one Content-Type header; servers disagree about which one counts: send one"
+    )]
+    RepeatedContentType,
+
     #[error("the request target is not a path starting with `/`")]
     NotOriginForm,
     #[error("the path contains `\\` or `%5C`, which some servers treat as `/`")]
@@ -147,6 +156,8 @@ impl Ambiguous {
             Self::MethodCase(_) => "method-case",
             Self::MethodToken(_) => "method-token",
             Self::MethodOverrideHeader(_) | Self::MethodOverrideParam(_) => "method-override",
+            Self::ConnectionOption(_) => "connection-header",
+            Self::RepeatedContentType => "content-type",
             Self::NotOriginForm => "not-origin-form",
             Self::Backslash => "backslash",
             Self::EncodedSlash => "encoded-slash",
@@ -206,10 +217,18 @@ impl CanonicalRequest {
         allow: Ambiguities,
     ) -> Result<Self, Ambiguous> {
         let method = canonical_method(method)?;
-        if let Some(h) = headers
-            && let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|n| h.contains_key(**n))
-        {
-            return Err(Ambiguous::MethodOverrideHeader((*name).to_string()));
+        if let Some(h) = headers {
+            if let Some(name) = METHOD_OVERRIDE_HEADERS.iter().find(|n| h.contains_key(**n)) {
+                return Err(Ambiguous::MethodOverrideHeader((*name).to_string()));
+            }
+            check_connection(h)?;
+            if h.get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+            {
+                return Err(Ambiguous::RepeatedContentType);
+            }
         }
         let (raw_path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -219,7 +238,7 @@ impl CanonicalRequest {
             return Err(Ambiguous::RawCharacter);
         }
         if let Some(q) = query
-            && let Some(p) = url::form_urlencoded::parse(q.as_bytes())
+            && let Some(p) = url::form_urlencoded::parse(&semicolons_as_ampersands(q.as_bytes()))
                 .map(|(k, _)| normalized_field(&k))
                 .find(|k| {
                     METHOD_OVERRIDE_PARAMS
@@ -267,14 +286,70 @@ impl CanonicalRequest {
     }
 }
 
+/// What a `Connection` header may list: the connection's own options.
+/// Anything else names a header the proxy would remove as hop-by-hop after
+/// the policy checked it (`Connection: Stripe-Account`). `te` is there for
+/// `curl --tr-encoding`, `http2-settings` for `curl --http2` to an
+/// `http://` URL (an h2c upgrade); neither header is ever forwarded, and
+/// `require` cannot name them.
+const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "upgrade", "te", "http2-settings"];
+
+/// Every `Connection` line lists only [`CONNECTION_OPTIONS`] (any case).
+fn check_connection(headers: &HeaderMap) -> Result<(), Ambiguous> {
+    for line in headers.get_all(http::header::CONNECTION) {
+        let text = String::from_utf8_lossy(line.as_bytes());
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !CONNECTION_OPTIONS
+                .iter()
+                .any(|o| token.eq_ignore_ascii_case(o))
+            {
+                let shown: String = token.chars().take(64).collect();
+                return Err(Ambiguous::ConnectionOption(
+                    shown.to_ascii_lowercase().escape_default().to_string(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a field name has `[` or `]` anywhere but in the one form every
+/// framework reads alike (`name`, `name[]`, `name[a][b]`). Others differ:
+/// PHP reads an unmatched `[` as `_` (`unit[amount` is `unit_amount`),
+/// Rack 2 reads `amount]`, `[amount]` and `]amount` as `amount`.
+pub fn malformed_brackets(key: &str) -> bool {
+    let Some(open) = key.find(['[', ']']) else {
+        return false;
+    };
+    if open == 0 {
+        return true;
+    }
+    let mut rest = &key[open..];
+    while !rest.is_empty() {
+        let Some(inner) = rest.strip_prefix('[') else {
+            return true;
+        };
+        let Some(close) = inner.find(['[', ']']) else {
+            return true;
+        };
+        if inner.as_bytes()[close] != b']' {
+            return true;
+        }
+        rest = &inner[close + 1..];
+    }
+    false
+}
+
 /// A form field name as frameworks read it: PHP drops leading spaces, cuts
 /// at NUL and reads ` ` and `.` as `_`; PHP, Rails and others read
-/// `name[]`/`name[x]` as `name`. Two names that give the same result are
-/// the same field to some server.
+/// `name[]`/`name[x]` as `name`, Rack 2 also `[name]`, `]name` and `name]`.
+/// Two names that give the same result are the same field to some server
+/// (and see [`malformed_brackets`] for what PHP makes of a lone `[`).
 pub fn normalized_field(key: &str) -> String {
     let key = key.split('\0').next().unwrap_or_default();
     let key = key.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    let base = key.split('[').next().unwrap_or_default();
+    let key = key.trim_start_matches(['[', ']']);
+    let base = key.split(['[', ']']).next().unwrap_or_default();
     base.chars()
         .map(|c| if c == ' ' || c == '.' { '_' } else { c })
         .collect()
@@ -298,7 +373,7 @@ pub fn body_method_override(
             // The caller watches the rest as it streams.
             return Ok(());
         }
-        return match url::form_urlencoded::parse(body)
+        return match url::form_urlencoded::parse(&semicolons_as_ampersands(body))
             .map(|(k, _)| normalized_field(&k))
             .find(|k| {
                 METHOD_OVERRIDE_PARAMS
@@ -313,6 +388,14 @@ pub fn body_method_override(
         return Err(Ambiguous::MethodOverrideParam("_method".into()));
     }
     Ok(())
+}
+
+/// Form or query text with `;` read as a separator too (Rack 2, older
+/// Python and Go split fields on it).
+pub fn semicolons_as_ampersands(raw: &[u8]) -> Vec<u8> {
+    raw.iter()
+        .map(|b| if *b == b';' { b'&' } else { *b })
+        .collect()
 }
 
 /// Whether a multipart body (or its start) has a part named `_method`.
@@ -507,6 +590,8 @@ mod tests {
             ("GET", "*", "not-origin-form"),
             ("GET", "http://x/", "not-origin-form"),
             ("POST", "/v1/refunds?_method=DELETE", "method-override"),
+            ("POST", "/v1/refunds?[_method]=DELETE", "method-override"),
+            ("POST", "/v1/refunds?a=1;_method=DELETE", "method-override"),
         ] {
             assert_eq!(kind(method, target), want, "{method} {target}");
         }
@@ -516,6 +601,60 @@ mod tests {
             CanonicalRequest::parse("POST", "/v1/x", Some(&h), Ambiguities::default()).unwrap_err();
         assert_eq!(e.kind(), "method-override");
         assert!(e.to_string().contains("x-http-method-override"), "{e}");
+    }
+
+    fn with_headers(list: &[(&str, &str)]) -> Result<CanonicalRequest, Ambiguous> {
+        let mut h = HeaderMap::new();
+        for (k, v) in list {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        CanonicalRequest::parse("POST", "/v1/charges", Some(&h), Ambiguities::ALL)
+    }
+
+    /// A `Connection` header naming an end-to-end header would make the
+    /// proxy drop it after the policy checked it (`Stripe-Account`,
+    /// `Content-Type`): only the connection's own options pass.
+    #[test]
+    fn connection_may_name_only_the_connections_own_options() {
+        for ok in [
+            vec![("Connection", "close")],
+            vec![("Connection", "keep-alive")],
+            vec![("Connection", "Upgrade")],
+            vec![("Connection", "keep-alive, Upgrade")],
+            vec![("Connection", "Keep-Alive"), ("Connection", "TE")],
+            vec![("Connection", "Upgrade, HTTP2-Settings")],
+            vec![],
+        ] {
+            assert!(with_headers(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            vec![("Connection", "Stripe-Account")],
+            vec![("Connection", "stripe-account")],
+            vec![("Connection", "close, Content-Type")],
+            vec![("Connection", "close"), ("Connection", "Content-Type")],
+            vec![("Connection", "keep-alive,,x-api-key")],
+        ] {
+            let e = with_headers(&bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.kind(), "connection-header", "{bad:?}");
+            assert_eq!(e.opt_in(), None);
+        }
+        let e = with_headers(&[("Connection", "Stripe-Account")]).unwrap_err();
+        assert!(e.to_string().contains("stripe-account"), "{e}");
+    }
+
+    /// Servers disagree on which of two Content-Type lines counts.
+    #[test]
+    fn a_second_content_type_is_refused() {
+        let e = with_headers(&[
+            ("Content-Type", "application/json"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), "content-type");
+        assert!(with_headers(&[("Content-Type", "application/json")]).is_ok());
     }
 
     #[test]
@@ -559,6 +698,10 @@ mod tests {
             "a=1&%5Fmethod=DELETE",
             "+_method=DELETE",
             "_method[]=DELETE",
+            "[_method]=DELETE",
+            "_method]=DELETE",
+            "]_method=DELETE",
+            "a=1;_method=DELETE",
         ] {
             let e = body_method_override(form, body.as_bytes(), true).unwrap_err();
             assert_eq!(e.kind(), "method-override", "{body}");

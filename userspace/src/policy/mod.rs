@@ -42,7 +42,8 @@ use std::time::Duration;
 pub use amounts::AmountLimits;
 pub use canonical::{
     AMBIGUITY_NAMES, Ambiguities, Ambiguous, CanonicalRequest, MULTIPART_OVERRIDE_NAMES,
-    body_method_override, multipart_names_override, normalized_field,
+    body_method_override, malformed_brackets, multipart_names_override, normalized_field,
+    semicolons_as_ampersands,
 };
 pub use cost::{CostCurrency, CostRule, CostSource};
 pub use decide::{ConnectionVerdict, RequestVerdict, RuleRef};

@@ -292,6 +292,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "trailer",
     "upgrade",
     "proxy-authorization",
+    "proxy-connection",
+    "proxy-authenticate",
+    "http2-settings",
 ];
 
 /// Validates `require = { ... }` and `unmet`.
@@ -631,6 +634,34 @@ name = "api.stripe.com"
             (
                 &ok_header,
                 "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&customer]=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1&[customer]=x_2",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents?customer%5B=x_2",
+                FORM,
+                "customer=cus_1",
+                "also spelled",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
+                FORM,
+                "customer=cus_1;customer=x_2",
+                "`;`",
+            ),
+            (
+                &ok_header,
+                "/v1/payment_intents",
                 Some("application/json"),
                 r#"{"customer":"cus_1"}"#,
                 "Content-Type",
@@ -713,6 +744,21 @@ name = "api.resend.com"
                 "/emails",
                 r#"{"from":"a@example.com","team":"t1"}"#,
                 "form body",
+            ),
+            (
+                "/emails?team=t1;team=t2",
+                r#"{"from":"a@example.com"}"#,
+                "`;`",
+            ),
+            (
+                "/emails?team=t1",
+                r#"{"from":"a@example.com","From":"b@evil.com"}"#,
+                "2 times",
+            ),
+            (
+                "/emails?team=t1&[from]=b@evil.com",
+                r#"{"from":"a@example.com"}"#,
+                "query parameter",
             ),
             (
                 "/emails?team=t1&team=t2",

@@ -103,7 +103,8 @@ impl FormKeys {
     /// (then it is skipped), or it is padding that a framework strips.
     fn long_key(&mut self) -> Option<String> {
         let decoded = Self::decoded(&self.key);
-        let meaningful = decoded.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let meaningful =
+            decoded.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '[' || c == ']');
         let lower = meaningful.to_ascii_lowercase();
         if meaningful.is_empty() || lower.starts_with(&self.name.to_ascii_lowercase()) {
             return Some(format!(
@@ -121,7 +122,8 @@ impl Detector for FormKeys {
     fn feed(&mut self, chunk: &[u8]) -> Option<String> {
         for &b in chunk {
             match (self.in_value, b) {
-                (_, b'&') => {
+                // Rack 2 splits form fields on `;` too.
+                (_, b'&' | b';') => {
                     if !self.in_value
                         && let Some(why) = self.check()
                     {
@@ -266,11 +268,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_form_field_read_as_method_anywhere_cuts_the_body() {
-        let cases: [&[&'static [u8]]; 4] = [
+        let cases: [&[&'static [u8]]; 7] = [
             &[b"a=1&_meth", b"od=DELETE"],
             &[b"a=1&%5F", b"method=DELETE&b=2"],
             &[b"a=1&+_method"],
             &[b"_method[]=x"],
+            // Rack 2 splits on `;` and reads `[_method]`, `_method]` as `_method`.
+            &[b"a=1;_method=DELETE"],
+            &[b"a=1&[_met", b"hod]=DELETE"],
+            &[b"_method]=DELETE"],
         ];
         for parts in cases {
             let (w, why) = Watch::new(chunks(parts), Box::new(FormKeys::new("_method")));
@@ -288,6 +294,12 @@ mod tests {
         assert!(w.collect().await.is_ok());
         // Padding that PHP strips, then the name.
         let pad: &'static [u8] = Box::leak(vec![b'+'; 10_000].into_boxed_slice());
+        let (w, _) = Watch::new(
+            chunks(&[pad, b"_method=DELETE"]),
+            Box::new(FormKeys::new("_method")),
+        );
+        assert!(w.collect().await.is_err());
+        let pad: &'static [u8] = Box::leak(vec![b'['; 10_000].into_boxed_slice());
         let (w, _) = Watch::new(
             chunks(&[pad, b"_method=DELETE"]),
             Box::new(FormKeys::new("_method")),

@@ -207,10 +207,12 @@ async fn stages(
         target: &target,
         is_read: canon.is_read(),
     };
+    // A cost read from the query reads the body too: a copy of its field
+    // there (frameworks merge body fields over the query) is refused.
     let cost_in_body = cost_rule.is_some_and(|c| {
         matches!(
             c.source,
-            CostSource::FormField(_) | CostSource::JsonPointer(_)
+            CostSource::FormField(_) | CostSource::JsonPointer(_) | CostSource::Query(_)
         )
     });
     let content_type = parts

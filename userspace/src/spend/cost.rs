@@ -14,8 +14,8 @@ use url::form_urlencoded;
 use super::error::SpendError;
 use super::json::{self, Json, PointerError};
 use super::money::{Decimal, Round, format_usd, to_micros, usd_to_micros};
-use crate::policy::normalized_field;
 use crate::policy::{CostCurrency, CostRule, CostSource};
+use crate::policy::{malformed_brackets, normalized_field, semicolons_as_ampersands};
 
 /// The cost of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +89,12 @@ pub fn extract(
         }
         CostSource::JsonPointer(ptr) => {
             let doc = req.json(ptr)?;
+            req.json_key_not_in_query(ptr)?;
             let amount = json_value(&doc, ptr, true)?;
             let currency = match &rule.currency {
                 CostCurrency::Fixed(c) => fixed_currency(c),
                 CostCurrency::Field(f) => {
+                    req.json_key_not_in_query(f)?;
                     let text = json_value(&doc, f, false)?;
                     Currency::parse(json_what(f), &text)?
                 }
@@ -143,29 +145,7 @@ pub fn read_field(
         FieldPlace::Query(name) => req.query_value(name),
         FieldPlace::Json(ptr) => {
             let doc = req.json(ptr)?;
-            // Frameworks that merge the query string over a JSON body
-            // (Rails, Laravel) read a top-level key from either.
-            let top = ptr
-                .split('/')
-                .nth(1)
-                .unwrap_or_default()
-                .replace("~1", "/")
-                .replace("~0", "~");
-            let target = normalized_field(&top);
-            if let Some((k, _)) = req
-                .query_pairs()
-                .into_iter()
-                .find(|(k, _)| normalized_field(k) == target)
-            {
-                return Err(SpendError::Ambiguous {
-                    what: format!(
-                        "{} (also sent as query parameter `{}`)",
-                        json_what(ptr),
-                        quoted(&k).escape_default()
-                    ),
-                    count: 2,
-                });
-            }
+            req.json_key_not_in_query(ptr)?;
             match json_value(&doc, ptr, true) {
                 Err(SpendError::InvalidAmount { what, .. }) => Err(SpendError::NotText {
                     what,
@@ -304,27 +284,82 @@ fn quoted(text: &str) -> String {
     out
 }
 
-/// The first key that a framework would read as `name` although it is not
-/// spelled `name`: PHP drops leading spaces, cuts at NUL and reads ` ` and
-/// `.` as `_`; PHP, Rails and others read `name[]`/`name[x]` as `name`.
-fn aliased(pairs: &[(String, String)], name: &str) -> Result<(), String> {
-    let target = normalized_field(name);
-    match pairs
-        .iter()
-        .find(|(k, _)| k != name && normalized_field(k) == target)
-    {
-        Some((k, _)) => Err(k.clone()),
-        None => Ok(()),
-    }
+/// The fields of a form body or query string split on `;` as well as `&`
+/// (Rack 2, older Python and Go read `;` as a separator too).
+fn semicolon_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(&semicolons_as_ampersands(raw))
+        .into_owned()
+        .collect()
 }
 
-fn alias_error(what: String, key: &str) -> SpendError {
-    SpendError::Ambiguous {
-        what: format!(
+/// Whether some framework may read `key` as the field `target` (a
+/// [`normalized_field`]): the same normalized name, or brackets that
+/// frameworks read in different ways.
+fn may_read_as(key: &str, target: &str) -> bool {
+    normalized_field(key) == target || malformed_brackets(key)
+}
+
+/// How a field is also sent under a name frameworks read as it.
+enum Alias {
+    /// Another spelling: `+amount`, `amount[]`, `[amount]`, `unit[amount`.
+    Spelled(String),
+    /// A copy behind a `;` (`amount=1;amount=99999`).
+    Semicolon(String),
+}
+
+/// The first key of `pairs` (parsed from `raw`) that a framework would read
+/// as `name` although it is not spelled `name`: PHP drops leading spaces,
+/// cuts at NUL, reads ` ` and `.` as `_` and an unmatched `[` as `_`; PHP,
+/// Rails and others read `name[]`/`name[x]` as `name`, Rack 2 `name]` and
+/// `[name]`; and splitting on `;` too gives another value.
+fn aliased(raw: &[u8], pairs: &[(String, String)], name: &str) -> Result<(), Alias> {
+    let target = normalized_field(name);
+    if let Some((k, _)) = pairs
+        .iter()
+        .find(|(k, _)| k != name && may_read_as(k, &target))
+    {
+        return Err(Alias::Spelled(k.clone()));
+    }
+    if raw.contains(&b';')
+        && let Some((k, _)) = semicolon_pairs(raw)
+            .into_iter()
+            .find(|p| (p.0 == name || may_read_as(&p.0, &target)) && !pairs.contains(p))
+    {
+        return Err(Alias::Semicolon(k));
+    }
+    Ok(())
+}
+
+fn alias_error(what: String, alias: Alias) -> SpendError {
+    let what = match alias {
+        Alias::Spelled(key) => format!(
             "{what} (also spelled `{}`, which some frameworks read as the same name)",
-            quoted(key).escape_default()
+            quoted(&key).escape_default()
         ),
-        count: 2,
+        Alias::Semicolon(key) => format!(
+            "{what} (also sent as `{}` after a `;`, which some frameworks read as a separator)",
+            quoted(&key).escape_default()
+        ),
+    };
+    SpendError::Ambiguous { what, count: 2 }
+}
+
+/// A Content-Type that is one media type (`type/subtype`, parameters
+/// allowed, no list), lowercase, without parameters.
+fn single_media_type(content_type: Option<&str>) -> Option<String> {
+    let ct = content_type?;
+    if ct.contains(',') {
+        return None;
+    }
+    let mt = media_type(Some(ct))?;
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match mt.split_once('/') {
+        Some((a, b)) if token(a) && token(b) => Some(mt),
+        _ => None,
     }
 }
 
@@ -339,18 +374,26 @@ impl Request<'_> {
         };
         if is_form(&mt) {
             let target = normalized_field(name);
-            return form_urlencoded::parse(self.body)
-                .filter(|(k, _)| normalized_field(k) == target)
+            return semicolon_pairs(self.body)
+                .iter()
+                .filter(|(k, _)| may_read_as(k, &target))
                 .count();
         }
         if is_json(&mt) {
             return match super::json::parse(self.body) {
-                Ok(super::json::Json::Object(members)) => {
-                    members.iter().filter(|(k, _)| k == name).count()
-                }
+                Ok(super::json::Json::Object(members)) => members
+                    .iter()
+                    .filter(|(k, _)| json::same_key(k, name))
+                    .count(),
                 Ok(_) => 0,
                 // Unparsable: whatever the vendor makes of it may hold it.
-                Err(_) => usize::from(memchr::memmem::find(self.body, name.as_bytes()).is_some()),
+                Err(_) => usize::from(
+                    memchr::memmem::find(
+                        &self.body.to_ascii_lowercase(),
+                        name.to_ascii_lowercase().as_bytes(),
+                    )
+                    .is_some(),
+                ),
             };
         }
         if mt.starts_with("multipart/") {
@@ -365,14 +408,46 @@ impl Request<'_> {
         0
     }
 
+    fn raw_query(&self) -> &[u8] {
+        self.uri.query().unwrap_or_default().as_bytes()
+    }
+
     fn query_pairs(&self) -> Vec<(String, String)> {
-        let q = self.uri.query().unwrap_or_default();
-        form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+        form_urlencoded::parse(self.raw_query())
+            .into_owned()
+            .collect()
+    }
+
+    /// Frameworks that merge the query string over a JSON body (Rails,
+    /// Laravel) read a top-level key from either: the key `ptr` starts
+    /// with may not be in the query, in any spelling they read as it.
+    fn json_key_not_in_query(&self, ptr: &str) -> Result<(), SpendError> {
+        let top = ptr
+            .split('/')
+            .nth(1)
+            .unwrap_or_default()
+            .replace("~1", "/")
+            .replace("~0", "~");
+        let target = normalized_field(&top);
+        match semicolon_pairs(self.raw_query())
+            .into_iter()
+            .find(|(k, _)| may_read_as(k, &target))
+        {
+            Some((k, _)) => Err(SpendError::Ambiguous {
+                what: format!(
+                    "{} (also sent as query parameter `{}`)",
+                    json_what(ptr),
+                    quoted(&k).escape_default()
+                ),
+                count: 2,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The body's form pairs; the body must be a form.
     fn form(&self, field: &str) -> Result<Vec<(String, String)>, SpendError> {
-        let form = media_type(self.content_type).is_some_and(|mt| is_form(&mt));
+        let form = single_media_type(self.content_type).is_some_and(|mt| is_form(&mt));
         if !form {
             return Err(SpendError::WrongContentType {
                 what: form_what(field),
@@ -387,14 +462,14 @@ impl Request<'_> {
     /// makes it ambiguous (some frameworks merge the two, either way round),
     /// and so does any other spelling a framework reads as the same name.
     fn form_value(&self, form: &[(String, String)], name: &str) -> Result<String, SpendError> {
-        aliased(form, name).map_err(|k| alias_error(form_what(name), &k))?;
+        aliased(self.body, form, name).map_err(|a| alias_error(form_what(name), a))?;
         let mut values: Vec<&String> = form
             .iter()
             .filter(|(k, _)| k == name)
             .map(|(_, v)| v)
             .collect();
         let query = self.query_pairs();
-        aliased(&query, name).map_err(|k| alias_error(form_what(name), &k))?;
+        aliased(self.raw_query(), &query, name).map_err(|a| alias_error(form_what(name), a))?;
         let in_query = query.iter().filter(|(k, _)| k == name).count();
         let count = values.len() + in_query;
         match (values.pop(), count) {
@@ -418,8 +493,14 @@ impl Request<'_> {
     /// The one value of a query parameter. The same name in a form body
     /// makes it ambiguous.
     fn query_value(&self, name: &str) -> Result<String, SpendError> {
+        if !self.body.is_empty() && single_media_type(self.content_type).is_none() {
+            return Err(SpendError::UntypedBody {
+                what: query_what(name),
+                got: shown_content_type(self.content_type),
+            });
+        }
         let query = self.query_pairs();
-        aliased(&query, name).map_err(|k| alias_error(query_what(name), &k))?;
+        aliased(self.raw_query(), &query, name).map_err(|a| alias_error(query_what(name), a))?;
         let mut values: Vec<&String> = query
             .iter()
             .filter(|(k, _)| k == name)
@@ -447,7 +528,7 @@ impl Request<'_> {
 
     /// The body as JSON; it must be declared and valid JSON.
     fn json(&self, ptr: &str) -> Result<Json, SpendError> {
-        let ok = media_type(self.content_type).is_some_and(|mt| is_json(&mt));
+        let ok = single_media_type(self.content_type).is_some_and(|mt| is_json(&mt));
         if !ok {
             return Err(SpendError::WrongContentType {
                 what: json_what(ptr),
@@ -654,6 +735,15 @@ mod tests {
         );
         let e = err(post(&stripe(), None, "amount=1&currency=usd"));
         assert!(e.ends_with("Content-Type is missing"), "{e}");
+        // A list of types, also after a parameter (Rack and PHP cut at the
+        // first `;` or `,`, other servers read the list differently).
+        for ct in [
+            "application/x-www-form-urlencoded, application/json",
+            "application/x-www-form-urlencoded; charset=utf-8, application/json",
+        ] {
+            let e = err(post(&stripe(), Some(ct), "amount=1&currency=usd"));
+            assert!(e.contains("Content-Type"), "{ct}: {e}");
+        }
         let e = err(post(&stripe(), Some("multipart/form-data; boundary=x"), ""));
         assert!(e.contains("`multipart/form-data; boundary=x`"), "{e}");
         // Long and control-laden text is cut and escaped in messages.
@@ -735,6 +825,149 @@ mod tests {
         }
         assert!(extract(&q, &u, Some("application/json"), b"{\"other\": 1}").is_ok());
         assert!(extract(&q, &u, Some("text/plain"), b"amount=99999").is_ok());
+    }
+
+    /// Rails and Laravel merge the query string over a JSON body: a cost
+    /// or currency read from JSON is ambiguous when the query names it too.
+    #[test]
+    fn a_json_cost_is_checked_against_the_query() {
+        let r = rule(
+            CostSource::JsonPointer("/amount".into()),
+            100.0,
+            CostCurrency::Field("/currency".into()),
+        );
+        let body = br#"{"amount":1000,"currency":"usd"}"#;
+        assert!(extract(&r, &uri("/v1/charges"), JSON, body).is_ok());
+        for target in [
+            "/v1/charges?amount=30000",
+            "/v1/charges?currency=jpy",
+            "/v1/charges?%20amount=30000",
+            "/v1/charges?amount[]=30000",
+            "/v1/charges?[amount]=30000",
+        ] {
+            let e = err(extract(&r, &uri(target), JSON, body));
+            assert!(e.contains("query parameter"), "{target}: {e}");
+        }
+    }
+
+    /// Go's encoding/json matches keys ignoring case (the last one wins).
+    #[test]
+    fn json_keys_differing_in_case_are_duplicates() {
+        let r = rule(
+            CostSource::JsonPointer("/order/total".into()),
+            1.0,
+            CostCurrency::Field("/order/currency".into()),
+        );
+        for body in [
+            r#"{"order": {"total": 1, "Total": 30000, "currency": "usd"}}"#,
+            r#"{"order": {"total": 1, "currency": "usd"}, "Order": {"total": 30000}}"#,
+            r#"{"order": {"total": 1, "currency": "usd", "CURRENCY": "jpy"}}"#,
+            r#"{"order": {"total": 1, "currency": "usd"}, "ORDER": 1}"#,
+        ] {
+            let e = err(extract(&r, &uri("/v1/orders"), JSON, body.as_bytes()));
+            assert!(e.contains("appears 2 times"), "{body}: {e}");
+        }
+        // A query cost sees a body key in any case.
+        let q = rule(
+            CostSource::Query("amount".into()),
+            1.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        let e = err(extract(&q, &uri("/x?amount=1"), JSON, br#"{"AMOUNT": 9}"#));
+        assert!(e.contains("appears 2 times"), "{e}");
+    }
+
+    /// PHP reads an unmatched `[` as `_` (`unit[amount` is `unit_amount`);
+    /// Rack 2 reads `amount]`, `[amount]` and `]amount` as `amount`.
+    #[test]
+    fn malformed_brackets_are_other_spellings() {
+        for body in [
+            "amount=1&currency=usd&amount]=99999",
+            "amount=1&currency=usd&[amount]=99999",
+            "amount=1&currency=usd&]amount=99999",
+            "amount=1&currency=usd&[currency=jpy",
+        ] {
+            let e = err(post(&stripe(), FORM, body));
+            assert!(e.contains("also spelled"), "{body}: {e}");
+        }
+        let unit = rule(
+            CostSource::FormField("unit_amount".into()),
+            100.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        let e = err(post(&unit, FORM, "unit_amount=1&unit[amount=99999"));
+        assert!(e.contains("also spelled"), "{e}");
+        let e = err(extract(
+            &unit,
+            &uri("/v1/prices?unit%5Bamount=99999"),
+            FORM,
+            b"unit_amount=1",
+        ));
+        assert!(e.contains("also spelled"), "{e}");
+        // Well-formed nested fields are fine.
+        assert!(post(&unit, FORM, "unit_amount=1&metadata[a][b]=x&items[]=y").is_ok());
+        let q = rule(
+            CostSource::Query("amount".into()),
+            1.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        for target in ["/x?amount=1&amount]=9", "/x?amount=1&[amount]=9"] {
+            let e = err(extract(&q, &uri(target), None, b""));
+            assert!(e.contains("also spelled"), "{target}: {e}");
+        }
+        let e = err(extract(&q, &uri("/x?amount=1"), FORM, b"[amount]=9"));
+        assert!(e.contains("amount"), "{e}");
+    }
+
+    /// Rack parses a body without a Content-Type (or with a list of them)
+    /// as a form and merges it over the query.
+    #[test]
+    fn a_query_cost_refuses_a_body_of_unknown_kind() {
+        let q = rule(
+            CostSource::Query("amount".into()),
+            1.0,
+            CostCurrency::Fixed("usd".into()),
+        );
+        let u = uri("/x?amount=1");
+        for ct in [
+            None,
+            Some(""),
+            Some("application/json, application/x-www-form-urlencoded"),
+            Some("text/plain, application/x-www-form-urlencoded"),
+            Some("nonsense"),
+        ] {
+            let e = err(extract(&q, &u, ct, b"amount=99999"));
+            assert!(e.contains("Content-Type"), "{ct:?}: {e}");
+        }
+        assert!(extract(&q, &u, None, b"").is_ok());
+        assert!(extract(&q, &u, Some("text/plain"), b"hello").is_ok());
+    }
+
+    /// Rack 2 (and old Python and Go) also split fields on `;`.
+    #[test]
+    fn a_semicolon_cannot_hide_a_second_copy() {
+        let q = rule(
+            CostSource::Query("amount".into()),
+            1.0,
+            CostCurrency::Field("currency".into()),
+        );
+        for target in [
+            "/x?amount=1;amount=99999&currency=usd",
+            "/x?currency=usd;amount=99999&amount=1",
+            "/x?amount=1&currency=usd;currency=jpy",
+        ] {
+            let e = err(extract(&q, &uri(target), None, b""));
+            assert!(e.contains("`;`"), "{target}: {e}");
+        }
+        assert!(extract(&q, &uri("/x?amount=1&currency=usd&note=a;b"), None, b"").is_ok());
+        let e = err(post(&stripe(), FORM, "amount=1;amount=99999&currency=usd"));
+        assert!(e.contains("`;`"), "{e}");
+        let e = err(post(
+            &stripe(),
+            FORM,
+            "note=a;amount=99999&amount=1&currency=usd",
+        ));
+        assert!(e.contains("`;`"), "{e}");
     }
 
     #[test]

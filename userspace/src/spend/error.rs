@@ -29,6 +29,15 @@ pub enum SpendError {
         got: String,
     },
 
+    /// A rule reads the query string and the request has a body of no one
+    /// declared kind: Rack reads such a body as a form and merges it over
+    /// the query, so the field could be in it.
+    #[error(
+        "{what} is read from the query string, and the request has a body whose Content-Type is {got}; \
+         some frameworks read such a body as a form: send one Content-Type naming the body's media type"
+    )]
+    UntypedBody { what: String, got: String },
+
     /// The body claims to be JSON but is not.
     #[error("{what} cannot be read: the request body is not valid JSON ({detail})")]
     InvalidBody { what: String, detail: String },

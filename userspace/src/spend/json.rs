@@ -92,11 +92,15 @@ pub(crate) fn pointer<'a>(doc: &'a Json, ptr: &str) -> Result<&'a Json, PointerE
         let token = unescape_token(raw)?;
         cur = match cur {
             Json::Object(members) => {
-                let mut found = members.iter().filter(|(k, _)| *k == token);
-                let first = found.next().ok_or(PointerError::Missing)?;
-                let more = found.count();
-                if more > 0 {
-                    return Err(PointerError::Duplicate(token, more + 1));
+                // Go's encoding/json matches keys ignoring case (the last
+                // one wins): keys that differ only in case are duplicates.
+                let first = members
+                    .iter()
+                    .find(|(k, _)| *k == token)
+                    .ok_or(PointerError::Missing)?;
+                let count = members.iter().filter(|(k, _)| same_key(k, &token)).count();
+                if count > 1 {
+                    return Err(PointerError::Duplicate(token, count));
                 }
                 &first.1
             }
@@ -114,6 +118,19 @@ pub(crate) fn pointer<'a>(doc: &'a Json, ptr: &str) -> Result<&'a Json, PointerE
         };
     }
     Ok(cur)
+}
+
+/// Whether some parser reads the object keys `a` and `b` as the same key:
+/// equal ignoring case, Unicode simple folding included (`K` and the
+/// Kelvin sign, `s` and `ſ`), as Go's encoding/json does.
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let fold = |s: &str| -> String {
+        s.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    a == b || fold(a) == fold(b)
 }
 
 fn unescape_token(raw: &str) -> Result<String, PointerError> {
