@@ -147,8 +147,8 @@ impl Drop for Daemon {
         // What a stopped daemon leaves on purpose (its programs stay
         // attached so that the slice reaches nothing): ours go too.
         let pins = Path::new("/sys/fs/bpf/enforcer");
-        // bpffs refuses dots in names: the daemon writes them as `_`.
-        let prefix = format!("daemon-{}-", self.slice_name.replace('.', "_"));
+        // bpffs refuses dots in names: the daemon writes them as `_d`.
+        let prefix = format!("daemon-{}-", self.slice_name.replace('.', "_d"));
         for entry in std::fs::read_dir(pins).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 for f in std::fs::read_dir(entry.path())
@@ -163,6 +163,7 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir(pins);
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(format!("/run/enforcer/{prefix}lock"));
     }
 }
 
@@ -256,14 +257,54 @@ fn nothing_in_the_slice_reaches_out_without_a_run_of_its_own() {
     // A root unit.
     let o = d.run_in(&d.unit("a-root.service"), None, true, &tcp);
     assert!(stderr(&o).contains("must not run as root"), "{o:?}");
-    // A cgroup below a unit's is not a unit.
-    let nested = d.unit("a-2.service").join("sub");
+    // A cgroup below a unit's is not a unit, even named like one (a unit
+    // with Delegate=yes can make it).
+    let nested = d.unit("a-2.service").join("a-evil.service");
     std::fs::create_dir(&nested).expect("mkdir nested");
     let o = d.run_in(&nested, Some("nobody"), true, &tcp);
     assert!(stderr(&o).contains("is not a unit"), "{o:?}");
     let o = d.run_in(&nested, Some("nobody"), false, &tcp);
     assert!(stdout(&o).starts_with("err EPERM"), "{o:?}");
     std::fs::remove_dir(&nested).expect("rmdir nested");
+    // A caller with uid 0 left in its real or saved uid, or with an
+    // ambient capability, counts as root.
+    let mut euid_only = vec![
+        "setpriv",
+        "--euid",
+        "65534",
+        "--egid",
+        "65534",
+        "--keep-groups",
+        "--",
+    ];
+    let exec_line = [
+        files::enforcer().to_str().expect("utf-8").to_string(),
+        "exec".into(),
+        "--socket".into(),
+        d.socket.to_str().expect("utf-8").to_string(),
+        "--".into(),
+    ];
+    euid_only.extend(exec_line.iter().map(String::as_str));
+    euid_only.extend(tcp);
+    let o = d.run_in(&d.unit("a-euid.service"), None, false, &euid_only);
+    assert!(stderr(&o).contains("has uid 0"), "{o:?}");
+    let mut ambient = vec![
+        "setpriv",
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--inh-caps",
+        "+net_admin",
+        "--ambient-caps",
+        "+net_admin",
+        "--",
+    ];
+    ambient.extend(exec_line.iter().map(String::as_str));
+    ambient.extend(tcp);
+    let o = d.run_in(&d.unit("a-caps.service"), None, false, &ambient);
+    assert!(stderr(&o).contains("holds capabilities"), "{o:?}");
     // A caller outside the slice asking for a run.
     let outside = leftovers::cgroup2_root().join(format!("enft-outside-{}", std::process::id()));
     std::fs::create_dir(&outside).expect("mkdir outside");

@@ -97,6 +97,23 @@ fn ask(socket: &Path, label: Option<String>) -> Result<Started, ExecError> {
 /// no_new_privs, then the seccomp filter launch's child gets (no unix
 /// sockets: exec'd runs cannot list any yet).
 fn confine(started: &Started) -> Result<(), ExecError> {
+    // No capability survives into the command (ambient ones would).
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(ExecError::Confine(format!(
+            "cannot clear ambient capabilities: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ExecError::Confine(e.to_string()))?;
     let filter = seccomp::build(seccomp::FilterOptions {
         unix_sockets: false,

@@ -49,6 +49,21 @@ pub enum DaemonError {
     NoSlice(PathBuf),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("another enforcer daemon already governs {0} (lock {1})")]
+    AlreadyRunning(String, String),
+    #[error("another enforcer daemon listens on {0}")]
+    SocketInUse(String),
+    #[error(
+        "unprivileged users may bind ports from {0} up (net.ipv4.ip_unprivileged_port_start): \
+         the daemon needs ports below it for its listeners, which no one else may take over \
+         while it is down; set it to 1024"
+    )]
+    NoPrivilegedPorts(u16),
+    #[error(
+        "the slice's cgroup {0} was removed or made again: the programs no longer cover it; \
+         the daemon stops so that it is started again on the new one"
+    )]
+    SliceReplaced(PathBuf),
     #[error(transparent)]
     Peer(#[from] peer::PeerError),
     #[error(transparent)]
@@ -100,6 +115,14 @@ pub struct DaemonOptions {
 pub struct Shared {
     pub config: DaemonConfig,
     pub cgroup_root: PathBuf,
+    /// The id of the slice cgroup the programs are attached to.
+    pub slice_id: u64,
+    /// Where each run's listeners are bound: privileged ports only.
+    pub ports: std::ops::Range<u16>,
+    /// Raised when the slice's cgroup is no longer the one governed.
+    pub slice_gone: tokio::sync::Notify,
+    /// Requests being answered, per uid (a user cannot hold them all).
+    pub asking: std::sync::Mutex<HashMap<u32, usize>>,
     pub enforcement: Enforcement,
     pub audit: Option<AuditWriter>,
     pub audit_db: Option<PathBuf>,
@@ -128,6 +151,15 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let slice_dir = cgroup_root.join(&config.slice);
     let slice =
         std::fs::File::open(&slice_dir).map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
+    let slice_id = slice
+        .metadata()
+        .map(|m| m.ino())
+        .map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
+    let ports = privileged_ports()?;
+    let _lock = lock_slice(&config.slice)?;
+    if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
+        return Err(DaemonError::SocketInUse(opts.socket.display().to_string()));
+    }
     let upstream_dns = crate::dns::config::upstreams(&[]).unwrap_or_default();
     let upstream_tls =
         crate::tls::upstream::client_config(crate::tls::upstream::root_store(&opts.upstream_ca)?)?;
@@ -152,6 +184,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let shared = Arc::new(Shared {
         config,
         cgroup_root,
+        slice_id,
+        ports,
+        slice_gone: tokio::sync::Notify::new(),
+        asking: std::sync::Mutex::default(),
         enforcement,
         audit: store.map(crate::audit::AuditStore::writer),
         audit_db,
@@ -166,7 +202,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             LogMode::Human { verbose: false }
         },
     });
-    runtime.block_on(serve(Arc::clone(&shared), ring, &opts.socket))?;
+    let served = runtime.block_on(serve(Arc::clone(&shared), ring, &opts.socket));
     runtime.shutdown_timeout(Duration::from_millis(200));
     // Programs and maps stay attached and pinned with no run filed: while
     // no daemon runs, the slice reaches nothing.
@@ -174,23 +210,49 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Ok(s) => s.enforcement.keep_pinned(),
         Err(_) => tracing::warn!("daemon state still shared at exit; pins stay"),
     }
-    Ok(())
+    served
 }
 
-/// The start of the pin directory names of daemons governing `slice`
-/// (bpffs refuses dots in names).
+/// Ports below `net.ipv4.ip_unprivileged_port_start` (from 600): only
+/// root binds them, so while the daemon is down no one can listen where
+/// the kernel still sends the slice's connections.
+fn privileged_ports() -> Result<std::ops::Range<u16>, DaemonError> {
+    const LOWEST: u16 = 600;
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if start <= LOWEST + 100 {
+        return Err(DaemonError::NoPrivilegedPorts(start));
+    }
+    Ok(LOWEST..start.min(1024))
+}
+
+/// One daemon per slice: an exclusive lock held for the daemon's life.
+fn lock_slice(slice: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let dir = Path::new("/run/enforcer");
+    std::fs::create_dir_all(dir).map_err(io_err("cannot create /run/enforcer"))?;
+    let path = dir.join(format!("{}lock", pin_prefix(slice)));
+    let file = std::fs::File::create(&path).map_err(io_err("cannot create the daemon's lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        DaemonError::AlreadyRunning(slice.display().to_string(), path.display().to_string())
+    })
+}
+
+/// The start of the pin directory names of daemons governing `slice`:
+/// one name per slice (bpffs refuses dots in names, so they are escaped,
+/// and so is the escape character).
 pub fn pin_prefix(slice: &Path) -> String {
-    let flat: String = slice
-        .to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut flat = String::new();
+    for c in slice.to_string_lossy().chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' => flat.push(c),
+            '_' => flat.push_str("__"),
+            '.' => flat.push_str("_d"),
+            '/' => flat.push_str("_s"),
+            other => flat.push_str(&format!("_x{:x}_", u32::from(other))),
+        }
+    }
     format!("daemon-{flat}-")
 }
 
@@ -243,6 +305,7 @@ async fn serve(
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io_err("cannot install signal handlers"))?;
+    let mut failure = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -258,6 +321,12 @@ async fn serve(
                 }
             },
             _ = term.recv() => break,
+            _ = shared.slice_gone.notified() => {
+                let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.config.slice));
+                crate::say!(Error, "enforcer: {e}");
+                failure = Some(e);
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
@@ -273,7 +342,42 @@ async fn serve(
         );
         unit_run::end(&shared, r, -1).await;
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// How many requests one uid may have in the daemon's hands at once, and
+/// how long one may take to arrive.
+const ASKING_PER_UID: usize = 8;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A uid's place among the requests being answered; freed on drop.
+struct Asking<'a> {
+    shared: &'a Shared,
+    uid: u32,
+}
+
+impl<'a> Asking<'a> {
+    fn take(shared: &'a Shared, uid: u32) -> Option<Self> {
+        let mut asking = shared.asking.lock().unwrap_or_else(|e| e.into_inner());
+        let n = asking.entry(uid).or_default();
+        if *n >= ASKING_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Self { shared, uid })
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut asking = self.shared.asking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = asking.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                asking.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// One `enforcer exec` request.
@@ -286,10 +390,16 @@ async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: 
     let Ok(stream) = UnixStream::from_std(std_stream) else {
         return;
     };
+    let uid = who.as_ref().map_or(u32::MAX, |p| p.uid);
+    let Some(_slot) = Asking::take(&shared, uid) else {
+        // Too many at once from this user: closed unanswered.
+        return;
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(64 * 1024));
-    let reply = match reader.read_line(&mut line).await {
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+    let reply = match read.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
         Ok(_) => match serde_json::from_str::<ExecRequest>(&line) {
             Ok(req) => match who {
                 Ok(p) => start_for(&shared, &runs, &directory, p, req).await,
@@ -316,10 +426,28 @@ async fn start_for(
     p: peer::Peer,
     req: ExecRequest,
 ) -> ExecReply {
-    if p.uid == 0 {
+    if let Some(why) = p.privilege.rootlike() {
         return refused(format!(
-            "process {} runs as root: agent units must not run as root (root can detach the programs); set User= or DynamicUser=yes",
+            "process {} {why}: agent units must not run as root or with capabilities (they could \
+             detach the programs or leave the slice); set User= or DynamicUser=yes and no \
+             AmbientCapabilities=",
             p.pid
+        ));
+    }
+    // The programs cover the cgroup they were attached to; a slice removed
+    // and made again is another cgroup, which nothing covers.
+    let slice_now =
+        std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+    if slice_now.ok() != Some(shared.slice_id) {
+        crate::say!(
+            Error,
+            "enforcer: the slice {} was removed or made again: its processes are not covered; \
+             restart the daemon",
+            shared.config.slice.display()
+        );
+        return refused(format!(
+            "the slice {} is not the one the daemon governs (it was made again)",
+            shared.config.slice.display()
         ));
     }
     let unit = match peer::unit_of(&p.cgroup, &shared.config.slice) {
@@ -385,6 +513,12 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: D
 async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let slice_now =
+            std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+        if slice_now.ok() != Some(shared.slice_id) {
+            shared.slice_gone.notify_one();
+            return;
+        }
         let ended: Vec<UnitRun> = {
             let mut live = runs.lock().await;
             let gone: Vec<u64> = live

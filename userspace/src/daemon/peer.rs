@@ -31,6 +31,65 @@ pub enum PeerError {
     OutsideSlice { cgroup: String, slice: String },
     #[error("the caller's cgroup {0} is not a unit (.service or .scope) of the slice")]
     NotAUnit(String),
+    #[error("cannot read the status of process {pid}: {source}")]
+    Status {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What makes a process as powerful as root: a uid 0 (real, effective,
+/// saved or filesystem) or any capability it holds or can regain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Privilege {
+    pub uids: [u32; 4],
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub ambient: u64,
+}
+
+impl Privilege {
+    /// Why this process counts as root, if it does.
+    pub fn rootlike(&self) -> Option<String> {
+        if self.uids.contains(&0) {
+            return Some(format!(
+                "has uid 0 (real, effective, saved, fs: {:?})",
+                self.uids
+            ));
+        }
+        let caps = [
+            ("permitted", self.permitted),
+            ("effective", self.effective),
+            ("ambient", self.ambient),
+            ("inheritable", self.inheritable),
+        ];
+        caps.iter()
+            .find(|(_, v)| *v != 0)
+            .map(|(which, v)| format!("holds capabilities ({which} {v:#x})"))
+    }
+}
+
+/// Reads uids and capability sets from a /proc/PID/status text.
+fn parse_status(text: &str) -> Option<Privilege> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let hex = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let uids: Vec<u32> = field("Uid:")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some(Privilege {
+        uids: uids.try_into().ok()?,
+        inheritable: hex("CapInh:")?,
+        permitted: hex("CapPrm:")?,
+        effective: hex("CapEff:")?,
+        ambient: hex("CapAmb:")?,
+    })
 }
 
 /// The kernel's view of a peer.
@@ -44,6 +103,8 @@ pub struct Peer {
     pub pidfd: OwnedFd,
     /// The peer's cgroup, relative to the cgroup2 root (`agents.slice/x.service`).
     pub cgroup: PathBuf,
+    /// Its uids and capabilities, from /proc.
+    pub privilege: Privilege,
 }
 
 /// Identifies the process at the other end of `stream`.
@@ -53,6 +114,14 @@ pub fn identify(stream: &UnixStream) -> Result<Peer, PeerError> {
     let pidfd = peer_pidfd(stream).map_err(PeerError::Credentials)?;
     let pid = cred.pid();
     let cgroup = cgroup_of(pid).map_err(|source| PeerError::Cgroup { pid, source })?;
+    let privilege = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .as_deref()
+        .and_then(parse_status)
+        .ok_or_else(|| PeerError::Status {
+            pid,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no Uid/Cap lines"),
+        })?;
     // Read through the pid; still the same process only if the pidfd says
     // it is alive under that pid now.
     if pidfd_pid(&pidfd) != Some(pid) {
@@ -64,6 +133,7 @@ pub fn identify(stream: &UnixStream) -> Result<Peer, PeerError> {
         gid: cred.gid(),
         pidfd,
         cgroup,
+        privilege,
     })
 }
 
@@ -111,8 +181,9 @@ fn parse_cgroup_file(text: &str) -> Option<PathBuf> {
 }
 
 /// The unit a cgroup belongs to in the governed slice: the cgroup must be
-/// strictly below `slice`, and its own name must be a unit's
-/// (`name.service` or `name.scope`), which is what `exec` runs in.
+/// strictly below `slice`, every cgroup between must be a slice (a cgroup
+/// a unit made below itself is not a unit), and its own name must be a
+/// unit's (`name.service` or `name.scope`), which is what `exec` runs in.
 pub fn unit_of(cgroup: &Path, slice: &Path) -> Result<String, PeerError> {
     let outside = || PeerError::OutsideSlice {
         cgroup: cgroup.display().to_string(),
@@ -125,6 +196,12 @@ pub fn unit_of(cgroup: &Path, slice: &Path) -> Result<String, PeerError> {
             .all(|c| matches!(c, Component::Normal(_)))
     {
         return Err(outside());
+    }
+    let between = below.parent().map(Path::components).into_iter().flatten();
+    for c in between {
+        if !c.as_os_str().to_string_lossy().ends_with(".slice") {
+            return Err(PeerError::NotAUnit(cgroup.display().to_string()));
+        }
     }
     let name = cgroup
         .file_name()
@@ -184,6 +261,32 @@ mod tests {
             unit("agents.slice/a.service/sub"),
             Err(PeerError::NotAUnit(_))
         ));
+        // A unit that made a cgroup below itself and named it like a unit.
+        assert!(matches!(
+            unit("agents.slice/c.service/a-evil.service"),
+            Err(PeerError::NotAUnit(_))
+        ));
+    }
+
+    #[test]
+    fn a_process_with_any_uid_0_or_capability_counts_as_root() {
+        let status = |uid: &str, amb: &str| {
+            format!(
+                "Name:\tx\nUid:\t{uid}\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
+                 CapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t{amb}\n"
+            )
+        };
+        let plain =
+            parse_status(&status("65534\t65534\t65534\t65534", "0000000000000000")).expect("parse");
+        assert_eq!(plain.rootlike(), None);
+        let euid_trick =
+            parse_status(&status("0\t65534\t0\t65534", "0000000000000000")).expect("parse");
+        assert!(euid_trick.rootlike().is_some());
+        let ambient =
+            parse_status(&status("65534\t65534\t65534\t65534", "0000000000000002")).expect("parse");
+        assert!(ambient.rootlike().expect("caps").contains("ambient"));
+        let own = parse_status(&std::fs::read_to_string("/proc/self/status").expect("read"));
+        assert!(own.is_some(), "this kernel's status file parses");
     }
 
     #[test]

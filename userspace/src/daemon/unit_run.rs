@@ -102,7 +102,9 @@ pub async fn start(
         agent_pid: Arc::new(std::sync::atomic::AtomicU32::new(peer.pid as u32)),
         observe: false,
     });
-    let listeners = Listeners::bind().await.map_err(DaemonError::Listeners)?;
+    let listeners = Listeners::bind_in(Some(shared.ports.clone()))
+        .await
+        .map_err(DaemonError::Listeners)?;
     let kernel = run.kernel_config(cgroup_id, &listeners);
     shared.enforcement.register(&kernel)?;
     let mut tasks = JoinSet::new();
