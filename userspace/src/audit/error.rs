@@ -81,9 +81,6 @@ pub enum AuditError {
 
     #[error("unknown output format {0:?} (expected table, jsonl or csv)")]
     InvalidFormat(String),
-
-    #[error("cannot write the report {}: {detail}", path.display())]
-    Report { path: PathBuf, detail: String },
 }
 
 impl AuditError {

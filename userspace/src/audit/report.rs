@@ -1,7 +1,7 @@
 //! The end-of-run summary, computed from the database: the human lines on
 //! stderr and the machine-readable `--report FILE.json`.
 
-use std::{collections::HashMap, fmt, fs, io::Write as _, path::Path};
+use std::{collections::HashMap, fmt, path::Path};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Serialize, Serializer, ser::SerializeSeq as _};
@@ -140,30 +140,6 @@ impl RunSummary {
             obj.insert("event".into(), "summary".into());
         }
         v.to_string()
-    }
-
-    /// Writes the JSON report atomically (a temporary file renamed over `path`).
-    pub fn write_json(&self, path: &Path) -> Result<(), AuditError> {
-        let fail = |e: &dyn fmt::Display| AuditError::Report {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        };
-        let mut body = serde_json::to_vec_pretty(self).map_err(|e| fail(&e))?;
-        body.push(b'\n');
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let written = fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&body)?;
-            f.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(fail(&e));
-        }
-        Ok(())
     }
 }
 
@@ -369,20 +345,13 @@ mod tests {
 
     #[test]
     fn json_report_has_named_destinations() {
-        let dir = crate::audit::testutil::TempDir::new("report");
-        let path = dir.path().join("report.json");
-        sample().write_json(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let v = serde_json::to_value(sample()).unwrap();
         assert_eq!(v["counts"]["requests_allowed"], 12);
         assert_eq!(v["counts"]["benign_probes"], 9);
         assert_eq!(v["top_refused"][0]["destination"], "evil.test:443");
         assert_eq!(v["top_refused"][0]["count"], 2);
         assert_eq!(v["exit_code"], 0);
         assert_eq!(v["db_path"], "/var/lib/enforcer/audit.db");
-        let e = sample()
-            .write_json(&dir.path().join("missing/report.json"))
-            .unwrap_err();
-        assert!(matches!(e, AuditError::Report { .. }), "{e}");
     }
 
     #[test]
