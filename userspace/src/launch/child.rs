@@ -88,25 +88,6 @@ const EXEC_STAGE: usize = 8;
 const LANDLOCK_STAGE: usize = 9;
 const KEYRING_STAGE: usize = 10;
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, ChildError> {
     CString::new(bytes).map_err(|_| ChildError::Prepare(format!("{what} contains a NUL byte")))
 }
@@ -147,45 +128,29 @@ pub fn spawn(spec: ChildSpec<'_>) -> Result<Started, ChildError> {
     let (err_read, err_write) = pipe().map_err(ChildError::Clone)?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(ChildError::Clone)?;
 
-    let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP | CLONE_PIDFD | spec.isolation.clone_flags(),
-        pidfd: (&mut pidfd as *mut RawFd) as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: spec.cgroup.as_raw_fd() as u64,
-        ..Default::default()
+    // SAFETY: the child branch runs `child_main` (async-signal-safe, ends in
+    // exec or _exit).
+    let forked = unsafe { super::clone3::into_cgroup(spec.cgroup, spec.isolation.clone_flags()) };
+    let (pid, pidfd) = match forked.map_err(ChildError::Clone)? {
+        super::clone3::Forked::Child => {
+            let setup = ChildSetup {
+                program: program.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_ptr(),
+                groups: &groups,
+                uid,
+                gid,
+                filter: &filter,
+                isolation,
+                listener_sock: theirs.as_raw_fd(),
+                err_pipe: err_write.as_raw_fd(),
+                terminal: spec.terminal,
+            };
+            // SAFETY: we are the freshly cloned child; see `child_main`.
+            unsafe { child_main(&setup) }
+        }
+        super::clone3::Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
-    // SAFETY: clone3 with a valid clone_args; the child branch below never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if ret == 0 {
-        let setup = ChildSetup {
-            program: program.as_ptr(),
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
-            groups: &groups,
-            uid,
-            gid,
-            filter: &filter,
-            isolation,
-            listener_sock: theirs.as_raw_fd(),
-            err_pipe: err_write.as_raw_fd(),
-            terminal: spec.terminal,
-        };
-        // SAFETY: we are the freshly cloned child; see `child_main`.
-        unsafe { child_main(&setup) }
-    }
-    if ret < 0 {
-        return Err(ChildError::Clone(io::Error::last_os_error()));
-    }
-    let pid = ret as i32;
-    // SAFETY: CLONE_PIDFD stored a new descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(err_write);
     drop(theirs);
 

@@ -3,6 +3,7 @@
 //! the cgroup as an unprivileged user, wait for it, then tear everything down.
 
 pub mod child;
+pub mod clone3;
 pub mod command;
 pub mod connector;
 pub mod isolation;
@@ -318,7 +319,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
 
     // The run's CA: its key lives in this process only; the agent trusts its
     // certificate through a bundle of the system roots plus it.
-    let ca_lifetime = plan_ca_lifetime(&policy);
+    let ca_lifetime = crate::run::ca_lifetime(&policy);
     let ca = Arc::new(tls::RunCa::generate(&run_id, ca_lifetime)?);
     let base_bundle = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let trust = tls::trust::TrustFiles::write(&run_id, ca.cert_pem(), base_bundle.as_deref())?;
@@ -765,10 +766,4 @@ async fn summarize(plan: &Plan, code: i32) -> Result<i32, LaunchError> {
         plan.report.as_deref(),
     )?;
     Ok(code)
-}
-
-/// How long the run's CA (and its leaves) stay valid: the policy's TTL, or a
-/// day, plus an hour of slack.
-fn plan_ca_lifetime(policy: &Policy) -> Duration {
-    policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600)
 }

@@ -38,7 +38,7 @@ use std::{
     ffi::{CString, OsString},
     io::{self, IoSlice},
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     time::{Duration, Instant},
@@ -48,6 +48,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
 
+use super::clone3::Forked;
 pub use process::main;
 pub use wire::{ADDR_MAX, Kind, Reply, path_name};
 use wire::{REPLY, decode_reply, encode_request};
@@ -96,25 +97,6 @@ pub struct Connector {
     pidfd: OwnedFd,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
 impl Connector {
     /// Starts the connector inside the run's cgroup, for `user`.
     pub fn spawn(cgroup: BorrowedFd<'_>, user: &TargetUser) -> Result<Self, ConnectorError> {
@@ -133,40 +115,23 @@ impl Connector {
         let devnull = c"/dev/null";
         let (ours, theirs) = channel().map_err(ConnectorError::Spawn)?;
 
-        let mut pidfd: RawFd = -1;
-        let args = CloneArgs {
-            flags: CLONE_INTO_CGROUP | CLONE_PIDFD,
-            pidfd: (&mut pidfd as *mut RawFd) as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: cgroup.as_raw_fd() as u64,
-            ..Default::default()
-        };
-        // SAFETY: clone3 with a valid clone_args; the child branch never returns.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if ret == 0 {
-            // SAFETY: we are the freshly cloned child; raw system calls only.
-            unsafe {
-                exec_child(
-                    theirs.as_raw_fd(),
-                    exe.as_ptr(),
-                    argv.as_ptr(),
-                    envp.as_ptr(),
-                    devnull.as_ptr(),
-                )
+        // SAFETY: the child branch makes raw system calls only, then execs.
+        let forked = unsafe { super::clone3::into_cgroup(cgroup, 0) };
+        let (pid, pidfd) = match forked.map_err(ConnectorError::Spawn)? {
+            Forked::Child => {
+                // SAFETY: we are the freshly cloned child; raw system calls only.
+                unsafe {
+                    exec_child(
+                        theirs.as_raw_fd(),
+                        exe.as_ptr(),
+                        argv.as_ptr(),
+                        envp.as_ptr(),
+                        devnull.as_ptr(),
+                    )
+                }
             }
-        }
-        if ret < 0 {
-            return Err(ConnectorError::Spawn(io::Error::last_os_error()));
-        }
-        let pid = ret as libc::pid_t;
-        // SAFETY: CLONE_PIDFD stored a new descriptor we own.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Forked::Parent { pid, pidfd } => (pid, pidfd),
+        };
         drop(theirs);
         // Reap it whenever it ends (the agent may kill it; the run's end does).
         let _ = std::thread::Builder::new()
