@@ -1,7 +1,7 @@
 //! Starting and ending the run of one unit: its policy's run object, its
 //! listeners, its entry in the kernel's table of runs, and its audit rows.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::task::JoinSet;
 
@@ -65,8 +65,7 @@ pub async fn start(
         ApproverMode::Humans,
         shared.approval_timeout,
     ));
-    let lifetime =
-        policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600);
+    let lifetime = crate::run::ca_lifetime(&policy);
     let ca = Arc::new(tls::RunCa::generate(&run_id, lifetime)?);
     let trust = tls::trust::TrustFiles::write(&run_id, ca.cert_pem(), None)?;
     if let Some(w) = &shared.audit {

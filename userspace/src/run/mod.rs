@@ -155,3 +155,9 @@ impl Run {
         move |e| sink.record(&kernel_events::decision(&e, &resolver.names))
     }
 }
+
+/// How long the run's CA (and its leaves) stay valid: the policy's TTL, or a
+/// day, plus an hour of slack.
+pub fn ca_lifetime(policy: &Policy) -> Duration {
+    policy.run.ttl.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(3600)
+}
