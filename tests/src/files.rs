@@ -8,15 +8,35 @@ use std::{
     sync::OnceLock,
 };
 
-/// A per-process scratch directory under /tmp, mode 0777 (sticky), removed at exit by [`Scratch`].
+/// Where `cargo xtask test` wants scratch directories (it removes the whole
+/// tree after a green run); without it, the system temp dir.
+pub const SCRATCH_PARENT_ENV: &str = "ENFORCER_E2E_SCRATCH";
+
+/// A per-process scratch directory, mode 1777, made fresh for this process:
+/// never one an earlier run left behind (a reused pid once handed a test the
+/// audit database of an older build).
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("enforcer-e2e-{}", std::process::id()));
-        fs::create_dir_all(&d).expect("create scratch dir");
+        let parent =
+            std::env::var_os(SCRATCH_PARENT_ENV).map_or_else(std::env::temp_dir, PathBuf::from);
+        let d = fresh_dir(&parent, &format!("enforcer-e2e-{}", std::process::id()));
         fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).expect("chmod scratch dir");
         d
     })
+}
+
+/// Creates `parent/stem-N` for the first N that did not exist yet.
+fn fresh_dir(parent: &Path, stem: &str) -> PathBuf {
+    for n in 0u32.. {
+        let d = parent.join(format!("{stem}-{n}"));
+        match fs::create_dir(&d) {
+            Ok(()) => return d,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("create scratch dir {}: {e}", d.display()),
+        }
+    }
+    unreachable!("u32 ran out of scratch directory names")
 }
 
 /// Writes `content` to a fresh file in the scratch dir and returns its path.

@@ -43,14 +43,30 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A scratch directory that everybody may read (for the unprivileged runs).
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory that everybody may read (for the unprivileged runs),
+/// removed when the test ends.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = std::env::temp_dir().join(format!("enforcer-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
+    Scratch(dir)
 }
 
 // ---- enforcer cleanup ----------------------------------------------------
@@ -156,7 +172,6 @@ fn a_closed_stdout_ends_audit_queries_quietly() {
     }
     let (status, err) = with_closed_stdout(enforcer().args(["audit", "runs", "--audit-db", &db]));
     assert_quiet_sigpipe("audit runs", status, &err);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -328,7 +343,6 @@ action = "allow"
     assert!(err.contains("must run as root"), "{err}");
     assert!(!err.contains("ENFORCER_TEST_NOT_SET"), "{err}");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ---- durations ------------------------------------------------------------
@@ -374,7 +388,6 @@ fn one_duration_grammar_on_the_command_line() {
         .args(["audit", "events", "--since", "yesterday", "--audit-db"])
         .arg(&db));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ---- stderr in a file, and --log-json ----------------------------------
@@ -397,7 +410,6 @@ fn stderr_to_a_pipe_has_no_colour_escapes() {
         "expected the permissions warning: {err}"
     );
     assert!(!err.contains('\u{1b}'), "colour escapes in a pipe: {err:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -100,11 +100,13 @@ pub fn e2e(args: &[&str]) -> anyhow::Result<()> {
     if !before.is_empty() {
         eprintln!("xtask: note: present before the tests (not counted against them): {before:?}");
     }
+    let scratch = ScratchTree::create()?;
     let mut failed = Vec::new();
     for bin in bins {
         let st = Command::new(bin)
             .args(filter)
             .env("ENFORCER_BIN", enforcer)
+            .env("ENFORCER_E2E_SCRATCH", &scratch.0)
             .env("RUST_BACKTRACE", "1")
             // CI runs this with CI=true; each test pins the mode it tests.
             .env("ENFORCER_CI", "0")
@@ -130,10 +132,45 @@ pub fn e2e(args: &[&str]) -> anyhow::Result<()> {
         bail!("the tests left things behind: {leftovers:#?}");
     }
     if !failed.is_empty() {
+        eprintln!(
+            "xtask: the failed tests' files are kept in {}",
+            scratch.0.display()
+        );
         bail!("end-to-end tests failed: {}", failed.join(", "));
     }
+    scratch.remove();
     eprintln!("xtask: all tests passed; no cgroup, pin, namespace or run record left behind");
     Ok(())
+}
+
+/// The parent of every test binary's scratch directory for one run: fresh,
+/// so no test ever finds an earlier run's files (policies, audit databases),
+/// and removed after a green run.
+struct ScratchTree(PathBuf);
+
+impl ScratchTree {
+    fn create() -> anyhow::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-tests-{}-{stamp}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // The agents run as nobody and must reach their files inside.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot chmod {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    fn remove(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("xtask: warning: cannot remove {}: {e}", self.0.display());
+        }
+    }
 }
 
 fn is_bpffs_mounted() -> bool {
