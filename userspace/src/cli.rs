@@ -149,9 +149,11 @@ pub struct DaemonArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The orchestrator's name for this run, recorded with it.
+    /// The orchestrator's name for this run (e.g. billing/run_abc123): the
+    /// audit log's `agent_run_id`. Default: the unit's invocation id.
+    /// Need not be unique.
     #[arg(long, value_name = "LABEL")]
-    pub label: Option<String>,
+    pub label: Option<crate::run::label::Label>,
     /// The daemon's socket.
     #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
     pub socket: PathBuf,
@@ -188,6 +190,11 @@ pub struct LaunchArgs {
     /// Allow the agent to run as root. A root agent can undo its confinement; avoid.
     #[arg(long)]
     pub allow_root: bool,
+    /// The orchestrator's name for this run (e.g. billing/run_abc123),
+    /// recorded with it: the audit log's `agent_run_id` (enforcer's run id
+    /// when there is no label). Need not be unique.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<crate::run::label::Label>,
     /// Start even if this kernel cannot isolate the run from the user's other
     /// processes (needs Landlock ABI 6+ and IPC namespaces). Without that
     /// isolation, other processes of the agent's user, other runs included,

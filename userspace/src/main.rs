@@ -75,7 +75,11 @@ fn run(command: Command) -> i32 {
             Err(e) => failed(&e, 1),
         },
         Command::Exec(args) => {
-            let e = enforcer::daemon::exec::exec(&args.socket, args.label, &args.command);
+            let e = enforcer::daemon::exec::exec(
+                &args.socket,
+                args.label.map(|l| l.to_string()),
+                &args.command,
+            );
             failed(&e, 126)
         }
         Command::Policy(PolicyCommand::Check { file, json }) => {

@@ -454,15 +454,20 @@ async fn start_for(
         Ok(u) => u,
         Err(e) => return refused(e.to_string()),
     };
-    let cgroup_id = match std::fs::metadata(shared.cgroup_root.join(&p.cgroup)) {
+    let cgroup_dir = shared.cgroup_root.join(&p.cgroup);
+    let cgroup_id = match std::fs::metadata(&cgroup_dir) {
         Ok(m) => m.ino(),
         Err(e) => return refused(format!("cannot read the cgroup of {unit}: {e}")),
+    };
+    let label = match req.label.as_deref().map(str::parse).transpose() {
+        Ok(l) => l.or_else(|| peer::invocation_id(&cgroup_dir)),
+        Err(e) => return refused(format!("--label: {e}")),
     };
     let mut live = runs.lock().await;
     if let Some(r) = live.get(&cgroup_id) {
         return refused(format!("{unit} already has run {}", r.run.id));
     }
-    match unit_run::start(shared, &p, &unit, cgroup_id, req.label).await {
+    match unit_run::start(shared, &p, &unit, cgroup_id, label).await {
         Ok((r, started)) => {
             crate::say!(
                 Info,

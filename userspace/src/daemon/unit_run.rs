@@ -12,7 +12,7 @@ use crate::{
     dns::{self, Resolver},
     kernel::KernelConfig,
     proxy::Listeners,
-    run::{Run, agent_env},
+    run::{Run, agent_env, label::Label},
     runid,
     secrets::Secrets,
     tls,
@@ -35,7 +35,7 @@ pub async fn start(
     peer: &Peer,
     unit: &str,
     cgroup_id: u64,
-    label: Option<String>,
+    label: Option<Label>,
 ) -> Result<(UnitRun, Started), DaemonError> {
     let entry = shared
         .config
@@ -69,20 +69,19 @@ pub async fn start(
     let ca = Arc::new(tls::RunCa::generate(&run_id, lifetime)?);
     let trust = tls::trust::TrustFiles::write(&run_id, ca.cert_pem(), None)?;
     if let Some(w) = &shared.audit {
-        let mut info = crate::run::info::run_info(
+        let info = crate::run::info::run_info(
             &run_id,
             &policy,
             &crate::run::info::Starter {
                 invoking: unit,
                 uid: peer.uid,
+                label: label.as_ref(),
+                unit: Some(unit),
             },
             &[std::ffi::OsString::from(unit)],
             &shared.cgroup_root.join(&peer.cgroup),
             policy.run.ttl,
         );
-        if let Some(l) = &label {
-            info.name = format!("{} ({l})", info.name);
-        }
         w.start_run(info).await?;
     }
     let sink = DecisionSink::with_audit(&run_id, shared.log_mode, shared.audit.clone());

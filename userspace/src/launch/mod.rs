@@ -293,6 +293,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             &crate::run::info::Starter {
                 invoking: &invoking,
                 uid: user.uid,
+                label: args.label.as_ref(),
+                unit: None,
             },
             &args.command,
             cgroup.path(),

@@ -8,6 +8,7 @@ pub mod agent_env;
 pub mod expiry;
 pub mod info;
 pub mod kernel_events;
+pub mod label;
 
 use std::{
     path::PathBuf,
