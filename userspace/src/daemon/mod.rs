@@ -474,7 +474,7 @@ async fn start_for(
                 "enforcer: run {} started for {unit} (uid {}), policy {}",
                 started.run_id,
                 p.uid,
-                r.run.policy.source.display()
+                r.run.policy().source.display()
             );
             directory
                 .write()

@@ -87,10 +87,9 @@ pub async fn start(
     let sink = DecisionSink::with_audit(&run_id, shared.log_mode, shared.audit.clone());
     let run = Arc::new(Run {
         id: run_id.clone(),
-        policy: Arc::clone(&policy),
+        rules: Arc::new(crate::run::live::LiveRules::new(Arc::clone(&policy), spend)),
         resolver,
         secrets,
-        spend,
         approvals,
         sink,
         ca,

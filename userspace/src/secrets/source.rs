@@ -97,7 +97,7 @@ fn read_in(
 
 #[cfg(test)]
 mod tests {
-    use std::{ffi::OsString, path::PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
 
