@@ -52,6 +52,23 @@ pub enum Command {
         starts again, and every run it had is ended (units get a new run when they restart)."
     )]
     Daemon(DaemonArgs),
+    /// Make a running daemon read its configuration and policies again
+    /// (what `systemctl reload enforcer` runs; SIGHUP does the same).
+    #[command(
+        after_help = "Every policy is checked first: if anything is wrong, nothing changes and \
+        the reason is printed (exit status 1). Otherwise each live run decides its next requests \
+        by its unit's new policy and keeps its connections, credentials, spend and TTL (caps \
+        and limits take the new values; what was spent and called counts against them). A run \
+        whose unit no longer maps to a policy ends. The slice and audit_db need a restart."
+    )]
+    Reload {
+        /// The daemon's socket.
+        #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+        socket: PathBuf,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// The entry point of an agent unit (ExecStart=enforcer exec -- CMD):
     /// ask the daemon for a run for this unit, then run CMD confined.
     Exec(ExecArgs),
@@ -68,7 +85,9 @@ pub enum Command {
     /// Query the audit log: runs, their events, and pruning.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// List live runs: secrets (names), credential state, TTL left, counts.
+    /// List live runs (launch's and the daemon's units): unit, secrets
+    /// (names), credential state, TTL left, counts, each cap's spend,
+    /// waiting approvals.
     Status {
         /// Print JSON lines instead of a table.
         #[arg(long)]
@@ -77,16 +96,25 @@ pub enum Command {
     /// Revoke a live run's credentials now: no further request of the run
     /// gets a real key (placeholders stop working).
     Revoke {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        /// A run id, a daemon unit's name (`billing-agent` or
+        /// `billing-agent.service`) or a run's label.
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Reset a run's tripped loop breaker: one call (KEY, from the 429 body
     /// or `enforcer status`), or every tripped call of the run.
     Reset {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        /// A run id, a unit name or a label.
+        #[arg(value_name = "RUN")]
+        run: String,
         #[arg(value_name = "KEY")]
         key: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// List requests of live runs waiting for a human (`action = "ask"`).
     Approvals {
@@ -101,18 +129,25 @@ pub enum Command {
         /// Also approve every later request of the same rule in this run.
         #[arg(long)]
         always: bool,
-        /// The run the request belongs to (needed only when several live
-        /// runs have a request with this ID).
-        #[arg(long, value_name = "RUN_ID")]
+        /// The run the request belongs to: run id, unit name or label
+        /// (needed only when several live runs have a request with this ID).
+        #[arg(long, value_name = "RUN")]
         run: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Deny a waiting request (its ID from `enforcer approvals`).
     Deny {
         #[arg(value_name = "ID")]
         id: u64,
-        /// The run the request belongs to (when several have this ID).
-        #[arg(long, value_name = "RUN_ID")]
+        /// The run the request belongs to: run id, unit name or label
+        /// (when several have this ID).
+        #[arg(long, value_name = "RUN")]
         run: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// (packaging) Write shell completions and man pages under DIR.
     #[command(name = "__generate", hide = true)]

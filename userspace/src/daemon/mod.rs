@@ -4,10 +4,12 @@
 //! `crate::run`), decided by the policy its unit name maps to. A cgroup in
 //! the slice without a run reaches nothing.
 
+pub mod client;
 pub mod config;
 pub mod exec;
 pub mod peer;
 pub mod protocol;
+pub mod reload;
 pub mod unit_run;
 
 use std::{
@@ -27,7 +29,7 @@ use tokio::{
 
 use self::{
     config::DaemonConfig,
-    protocol::{ExecReply, ExecRequest},
+    protocol::{ExecReply, Request},
     unit_run::UnitRun,
 };
 use crate::{
@@ -84,6 +86,8 @@ pub enum DaemonError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Webhook(crate::approval::webhook::WebhookError),
     #[error("cannot bind a run's listeners: {0}")]
     Listeners(#[source] std::io::Error),
     #[error("{context}: {source}")]
@@ -113,7 +117,13 @@ pub struct DaemonOptions {
 
 /// What every unit's run is started with.
 pub struct Shared {
-    pub config: DaemonConfig,
+    /// The configuration in force (a reload swaps it).
+    pub config: arc_swap::ArcSwap<DaemonConfig>,
+    /// Where it is read from again on reload.
+    pub config_path: PathBuf,
+    /// The governed cgroup, relative to the cgroup2 root (fixed for the
+    /// daemon's life).
+    pub slice: PathBuf,
     pub cgroup_root: PathBuf,
     /// The id of the slice cgroup the programs are attached to.
     pub slice_id: u64,
@@ -131,15 +141,17 @@ pub struct Shared {
     pub upstream_tls: rustls::ClientConfig,
     pub upstream_timeout: Duration,
     pub approval_timeout: Duration,
+    /// Where notices of waiting approvals go (a reload may change it).
+    pub webhook: Arc<arc_swap::ArcSwapOption<crate::approval::webhook::Webhook>>,
     pub log_mode: LogMode,
 }
 
 /// Live runs by cgroup id.
-type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
+pub(crate) type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
 
 /// The same runs, for the kernel's refusal reports (read without waiting
 /// on a run that is starting).
-type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
+pub(crate) type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
@@ -181,8 +193,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut enforcement = Enforcement::attach(std::os::fd::AsFd::as_fd(&slice), pins)?;
     remove_older_daemons(&bpf_root, &pin_prefix, &pin_name);
     let ring = enforcement.take_events()?;
+    let webhook = webhook_for(&config, &upstream_tls)?;
     let shared = Arc::new(Shared {
-        config,
+        webhook: Arc::new(arc_swap::ArcSwapOption::new(webhook)),
+        slice: config.slice.clone(),
+        config: arc_swap::ArcSwap::from_pointee(config),
+        config_path: opts.config.clone(),
         cgroup_root,
         slice_id,
         ports,
@@ -211,6 +227,20 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Err(_) => tracing::warn!("daemon state still shared at exit; pins stay"),
     }
     served
+}
+
+/// The approval webhook `config` names, trusting what upstreams are
+/// trusted with.
+pub fn webhook_for(
+    config: &DaemonConfig,
+    tls: &rustls::ClientConfig,
+) -> Result<Option<Arc<crate::approval::webhook::Webhook>>, DaemonError> {
+    config
+        .webhook
+        .as_deref()
+        .map(|url| crate::approval::webhook::Webhook::new(url, tls.clone()).map(Arc::new))
+        .transpose()
+        .map_err(DaemonError::Webhook)
 }
 
 /// Ports below `net.ipv4.ip_unprivileged_port_start` (from 600): only
@@ -299,11 +329,13 @@ async fn serve(
     crate::say!(
         Info,
         "enforcer: daemon governing {} ({} unit mapping(s)), socket {}",
-        shared.config.slice.display(),
-        shared.config.units.len(),
+        shared.slice.display(),
+        shared.config.load().units.len(),
         socket.display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io_err("cannot install signal handlers"))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io_err("cannot install signal handlers"))?;
     let mut failure = None;
     loop {
@@ -321,8 +353,12 @@ async fn serve(
                 }
             },
             _ = term.recv() => break,
+            _ = hup.recv() => {
+                // The outcome is logged; `enforcer reload` also gets it back.
+                let _ = reload::reload(&shared, &runs, &directory).await;
+            }
             _ = shared.slice_gone.notified() => {
-                let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.config.slice));
+                let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.slice));
                 crate::say!(Error, "enforcer: {e}");
                 failure = Some(e);
                 break;
@@ -400,18 +436,32 @@ async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: 
     let mut reader = BufReader::new(read.take(64 * 1024));
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let reply = match read.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-        Ok(_) => match serde_json::from_str::<ExecRequest>(&line) {
-            Ok(req) => match who {
-                Ok(p) => start_for(&shared, &runs, &directory, p, req).await,
-                Err(e) => refused(e.to_string()),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Exec { label }) => match who {
+                Ok(p) => Reply::Exec(start_for(&shared, &runs, &directory, p, label).await),
+                Err(e) => Reply::Exec(refused(e.to_string())),
             },
-            Err(e) => refused(format!("not an exec request: {e}")),
+            Ok(Request::Reload) => Reply::Reload(match who {
+                Ok(p) if p.uid == 0 => reload::reload(&shared, &runs, &directory).await,
+                _ => reload::refused("only root may reload the daemon"),
+            }),
+            Err(e) => Reply::Exec(refused(format!("not a request: {e}"))),
         },
-        Err(e) => refused(format!("cannot read the request: {e}")),
+        Err(e) => Reply::Exec(refused(format!("cannot read the request: {e}"))),
     };
-    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    let mut text = match reply {
+        Reply::Exec(r) => serde_json::to_string(&r),
+        Reply::Reload(r) => serde_json::to_string(&r),
+    }
+    .unwrap_or_default();
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// What goes back on the daemon's socket.
+enum Reply {
+    Exec(ExecReply),
+    Reload(protocol::ReloadReply),
 }
 
 fn refused(reason: String) -> ExecReply {
@@ -424,7 +474,7 @@ async fn start_for(
     runs: &Runs,
     directory: &Directory,
     p: peer::Peer,
-    req: ExecRequest,
+    label: Option<String>,
 ) -> ExecReply {
     if let Some(why) = p.privilege.rootlike() {
         return refused(format!(
@@ -436,21 +486,20 @@ async fn start_for(
     }
     // The programs cover the cgroup they were attached to; a slice removed
     // and made again is another cgroup, which nothing covers.
-    let slice_now =
-        std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+    let slice_now = std::fs::metadata(shared.cgroup_root.join(&shared.slice)).map(|m| m.ino());
     if slice_now.ok() != Some(shared.slice_id) {
         crate::say!(
             Error,
             "enforcer: the slice {} was removed or made again: its processes are not covered; \
              restart the daemon",
-            shared.config.slice.display()
+            shared.slice.display()
         );
         return refused(format!(
             "the slice {} is not the one the daemon governs (it was made again)",
-            shared.config.slice.display()
+            shared.slice.display()
         ));
     }
-    let unit = match peer::unit_of(&p.cgroup, &shared.config.slice) {
+    let unit = match peer::unit_of(&p.cgroup, &shared.slice) {
         Ok(u) => u,
         Err(e) => return refused(e.to_string()),
     };
@@ -459,7 +508,7 @@ async fn start_for(
         Ok(m) => m.ino(),
         Err(e) => return refused(format!("cannot read the cgroup of {unit}: {e}")),
     };
-    let label = match req.label.as_deref().map(str::parse).transpose() {
+    let label = match label.as_deref().map(str::parse).transpose() {
         Ok(l) => l.or_else(|| peer::invocation_id(&cgroup_dir)),
         Err(e) => return refused(format!("--label: {e}")),
     };
@@ -518,8 +567,7 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: D
 async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let slice_now =
-            std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+        let slice_now = std::fs::metadata(shared.cgroup_root.join(&shared.slice)).map(|m| m.ino());
         if slice_now.ok() != Some(shared.slice_id) {
             shared.slice_gone.notify_one();
             return;

@@ -106,6 +106,11 @@ impl Run {
                 "[local] changed: it applies to runs started from now on (restart the unit)",
             ));
         }
+        if self.approvals.forget_always() {
+            notes.push(String::from(
+                "its `always` approvals were forgotten (the next call of those rules is asked again)",
+            ));
+        }
         self.resolver.set_policy(Arc::clone(&policy));
         self.rules.store(live::Rules {
             policy,
