@@ -19,6 +19,8 @@ pub struct Daemon {
     pub slice: PathBuf,
     /// The policy file of each `[[unit]]`, in order.
     pub policies: Vec<PathBuf>,
+    /// More arguments for `enforcer daemon`.
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -30,6 +32,12 @@ impl Daemon {
     /// The same, with `extra` (top-level TOML: keys, then tables) in the
     /// daemon's configuration.
     pub fn start_with(extra: &str, units: &[(&str, &str)]) -> Self {
+        Self::start_full(extra, &[], units)
+    }
+
+    /// The same, with more arguments for `enforcer daemon` (`--resolve`,
+    /// `--upstream-ca`...).
+    pub fn start_full(extra: &str, args: &[String], units: &[(&str, &str)]) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let slice_name = format!(
             "enft-d{}-{}.slice",
@@ -60,6 +68,7 @@ impl Daemon {
             slice_name,
             slice,
             policies,
+            args: args.to_vec(),
         };
         d.restart();
         d
@@ -72,6 +81,7 @@ impl Daemon {
             .arg(&self.config)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.args)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the daemon");
@@ -79,6 +89,20 @@ impl Daemon {
         if !leftovers::eventually(20, || self.socket.exists()) {
             panic!("the daemon did not come up: {}", self.stop());
         }
+    }
+
+    /// `enforcer ARGS` as root (status, revoke, reload...).
+    pub fn enforcer(&self, args: &[&str]) -> Output {
+        Command::new(files::enforcer())
+            .args(args)
+            .output()
+            .expect("run enforcer")
+    }
+
+    /// `enforcer reload` of this daemon.
+    pub fn reload(&self) -> Output {
+        let socket = self.socket.to_str().expect("utf-8").to_string();
+        self.enforcer(&["reload", "--socket", &socket])
     }
 
     /// The daemon's pid while it runs.
