@@ -198,3 +198,36 @@ fn while_the_daemon_is_down_nothing_gets_out_and_units_start_again_after() {
         "the two runs' connections, no more"
     );
 }
+
+#[test]
+fn cleanup_of_a_stopped_daemon_detaches_it_and_is_refused_while_it_runs() {
+    let host = TestHost::new();
+    let mut d = Daemon::start(&[("a-*.service", DENY_ALL)]);
+    let slice = d.slice_name.clone();
+    let refused = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("is running"),
+        "{}",
+        stderr(&refused)
+    );
+    d.stop();
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let unit = d.unit("a-1.service");
+    let o = d.run_in(&unit, Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("err EPERM"), "stopped: {o:?}");
+    let done = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        stderr(&done).contains("no longer governed"),
+        "{}",
+        stderr(&done)
+    );
+    // Uninstalled: the slice is the host's again.
+    let o = d.run_in(&unit, Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("ok peer"), "after cleanup: {o:?}");
+    let again = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+}

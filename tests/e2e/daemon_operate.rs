@@ -49,7 +49,9 @@ name = "api.vendor.test"
 }
 
 fn rule(method: &str, path: &str, action: &str) -> String {
-    format!("  [[host.rule]]\n  method = \"{method}\"\n  path = \"{path}\"\n  action = \"{action}\"\n")
+    format!(
+        "  [[host.rule]]\n  method = \"{method}\"\n  path = \"{path}\"\n  action = \"{action}\"\n"
+    )
 }
 
 /// A file the test creates when the unit may go on.
@@ -194,8 +196,12 @@ fn receiver() -> (String, mpsc::Receiver<String>) {
             let mut body = vec![0; len];
             let _ = r.read_exact(&mut body);
             let mut s = r.into_inner();
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-            if tx.send(String::from_utf8_lossy(&body).into_owned()).is_err() {
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            if tx
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .is_err()
+            {
                 return;
             }
         }
@@ -233,7 +239,8 @@ fn a_waiting_request_is_posted_to_the_webhook_and_answered_and_revoked_by_unit_n
         let v: serde_json::Value = serde_json::from_str(&notice).expect("JSON notice");
         let text = v["text"].as_str().expect("slack text");
         assert!(
-            text.contains("b-1.service") && text.contains("POST https://api.vendor.test/v1/refunds"),
+            text.contains("b-1.service")
+                && text.contains("POST https://api.vendor.test/v1/refunds"),
             "{text}"
         );
         assert!(!notice.contains(REAL), "the real key went to the webhook");
@@ -255,7 +262,10 @@ fn a_waiting_request_is_posted_to_the_webhook_and_answered_and_revoked_by_unit_n
         let revoked = d.enforcer(&["revoke", "b-1.service", "--json"]);
         assert!(revoked.status.success(), "{revoked:?}");
         let r: serde_json::Value = serde_json::from_str(stdout(&revoked).trim()).expect("JSON");
-        assert_eq!((r["revoked"].as_bool(), r["unit"].as_str()), (Some(true), Some("b-1.service")));
+        assert_eq!(
+            (r["revoked"].as_bool(), r["unit"].as_str()),
+            (Some(true), Some("b-1.service"))
+        );
         std::fs::write(&go, "").expect("go");
         let out = agent.join().expect("agent");
         let codes: Vec<_> = stdout(&out).lines().map(str::to_string).collect();
@@ -270,5 +280,9 @@ fn a_waiting_request_is_posted_to_the_webhook_and_answered_and_revoked_by_unit_n
     // A name no live run answers to is an error, not a silent success.
     let none = d.enforcer(&["revoke", "no-such-unit"]);
     assert_eq!(none.status.code(), Some(1), "{none:?}");
-    assert!(stderr(&none).contains("no live run is called no-such-unit"), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("no live run is called no-such-unit"),
+        "{}",
+        stderr(&none)
+    );
 }

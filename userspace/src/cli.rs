@@ -381,8 +381,14 @@ pub enum PolicyCommand {
 pub struct CleanupArgs {
     /// The run to remove (as printed at launch). Without it, every run whose
     /// enforcer is no longer alive is removed.
-    #[arg(value_name = "RUN_ID")]
+    #[arg(value_name = "RUN_ID", conflicts_with = "daemon")]
     pub run_id: Option<String>,
+    /// Instead: remove what a stopped `enforcer daemon` of SLICE (the
+    /// `slice` of its configuration, e.g. agents.slice) keeps attached on
+    /// purpose, so that its slice reaches nothing while it is down. After
+    /// this the slice's processes are no longer confined (uninstall).
+    #[arg(long, value_name = "SLICE")]
+    pub daemon: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -168,6 +168,22 @@ fn run(command: Command) -> i32 {
             run.as_deref(),
             json,
         )),
+        Command::Cleanup(args) if args.daemon.is_some() => {
+            let slice = args.daemon.unwrap_or_default();
+            match enforcer::cleanup::daemon(&slice) {
+                Ok(removed) => {
+                    for what in removed {
+                        logging::note(format!("removed {what}"));
+                    }
+                    logging::note(format!(
+                        "{} is no longer governed: its processes are not confined by enforcer",
+                        slice.display()
+                    ));
+                    0
+                }
+                Err(e) => failed(&e, 1),
+            }
+        }
         Command::Cleanup(args) => match enforcer::cleanup::run(args.run_id.as_deref()) {
             Ok(removed) if removed.is_empty() => {
                 logging::note("nothing to clean up");

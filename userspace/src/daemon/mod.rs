@@ -169,6 +169,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
     let ports = privileged_ports()?;
     let _lock = lock_slice(&config.slice)?;
+    for id in crate::cleanup::forget_dead_daemon_runs() {
+        crate::say!(
+            Info,
+            "enforcer: forgot run {id} of a daemon that is gone (its unit gets a new run when it restarts)"
+        );
+    }
     if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
         return Err(DaemonError::SocketInUse(opts.socket.display().to_string()));
     }
