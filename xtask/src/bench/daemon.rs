@@ -167,7 +167,7 @@ impl Setup {
             .args(["--", "/bin/sh", "-c", script, "sh"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("spawn a unit")
     }
@@ -207,6 +207,10 @@ impl Drop for Setup {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir(&self.slice);
+        let logs = install::bench_dir().join("logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let _ = std::fs::copy(self.dir.join("daemon.log"), logs.join("daemon.log"));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -233,7 +237,11 @@ const OHA_SCRIPT: &str = "sleep 0.2; exec \"$@\" --cacert \"$NODE_EXTRA_CA_CERTS
 fn wait_output(child: Child) -> anyhow::Result<String> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("a measured process failed ({})", out.status);
+        bail!(
+            "a measured process failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -299,11 +307,8 @@ fn round(s: &Setup, opts: &Options, n: u32, r: u32) -> anyhow::Result<Round> {
 }
 
 /// Milliseconds from spawning `cmd` to its successful exit.
-fn timed(mut child: Child, t0: Instant) -> anyhow::Result<f64> {
-    let out = child.wait()?;
-    if !out.success() {
-        bail!("a start-up measurement failed ({out})");
-    }
+fn timed(child: Child, t0: Instant) -> anyhow::Result<f64> {
+    wait_output(child)?;
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -331,7 +336,7 @@ fn starts(s: &Setup, opts: &Options) -> anyhow::Result<(f64, f64)> {
             .arg(s.dir.join("launch-audit.db"))
             .args(["--", "/bin/sh", "-c", &curl])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()?;
         launch.push(timed(c, t0)?);
     }
