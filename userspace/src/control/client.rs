@@ -218,7 +218,7 @@ pub fn status(json: bool) -> Result<(), ControlError> {
         if let Ok(Response::Status(mut s)) = ask(&path, &record.run_id, &Request::Status) {
             s.unit = record.unit;
             s.label = record.label;
-            rows.push(s);
+            rows.push(*s);
         }
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
