@@ -285,13 +285,21 @@ pub fn pin_prefix(slice: &Path) -> String {
     format!("daemon-{flat}-")
 }
 
+/// Whether the pin directory `name` is a daemon's of the slice whose
+/// [`pin_prefix`] is `prefix`: the prefix, then exactly a run id (so that
+/// slice `a` never claims slice `a-b`'s pins).
+pub fn is_pin_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(crate::runid::is_generated)
+}
+
 /// Unpins the programs of earlier daemons of the same slice (this one's
 /// are attached).
 fn remove_older_daemons(bpf_root: &Path, prefix: &str, ours: &str) {
     let parent = bpf_root.join(bpffs::PINS_DIR);
     for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix)
+        if is_pin_of(&name, prefix)
             && name != ours
             && let Err(e) = bpffs::remove_pins(&entry.path())
         {
@@ -383,6 +391,7 @@ async fn serve(
 /// Routes each kernel refusal to the run of the cgroup it came from; a
 /// refusal in a cgroup without a run is the daemon's to report.
 async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: Directory) {
+    let mut quiet = Quieter::default();
     let record = move |e: KernelEvent| {
         let run = directory
             .read()
@@ -393,17 +402,61 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: D
             (run.kernel_recorder())(e);
             return;
         }
+        let Some(also) = quiet.admit(e.cgroup) else {
+            return;
+        };
+        let also = if also > 0 {
+            format!(" (and {also} more refusals in this cgroup in the last second)")
+        } else {
+            String::new()
+        };
         crate::say!(
             Warn,
-            "enforcer: refused in a cgroup without a run (id {}): pid {} ({}) {}",
+            "enforcer: refused in a cgroup without a run (id {}): pid {} ({}) {}{also}",
             e.cgroup,
             e.pid,
-            e.comm,
+            crate::approval::printable(&e.comm),
             e.destination()
         );
     };
     if let Err(e) = crate::kernel::events::pump(ring, record).await {
         tracing::warn!("reading kernel refusal reports failed: {e}");
+    }
+}
+
+/// At most one log line per second for each cgroup without a run (one
+/// process can be refused a million times a second; the log must keep the
+/// daemon's other lines).
+#[derive(Default)]
+struct Quieter {
+    /// cgroup id -> (start of its second, refusals not logged in it).
+    seen: HashMap<u64, (std::time::Instant, u64)>,
+}
+
+impl Quieter {
+    /// `Some(n)`: log this one, saying `n` more were not logged.
+    fn admit(&mut self, cgroup: u64) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.seen.len() > 4096 {
+            self.seen
+                .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(1));
+        }
+        match self.seen.get_mut(&cgroup) {
+            Some((start, skipped)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                *skipped += 1;
+                None
+            }
+            Some((start, skipped)) => {
+                let n = *skipped;
+                *start = now;
+                *skipped = 0;
+                Some(n)
+            }
+            None => {
+                self.seen.insert(cgroup, (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
@@ -438,4 +491,32 @@ async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
 fn populated(cgroup: &Path) -> bool {
     std::fs::read_to_string(cgroup.join("cgroup.events"))
         .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_cgroup_gets_one_log_line_a_second() {
+        let mut q = Quieter::default();
+        assert_eq!(q.admit(7), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(q.admit(7), None);
+        }
+        assert_eq!(q.admit(8), Some(0), "other cgroups are not silenced");
+        q.seen.get_mut(&7).expect("seen").0 -= Duration::from_secs(2);
+        assert_eq!(q.admit(7), Some(1000));
+    }
+
+    #[test]
+    fn a_slice_claims_its_own_pins_only() {
+        let a = pin_prefix(Path::new("enft-atk"));
+        let b = pin_prefix(Path::new("enft-atk-13.slice"));
+        let b_pins = format!("{b}20261130-115720-aa8cde");
+        assert!(is_pin_of(&b_pins, &b));
+        assert!(!is_pin_of(&b_pins, &a), "{a} claimed {b_pins}");
+        assert!(!is_pin_of("20261130-115720-aa8cde", &a));
+        assert!(!is_pin_of(&format!("{a}x"), &a));
+    }
 }

@@ -41,9 +41,12 @@ pub enum PeerError {
 
 /// What makes a process as powerful as root: a uid 0 (real, effective,
 /// saved or filesystem) or any capability it holds or can regain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Privilege {
     pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gids, then supplementary groups
+    /// (what a secret file must not be readable by).
+    pub gids: Vec<u32>,
     pub inheritable: u64,
     pub permitted: u64,
     pub effective: u64,
@@ -83,8 +86,20 @@ fn parse_status(text: &str) -> Option<Privilege> {
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
+    let ids = |name: &str| -> Vec<u32> {
+        field(name)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let mut gids = ids("Gid:");
+    gids.extend(ids("Groups:"));
+    gids.sort_unstable();
+    gids.dedup();
     Some(Privilege {
         uids: uids.try_into().ok()?,
+        gids,
         inheritable: hex("CapInh:")?,
         permitted: hex("CapPrm:")?,
         effective: hex("CapEff:")?,

@@ -99,7 +99,12 @@ enum Reply {
 }
 
 fn refused(reason: String) -> ExecReply {
-    crate::say!(Warn, "enforcer: exec refused: {reason}");
+    // The reason may quote what the caller sent: never raw in the log.
+    crate::say!(
+        Warn,
+        "enforcer: exec refused: {}",
+        crate::approval::printable(&reason)
+    );
     ExecReply::Refused { reason }
 }
 
