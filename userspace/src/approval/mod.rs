@@ -391,19 +391,24 @@ impl ApprovalHub {
     }
 
     /// Answers request `id`; `by` says who (for the audit row).
-    pub fn answer(&self, id: u64, answer: Answer, by: &str) -> Result<(), NotPending> {
+    /// Answers request `id`. `Ok(true)` when an `always` was remembered
+    /// for its rule (not for an amount or a requirement, nor across a
+    /// reload).
+    pub fn answer(&self, id: u64, answer: Answer, by: &str) -> Result<bool, NotPending> {
         let mut inner = self.lock();
         let w = inner.waiting.remove(&id).ok_or(NotPending(id))?;
         // An `always` is remembered for a rule's own asks only: a call
         // asked for its amount or a missing requirement (`why`) is approved
         // once, and the next one above the threshold is asked again.
         // Nor is it kept across a reload: its rule key was the old policy's.
-        if answer == Answer::Always && w.pending.why.is_empty() && w.generation == inner.generation
-        {
+        let kept = answer == Answer::Always
+            && w.pending.why.is_empty()
+            && w.generation == inner.generation;
+        if kept {
             inner.always.insert(w.rule_key);
         }
         let _ = w.reply.send((answer, by.to_string()));
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -479,14 +484,17 @@ mod tests {
             Duration::from_secs(5),
         ));
         let t = hub.submit(pending(), (0, 1));
-        hub.answer(t.id, Answer::Always, "test").unwrap();
+        assert!(hub.answer(t.id, Answer::Always, "test").unwrap(), "kept");
         assert!(hub.wait(t).await.approved());
         assert_eq!(hub.submit(pending(), (0, 1)).id, 0, "covered by always");
         // Asked under the old rules, answered after the reload.
         let before = hub.submit(pending(), (0, 2));
         assert!(hub.forget_always());
         assert_ne!(hub.submit(pending(), (0, 1)).id, 0, "asked again");
-        hub.answer(before.id, Answer::Always, "test").unwrap();
+        assert!(
+            !hub.answer(before.id, Answer::Always, "test").unwrap(),
+            "says the always was not kept"
+        );
         assert!(hub.wait(before).await.approved(), "approved once");
         assert_ne!(
             hub.submit(pending(), (0, 2)).id,

@@ -132,10 +132,16 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>, json: bool) -> Result<
             );
             Ok(())
         }
-        Response::Answered { .. } => {
+        Response::Answered { always, .. } => {
             let what = match answer {
                 Answer::Approve => "approved",
-                Answer::Always => "approved, with every later request of its rule in this run",
+                Answer::Always if always => {
+                    "approved, with every later request of its rule in this run"
+                }
+                Answer::Always => {
+                    "approved once (not its later requests: it was asked for its amount or a \
+                     requirement, or under rules a reload has replaced)"
+                }
                 Answer::Deny => "denied",
             };
             let who = record

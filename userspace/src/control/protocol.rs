@@ -79,6 +79,9 @@ pub enum Response {
     },
     Answered {
         id: u64,
+        /// An `always` was remembered for the request's rule.
+        #[serde(default)]
+        always: bool,
     },
     Reset {
         cleared: usize,

@@ -210,7 +210,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
             pending: ctx.approvals.pending(),
         },
         Request::Answer { id, answer, by } => match ctx.approvals.answer(id, answer, &by) {
-            Ok(()) => Response::Answered { id },
+            Ok(always) => Response::Answered { id, always },
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
