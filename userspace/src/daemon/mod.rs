@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod notify;
 pub mod peer;
 pub mod protocol;
 pub mod unit_run;
@@ -64,6 +65,15 @@ pub enum DaemonError {
          the daemon stops so that it is started again on the new one"
     )]
     SliceReplaced(PathBuf),
+    #[error(
+        "no bpffs is mounted at /sys/fs/bpf and the daemon runs in a mount namespace of its own \
+         (a sandboxed service): a bpffs it mounted would vanish with it, taking the pins that \
+         keep the slice closed while it is down; mount one on the host first (the shipped \
+         enforcer.service does, in ExecStartPre=+)"
+    )]
+    PrivateBpffs,
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
     #[error(transparent)]
     Peer(#[from] peer::PeerError),
     #[error(transparent)]
@@ -172,6 +182,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .thread_name("enforcer-daemon")
         .build()
         .map_err(io_err("cannot start the async runtime"))?;
+    if !bpffs::is_bpffs(Path::new(bpffs::BPFFS_ROOT)) && private_mount_namespace() {
+        return Err(DaemonError::PrivateBpffs);
+    }
     let bpf_root = bpffs::ensure_mounted()?;
     let pin_prefix = pin_prefix(&config.slice);
     let pin_name = format!("{pin_prefix}{}", crate::runid::new_run_id());
@@ -211,6 +224,17 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Err(_) => tracing::warn!("daemon state still shared at exit; pins stay"),
     }
     served
+}
+
+/// Whether this process has a mount namespace other than PID 1's (as a
+/// service with ProtectSystem=, PrivateTmp= and the like has); unknown
+/// counts as private.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    match (ns("self"), ns("1")) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
 }
 
 /// Ports below `net.ipv4.ip_unprivileged_port_start` (from 600): only
@@ -305,8 +329,19 @@ async fn serve(
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io_err("cannot install signal handlers"))?;
-    let mut failure = None;
-    loop {
+    // Programs attached, socket listening: a Type=notify service is up.
+    let status = format!(
+        "governing {} ({} unit mapping(s))",
+        shared.config.slice.display(),
+        shared.config.units.len()
+    );
+    // A manager that asked to be told and cannot be is an error: it would
+    // kill the service at its start timeout anyway.
+    let mut failure = notify::ready(&status).err().map(DaemonError::from);
+    if let Some(e) = &failure {
+        crate::say!(Error, "enforcer: {e}");
+    }
+    while failure.is_none() {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
