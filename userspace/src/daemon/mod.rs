@@ -69,7 +69,7 @@ pub enum DaemonError {
         "no bpffs is mounted at /sys/fs/bpf and the daemon runs in a mount namespace of its own \
          (a sandboxed service): a bpffs it mounted would vanish with it, taking the pins that \
          keep the slice closed while it is down; mount one on the host first (the shipped \
-         enforcer.service does, in ExecStartPre=+)"
+         enforcer.service requires enforcer-bpffs.service, which does)"
     )]
     PrivateBpffs,
     #[error(transparent)]
@@ -157,6 +157,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    if !bpffs::is_bpffs(Path::new(bpffs::BPFFS_ROOT)) && private_mount_namespace() {
+        return Err(DaemonError::PrivateBpffs);
+    }
     let cgroup_root = cgroup::cgroup2_mount()?;
     let slice_dir = cgroup_root.join(&config.slice);
     let slice =
@@ -167,6 +170,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
     let ports = privileged_ports()?;
     let _lock = lock_slice(&config.slice)?;
+    // Each run's control socket goes here (on a fresh host nothing made it).
+    std::fs::create_dir_all(crate::runs::RUNS_DIR)
+        .map_err(io_err("cannot create the runs' directory"))?;
     if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
         return Err(DaemonError::SocketInUse(opts.socket.display().to_string()));
     }
@@ -182,9 +188,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .thread_name("enforcer-daemon")
         .build()
         .map_err(io_err("cannot start the async runtime"))?;
-    if !bpffs::is_bpffs(Path::new(bpffs::BPFFS_ROOT)) && private_mount_namespace() {
-        return Err(DaemonError::PrivateBpffs);
-    }
     let bpf_root = bpffs::ensure_mounted()?;
     let pin_prefix = pin_prefix(&config.slice);
     let pin_name = format!("{pin_prefix}{}", crate::runid::new_run_id());

@@ -103,6 +103,9 @@ mod tests {
     fn a_socket_nobody_listens_on_is_an_error_naming_it() {
         let e = send(OsStr::new("/nonexistent/enforcer-notify.sock"), "READY=1\n")
             .expect_err("no listener");
-        assert!(e.to_string().contains("/nonexistent/enforcer-notify.sock"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent/enforcer-notify.sock"),
+            "{e}"
+        );
     }
 }
