@@ -10,6 +10,7 @@ pub mod files;
 pub mod launch;
 pub mod leftovers;
 pub mod netns;
+pub mod nspawn;
 pub mod sdk;
 pub mod servers;
 pub mod terminal;
