@@ -1,0 +1,348 @@
+//! `enforcer daemon` under a real systemd: a Debian root booted with
+//! systemd-nspawn (see `enforcer_e2e::nspawn`), the shipped
+//! `enforcer.service` and `agents.slice` installed where the package puts
+//! them and started by that systemd, and agent units started with
+//! `systemd-run --slice=agents.slice`. The container's only network is a
+//! veth to the test host made for it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use enforcer_e2e::{
+    TestHost, files, leftovers,
+    nspawn::{Boot, Container},
+};
+
+/// The shipped unit files, installed as the package installs them.
+const SHIPPED: &[&str] = &["enforcer.service", "agents.slice", "enforcer-bpffs.service"];
+
+fn dist_systemd() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd")
+}
+
+/// A booted container with the built enforcer and probe bound in, the
+/// shipped units installed, and a test host it can reach.
+struct World {
+    host: TestHost,
+    ct: Container,
+    started: Instant,
+}
+
+impl World {
+    fn new() -> Self {
+        let started = Instant::now();
+        let ct = Container::boot(Boot {
+            binds: vec![
+                (files::enforcer(), "/usr/bin/enforcer".into()),
+                (files::probe(), "/usr/bin/enforcer-probe".into()),
+            ],
+            ..Boot::default()
+        });
+        eprintln!("container {} booted in {:?}", ct.name, ct.booted_in);
+        let host = TestHost::new_for(&ct.netns);
+        for unit in SHIPPED {
+            let text = std::fs::read_to_string(dist_systemd().join(unit)).expect("shipped unit");
+            ct.write(&format!("/usr/lib/systemd/system/{unit}"), &text);
+        }
+        ct.ok("systemctl daemon-reload");
+        Self { host, ct, started }
+    }
+
+    /// Writes `/etc/enforcer/enforcer.toml` mapping each (unit name
+    /// pattern, policy file name, policy TOML) of `units`.
+    fn map(&self, units: &[(&str, &str, &str)]) {
+        let mut config = String::from("slice = \"agents.slice\"\n");
+        for (pattern, file, policy) in units {
+            self.ct.write(&format!("/etc/enforcer/{file}"), policy);
+            config.push_str(&format!(
+                "[[unit]]\nmatch = \"{pattern}\"\npolicy = \"{file}\"\n"
+            ));
+        }
+        self.ct.write("/etc/enforcer/enforcer.toml", &config);
+    }
+
+    /// `systemctl start enforcer`: returns once systemd saw READY=1.
+    fn start_daemon(&self) {
+        let o = self.ct.sh("systemctl start enforcer.service");
+        assert!(
+            o.status.success(),
+            "systemctl start enforcer: {}\n{}\n{}",
+            stderr(&o),
+            self.ct.journal("enforcer.service"),
+            stdout(&self.ct.sh("journalctl -b --no-pager -o cat | tail -n 30"))
+        );
+        assert_eq!(
+            self.ct.property("enforcer.service", "ActiveState"),
+            "active"
+        );
+    }
+
+    /// Runs `argv` as a transient unit (`systemd-run --pipe --wait`) and
+    /// returns its output; `props` are `-p` properties.
+    fn unit(&self, name: &str, slice: &str, props: &[&str], argv: &[&str]) -> Output {
+        let mut script = format!("systemd-run --quiet --pipe --wait --unit={name} --slice={slice}");
+        for p in props {
+            script.push_str(&format!(" -p '{p}'"));
+        }
+        for a in argv {
+            script.push_str(&format!(" '{a}'"));
+        }
+        self.ct.sh(&script)
+    }
+
+    /// The same through `enforcer exec` as a dynamic user, in agents.slice.
+    fn agent(&self, name: &str, argv: &[&str]) -> Output {
+        let mut full = vec!["/usr/bin/enforcer", "exec", "--"];
+        full.extend_from_slice(argv);
+        self.unit(name, "agents.slice", &["DynamicUser=yes"], &full)
+    }
+
+    fn tcp(&self) -> String {
+        self.host.tcp4().to_string()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        eprintln!("test ran {:?} in its container", self.started.elapsed());
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn allow_tcp(host: &TestHost) -> String {
+    format!(
+        "[run]\nname = \"allowed\"\n[[tcp]]\nhost = \"{}\"\nport = {}\n",
+        host.v4, host.tcp_port
+    )
+}
+
+const DENY_ALL: &str = "[run]\nname = \"deny-all\"\n";
+
+const PROBE: &str = "/usr/bin/enforcer-probe";
+
+#[test]
+fn the_shipped_service_is_active_once_ready_and_each_unit_gets_its_own_policy() {
+    let w = World::new();
+    w.map(&[
+        ("a-*.service", "a.toml", &allow_tcp(&w.host)),
+        ("b-*.service", "b.toml", DENY_ALL),
+    ]);
+    // Before the daemon is asked to start, the slice is not governed.
+    assert_eq!(w.ct.property("enforcer.service", "ActiveState"), "inactive");
+    w.start_daemon();
+    // Type=notify: systemd took the daemon's READY=1 and its status line.
+    assert_eq!(
+        w.ct.property("enforcer.service", "StatusText"),
+        "governing agents.slice (2 unit mapping(s))"
+    );
+    w.ct.ok("test -S /run/enforcer/daemon.sock");
+    // Two units at once, each holding its run while the other connects.
+    let target = w.tcp();
+    let script =
+        format!("{PROBE} tcp-echo {target} first; sleep 1; {PROBE} tcp-echo {target} second");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| w.agent("a-1", &["/bin/sh", "-c", &script]));
+        let b = s.spawn(|| w.agent("b-1", &["/bin/sh", "-c", &script]));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    let a_out = stdout(&a);
+    assert!(
+        a_out.contains("vendor-echo first") && a_out.contains("vendor-echo second"),
+        "unit a (allowed): {a:?}"
+    );
+    let b_out = stdout(&b);
+    assert!(
+        b_out.lines().count() == 2 && b_out.lines().all(|l| l.starts_with("err")),
+        "unit b (deny-all): {b:?}"
+    );
+    assert_eq!(
+        w.host.counters.snapshot().0,
+        2,
+        "unit a's two connections arrived, none of b's"
+    );
+    let log = w.ct.journal("enforcer.service");
+    assert!(
+        log.contains("started for a-1.service") && log.contains("policy /etc/enforcer/a.toml"),
+        "{log}"
+    );
+    assert!(
+        log.contains("started for b-1.service") && log.contains("policy /etc/enforcer/b.toml"),
+        "{log}"
+    );
+    // The runs end with their units.
+    assert!(
+        leftovers::eventually(5, || {
+            let log = w.ct.journal("enforcer.service");
+            log.matches("ended").count() >= 2
+        }),
+        "{}",
+        w.ct.journal("enforcer.service")
+    );
+}
+
+#[test]
+fn units_without_a_run_of_their_own_reach_nothing() {
+    let w = World::new();
+    w.map(&[("a-*.service", "a.toml", &allow_tcp(&w.host))]);
+    w.start_daemon();
+    let target = w.tcp();
+    let dns_target = format!("{}:53", w.host.v4);
+    let tcp = [PROBE, "tcp-echo", target.as_str(), "x"];
+    let dns = [PROBE, "dns-udp", dns_target.as_str(), "vendor.test"];
+    // Started after the daemon, not through exec: refused in the kernel
+    // from its first connect, TCP and DNS alike, as a dynamic user or root.
+    for (n, argv) in [&tcp[..], &dns[..]].iter().enumerate() {
+        let o = w.unit(
+            &format!("a-plain-{n}"),
+            "agents.slice",
+            &["DynamicUser=yes"],
+            argv,
+        );
+        assert!(stdout(&o).starts_with("err EPERM"), "plain unit: {o:?}");
+        let o = w.unit(&format!("a-root-plain-{n}"), "agents.slice", &[], argv);
+        assert!(
+            stdout(&o).starts_with("err EPERM"),
+            "plain root unit: {o:?}"
+        );
+    }
+    // A unit no [[unit]] entry maps.
+    let o = w.agent("other", &tcp);
+    assert!(
+        stderr(&o).contains("no [[unit]] entry matches other.service"),
+        "{o:?}"
+    );
+    assert_ne!(o.status.code(), Some(0));
+    // A root unit through exec.
+    let mut root_exec = vec!["/usr/bin/enforcer", "exec", "--"];
+    root_exec.extend_from_slice(&tcp);
+    let o = w.unit("a-root", "agents.slice", &[], &root_exec);
+    assert!(stderr(&o).contains("must not run as root"), "{o:?}");
+    // exec from a unit outside the slice.
+    let o = w.unit("a-outside", "other.slice", &["DynamicUser=yes"], &root_exec);
+    assert!(
+        stderr(&o).contains("is not in the governed slice agents.slice"),
+        "{o:?}"
+    );
+    w.host.assert_untouched("units without a run");
+    let log = w.ct.journal("enforcer.service");
+    assert!(log.contains("refused in a cgroup without a run"), "{log}");
+}
+
+#[test]
+fn after_a_sigkill_nothing_gets_out_until_a_unit_starts_again_on_the_new_daemon() {
+    let w = World::new();
+    w.map(&[("a-*.service", "a.toml", &allow_tcp(&w.host))]);
+    w.start_daemon();
+    let target = w.tcp();
+    // Load: a unit connecting in a loop, in the background.
+    let looping = format!("while :; do {PROBE} tcp-echo {target} load; sleep 0.05; done");
+    w.ct.ok(&format!(
+        "systemd-run --quiet --unit=a-load --slice=agents.slice -p DynamicUser=yes \
+         /usr/bin/enforcer exec -- /bin/sh -c '{looping}'"
+    ));
+    assert!(
+        leftovers::eventually(10, || w.host.counters.snapshot().0 >= 5),
+        "the loaded unit gets through: {}",
+        w.ct.journal("a-load.service")
+    );
+    let first_pid = w.ct.property("enforcer.service", "MainPID");
+    w.ct.ok("systemctl kill -s KILL enforcer.service");
+    // Down, and kept down (no automatic restart) while we look.
+    assert!(
+        leftovers::eventually(5, || w.ct.property("enforcer.service", "MainPID")
+            != first_pid),
+        "the daemon died"
+    );
+    w.ct.ok("systemctl stop enforcer.service");
+    let at_kill = w.host.counters.snapshot().0;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        w.host.counters.snapshot().0,
+        at_kill,
+        "nothing got out while the daemon was down"
+    );
+    let o = w.agent("a-down", &[PROBE, "tcp-echo", &target, "x"]);
+    assert!(
+        stderr(&o).contains("cannot reach the enforcer daemon"),
+        "{o:?}"
+    );
+    let o = w.unit(
+        "a-down-plain",
+        "agents.slice",
+        &["DynamicUser=yes"],
+        &[PROBE, "tcp-echo", &target, "x"],
+    );
+    assert!(stdout(&o).starts_with("err EPERM"), "{o:?}");
+    // Back: the looping unit's run is over (it gets nothing until it
+    // restarts), a unit that starts now gets a run.
+    w.start_daemon();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        w.host.counters.snapshot().0,
+        at_kill,
+        "the crashed daemon's runs stay over after the restart"
+    );
+    assert!(
+        w.ct.journal("a-load.service").contains("err EPERM"),
+        "{}",
+        w.ct.journal("a-load.service")
+    );
+    let o = w.agent("a-after", &[PROBE, "tcp-echo", &target, "after"]);
+    assert!(stdout(&o).contains("vendor-echo after"), "{o:?}");
+    // Restart= in the shipped unit: a second SIGKILL is followed by a
+    // restart on its own.
+    let second_pid = w.ct.property("enforcer.service", "MainPID");
+    w.ct.ok("systemctl kill -s KILL enforcer.service");
+    assert!(
+        leftovers::eventually(15, || {
+            let pid = w.ct.property("enforcer.service", "MainPID");
+            pid != "0"
+                && pid != second_pid
+                && w.ct.property("enforcer.service", "ActiveState") == "active"
+        }),
+        "restarted by systemd: {}",
+        w.ct.journal("enforcer.service")
+    );
+    let o = w.agent("a-restarted", &[PROBE, "tcp-echo", &target, "again"]);
+    assert!(stdout(&o).contains("vendor-echo again"), "{o:?}");
+    w.ct.ok("systemctl stop a-load.service");
+}
+
+#[test]
+fn a_sandboxed_daemon_without_the_hosts_bpffs_refuses_to_start() {
+    let w = World::new();
+    w.map(&[("a-*.service", "a.toml", DENY_ALL)]);
+    // The shipped unit requires enforcer-bpffs.service; a service made without
+    // it, sandboxed (a mount namespace of its own), would mount bpffs
+    // there, and its pins would die with it: the slice would open while
+    // it is down.
+    w.ct.ok("systemctl start agents.slice");
+    let o = w.unit(
+        "enforcer-private",
+        "system.slice",
+        // RuntimeMaxSec: a daemon that did start is stopped (and fails this).
+        &["ProtectSystem=strict", "PrivateTmp=yes", "RuntimeMaxSec=10"],
+        &["/usr/bin/enforcer", "daemon"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        stderr(&o).contains("no bpffs is mounted at /sys/fs/bpf")
+            && stderr(&o).contains("enforcer-bpffs.service"),
+        "{o:?}"
+    );
+    assert!(!w.ct.sh("mountpoint -q /sys/fs/bpf").status.success());
+    // Through the shipped unit, the host's bpffs is mounted first.
+    w.start_daemon();
+    w.ct.ok("mountpoint -q /sys/fs/bpf");
+    assert_eq!(w.ct.property("enforcer-bpffs.service", "Result"), "success");
+}
