@@ -12,7 +12,7 @@ use std::{
 };
 
 use enforcer_e2e::{
-    TestHost, files, leftovers,
+    TestHost, deb, files, leftovers,
     nspawn::{Boot, Container},
 };
 
@@ -33,21 +33,29 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        let w = Self::boot(true);
+        for unit in SHIPPED {
+            let text = std::fs::read_to_string(dist_systemd().join(unit)).expect("shipped unit");
+            w.ct.write(&format!("/usr/lib/systemd/system/{unit}"), &text);
+        }
+        w.ct.ok("systemctl daemon-reload");
+        w
+    }
+
+    /// Booted with the built enforcer bound in (or not, to install the
+    /// package) and the probe.
+    fn boot(bind_enforcer: bool) -> Self {
         let started = Instant::now();
+        let mut binds = vec![(files::probe(), PROBE.to_string())];
+        if bind_enforcer {
+            binds.push((files::enforcer(), "/usr/bin/enforcer".into()));
+        }
         let ct = Container::boot(Boot {
-            binds: vec![
-                (files::enforcer(), "/usr/bin/enforcer".into()),
-                (files::probe(), "/usr/bin/enforcer-probe".into()),
-            ],
+            binds,
             ..Boot::default()
         });
         eprintln!("container {} booted in {:?}", ct.name, ct.booted_in);
         let host = TestHost::new_for(&ct.netns);
-        for unit in SHIPPED {
-            let text = std::fs::read_to_string(dist_systemd().join(unit)).expect("shipped unit");
-            ct.write(&format!("/usr/lib/systemd/system/{unit}"), &text);
-        }
-        ct.ok("systemctl daemon-reload");
         Self { host, ct, started }
     }
 
@@ -331,7 +339,12 @@ fn a_sandboxed_daemon_without_the_hosts_bpffs_refuses_to_start() {
         "enforcer-private",
         "system.slice",
         // RuntimeMaxSec: a daemon that did start is stopped (and fails this).
-        &["ProtectSystem=strict", "PrivateTmp=yes", "RuntimeMaxSec=10"],
+        &[
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "RuntimeDirectory=enforcer",
+            "RuntimeMaxSec=10",
+        ],
         &["/usr/bin/enforcer", "daemon"],
     );
     assert!(!o.status.success(), "{o:?}");
@@ -345,4 +358,89 @@ fn a_sandboxed_daemon_without_the_hosts_bpffs_refuses_to_start() {
     w.start_daemon();
     w.ct.ok("mountpoint -q /sys/fs/bpf");
     assert_eq!(w.ct.property("enforcer-bpffs.service", "Result"), "success");
+}
+
+/// The README's walkthrough for a real host, as a user types it: install
+/// the package, enable the service, map a unit to a policy, add the unit
+/// from the shipped example, start it, watch it, read its audit rows.
+#[test]
+fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
+    let package = deb::build();
+    let w = World::boot(false);
+    std::fs::copy(&package, w.ct.root().join("root/enforcer.deb")).expect("copy the package in");
+    w.ct.ok("dpkg -i /root/enforcer.deb");
+    w.ct.ok("systemctl enable --now enforcer.service");
+    assert_eq!(w.ct.property("enforcer.service", "ActiveState"), "active");
+    assert_eq!(w.ct.property("agents.slice", "ActiveState"), "active");
+    assert_eq!(
+        w.ct.property("enforcer.service", "StatusText"),
+        "governing agents.slice (1 unit mapping(s))"
+    );
+    // As shipped, every unit that asks gets a run that allows nothing.
+    let target = w.tcp();
+    let o = w.agent("any-agent", &[PROBE, "tcp-echo", &target, "x"]);
+    assert!(stdout(&o).starts_with("err"), "{o:?}");
+    w.host
+        .assert_untouched("the shipped configuration allows nothing");
+    // Map billing-*.service to a policy, ahead of the catch-all.
+    w.ct.write("/etc/enforcer/billing.toml", &allow_tcp(&w.host));
+    let config = w.ct.root().join("etc/enforcer/enforcer.toml");
+    let shipped = std::fs::read_to_string(&config).expect("the shipped enforcer.toml");
+    let catch_all = "[[unit]]\nmatch = \"*\"";
+    assert!(shipped.contains(catch_all), "{shipped}");
+    let mapped = shipped.replace(
+        catch_all,
+        &format!(
+            "[[unit]]\nmatch = \"billing-*.service\"\npolicy = \"billing.toml\"\n\n{catch_all}"
+        ),
+    );
+    std::fs::write(&config, mapped).expect("edit enforcer.toml");
+    w.ct.ok(
+        "enforcer policy check /etc/enforcer/billing.toml && systemctl restart enforcer.service",
+    );
+    assert_eq!(
+        w.ct.property("enforcer.service", "StatusText"),
+        "governing agents.slice (2 unit mapping(s))"
+    );
+    // The unit, from the shipped example, running the probe as its agent.
+    w.ct.ok(&format!(
+        "sed 's|/usr/bin/python3 /opt/agent/agent.py|{PROBE} tcp-echo {target} billing|' \
+         /usr/share/doc/enforcer/examples/systemd/billing-agent.service.example \
+         > /etc/systemd/system/billing-agent.service && systemctl daemon-reload \
+         && systemctl start billing-agent.service"
+    ));
+    assert!(
+        leftovers::eventually(10, || w
+            .ct
+            .journal("billing-agent.service")
+            .contains("vendor-echo billing")),
+        "{}\n{}",
+        w.ct.journal("billing-agent.service"),
+        w.ct.journal("enforcer.service")
+    );
+    let log = w.ct.journal("enforcer.service");
+    assert!(
+        log.contains("started for billing-agent.service")
+            && log.contains("policy /etc/enforcer/billing.toml"),
+        "{log}"
+    );
+    let runs = w.ct.ok("enforcer audit runs --format jsonl");
+    let run = runs
+        .lines()
+        .find(|l| l.contains("billing.toml") || l.contains("allowed"))
+        .unwrap_or_else(|| panic!("the billing run in the audit log: {runs}"));
+    let run: serde_json::Value = serde_json::from_str(run).expect("jsonl");
+    let run_id = run["run_id"].as_str().expect("run_id").to_string();
+    let events = w.ct.ok(&format!(
+        "enforcer audit events --run {run_id} --format jsonl"
+    ));
+    assert!(
+        events.contains("allow") && events.contains(&w.host.v4.to_string()),
+        "{events}"
+    );
+    assert_eq!(
+        w.host.counters.snapshot().0,
+        1,
+        "the billing agent's connection"
+    );
 }

@@ -182,7 +182,8 @@ fn is_bpffs_mounted() -> bool {
     })
 }
 
-/// Run cgroups, pins, run records and test namespaces still present.
+/// Run cgroups, pins, run records, test namespaces and test containers
+/// still present.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     let cgroup_root = util::cgroup2_root();
@@ -199,6 +200,33 @@ fn leftovers() -> Vec<String> {
                 if e.path().is_dir() || e.path().extension().is_some_and(|x| x == "json") {
                     found.push(e.path().display().to_string());
                 }
+            }
+        }
+    }
+    // Containers the systemd tests booted (tests/src/nspawn.rs): their
+    // cgroups, nspawn's state for them, their overlays.
+    if let Some(root) = util::cgroup2_root()
+        && let Ok(rd) = std::fs::read_dir(&root)
+    {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("enft-ct-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/run/systemd/nspawn/propagate") {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("enft-ct-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        for m in mounts.lines() {
+            if let Some(at) = m.split_whitespace().nth(1)
+                && at.contains("/enforcer-debroot-")
+            {
+                found.push(format!("mount {at}"));
             }
         }
     }
