@@ -108,6 +108,19 @@ impl World {
         self.unit(name, "agents.slice", &["DynamicUser=yes"], &full)
     }
 
+    /// The runs in the container's audit log, by the unit they belonged to.
+    fn audited_run(&self, unit: &str) -> serde_json::Value {
+        let runs = self.ct.ok("enforcer audit runs --format jsonl");
+        runs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| {
+                r["cgroup"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with(&format!("/{unit}")))
+            })
+            .unwrap_or_else(|| panic!("no run of {unit} in the audit log: {runs}"))
+    }
+
     fn tcp(&self) -> String {
         self.host.tcp4().to_string()
     }
@@ -187,6 +200,20 @@ fn the_shipped_service_is_active_once_ready_and_each_unit_gets_its_own_policy() 
         log.contains("started for b-1.service") && log.contains("policy /etc/enforcer/b.toml"),
         "{log}"
     );
+    // The audit log: one run per unit, each under its own policy and
+    // dynamic user, with its own decisions.
+    let a = w.audited_run("a-1.service");
+    let b = w.audited_run("b-1.service");
+    assert_eq!(a["policy_path"], "/etc/enforcer/a.toml", "{a}");
+    assert_eq!(b["policy_path"], "/etc/enforcer/b.toml", "{b}");
+    assert_ne!(a["uid"], b["uid"], "a user per unit: {a} {b}");
+    assert_eq!(
+        (a["allowed"].as_u64(), a["denied"].as_u64()),
+        (Some(2), Some(0)),
+        "{a}"
+    );
+    assert_eq!(b["allowed"].as_u64(), Some(0), "{b}");
+    assert!(b["denied"].as_u64() >= Some(2), "{b}");
     // The runs end with their units.
     assert!(
         leftovers::eventually(5, || {
