@@ -105,6 +105,7 @@ impl Container {
             .args(["systemd-nspawn", "--register=no", "--keep-unit", "--boot"])
             .args(["--console=passive", "--link-journal=no", "--timezone=off"])
             .arg("--system-call-filter=bpf")
+            .arg("--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN")
             .arg(format!("--machine={}", self.name))
             .arg("-D")
             .arg(&root)
