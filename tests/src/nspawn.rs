@@ -323,7 +323,8 @@ fn remove_machine_state(name: &str, root_ino: Option<u64>) {
 
 /// Removes the containers of test processes that no longer exist (a test
 /// binary killed mid-run cannot run its destructors): their cgroups, with
-/// whatever still runs in them, and their namespaces.
+/// whatever still runs in them, nspawn's state and their overlays (their
+/// namespaces go with `TestHost`'s own sweep).
 fn remove_stale_containers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -340,6 +341,24 @@ fn remove_stale_containers() {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 remove_cgroup_tree(&e.path());
                 remove_machine_state(&name, None);
+            }
+        }
+        // Their overlays (debroot::Overlay names them by the test's pid).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for at in mounts.lines().filter_map(|m| m.split_whitespace().nth(1)) {
+            let Some(dir) = Path::new(at).parent() else {
+                continue;
+            };
+            let dead = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("enforcer-debroot-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead {
+                let _ = Command::new("umount").arg(at).status();
+                let _ = std::fs::remove_dir_all(dir);
             }
         }
     });
