@@ -575,3 +575,52 @@ fn audit_queries_output_table_jsonl_and_csv_and_prune() {
     assert!(pruned.contains("pruned"), "{pruned}");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM events"), 0);
 }
+
+#[test]
+fn the_orchestrators_label_is_the_agent_run_id_of_the_seed_query() {
+    let w = VendorWorld::new();
+    let db = db_path();
+    let out = with_db(
+        w.launch(
+            POLICY,
+            &[
+                "/bin/sh",
+                "-c",
+                "curl -sS -m 10 -o /dev/null -w '%{http_code}\\n' https://api.vendor.test/v1/labelled",
+            ],
+        ),
+        &db,
+    )
+    .flag("--label")
+    .flag("billing/run_abc123")
+    .run();
+    out.assert_clean();
+    assert_eq!(out.stdout, "200\n", "{out:?}");
+    let run_id = out.run_id.clone().expect("run id");
+    let c = Connection::open(&db).expect("db");
+    let rows: Vec<(String, String, String)> = c
+        .prepare(
+            "SELECT vendor, endpoint, enforcer_run_id FROM audit_log \
+             WHERE agent_run_id = 'billing/run_abc123' AND layer = 'request' ORDER BY called_at;",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .expect("the seed query by label");
+    assert_eq!(
+        rows,
+        [(
+            String::from("vendor"),
+            String::from("GET /v1/labelled"),
+            run_id.clone()
+        )]
+    );
+    // A label that would break a log line is refused before anything starts.
+    let out = with_db(w.launch(POLICY, &["/bin/true"]), &db)
+        .flag("--label")
+        .flag("a\nb")
+        .run();
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("control characters"), "{}", out.stderr);
+}

@@ -622,3 +622,64 @@ echo "--- end"
         }
     }
 }
+
+#[test]
+fn a_systemd_credential_source_is_read_from_the_services_credentials_directory() {
+    let w = VendorWorld::new();
+    // What systemd makes for `LoadCredential=vendor:...`: a root-only
+    // directory holding one root-only file per credential.
+    let creds = files::scratch_dir().join(format!("credentials-{}", std::process::id()));
+    std::fs::create_dir(&creds).expect("credentials dir");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    std::fs::write(creds.join("vendor"), format!("{REAL}\n")).expect("credential");
+    std::fs::set_permissions(creds.join("vendor"), std::fs::Permissions::from_mode(0o400))
+        .expect("chmod");
+    let from_credential =
+        policy(std::path::Path::new("/unused")).replace("file:/unused", "credential:vendor");
+    let script = "echo \"dir=${CREDENTIALS_DIRECTORY:-unset}\"; \
+                  curl -sS -m 20 -o /dev/null -w '%{http_code}\\n' -H \"Authorization: Bearer $VENDOR_KEY\" https://api.vendor.test/v1/cred";
+    let out = w
+        .launch(&from_credential, &["/bin/sh", "-c", script])
+        .env("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf-8"))
+        .run();
+    out.assert_clean();
+    assert!(
+        out.stdout.contains("dir=unset\n"),
+        "the credentials directory reached the agent: {out:?}"
+    );
+    assert!(out.stdout.ends_with("200\n"), "{out:?}");
+    let seen: Vec<_> = w
+        .vendor
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/cred")
+        .collect();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {REAL}").as_str())
+    );
+    // Outside a service with the credential: a clear error, nothing started.
+    let out = w.launch(&from_credential, &["/bin/true"]).run();
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("LoadCredential=vendor:"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.run_id.is_none(), "{}", out.stderr);
+    let out = w
+        .launch(
+            &from_credential.replace("credential:vendor", "credential:other"),
+            &["/bin/true"],
+        )
+        .env("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf-8"))
+        .run();
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("has no credential other"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(&creds).expect("remove the credentials");
+}

@@ -4,176 +4,11 @@
 //! process in the slice, a root unit, a unit with no mapping and a caller
 //! outside the slice get nothing; while the daemon is down nothing gets out.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+use enforcer_e2e::{
+    TestHost,
+    daemon::{Daemon, stderr, stdout},
+    files, leftovers,
 };
-
-use enforcer_e2e::{TestHost, files, leftovers};
-
-/// A daemon governing a slice of its own.
-struct Daemon {
-    child: Option<Child>,
-    config: PathBuf,
-    socket: PathBuf,
-    slice_name: String,
-    slice: PathBuf,
-}
-
-impl Daemon {
-    /// `units`: (unit name pattern, policy TOML).
-    fn start(units: &[(&str, &str)]) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let slice_name = format!(
-            "enft-d{}-{}.slice",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let slice = leftovers::cgroup2_root().join(&slice_name);
-        std::fs::create_dir(&slice).expect("mkdir slice");
-        let mut config = format!(
-            "slice = \"{slice_name}\"\naudit_db = \"{}\"\n",
-            files::audit_db().display()
-        );
-        for (pattern, policy) in units {
-            let p = files::write("unit-policy.toml", policy);
-            config.push_str(&format!(
-                "[[unit]]\nmatch = \"{pattern}\"\npolicy = \"{}\"\n",
-                p.display()
-            ));
-        }
-        let config = files::write("enforcer.toml", &config);
-        let socket = config.with_extension("sock");
-        let mut d = Self {
-            child: None,
-            config,
-            socket,
-            slice_name,
-            slice,
-        };
-        d.restart();
-        d
-    }
-
-    fn restart(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new(files::enforcer())
-            .args(["daemon", "--config"])
-            .arg(&self.config)
-            .arg("--socket")
-            .arg(&self.socket)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
-        self.child = Some(child);
-        if !leftovers::eventually(20, || self.socket.exists()) {
-            panic!("the daemon did not come up: {}", self.stop());
-        }
-    }
-
-    /// Stops the daemon (SIGTERM) and returns its stderr.
-    fn stop(&mut self) -> String {
-        let Some(child) = self.child.take() else {
-            return String::new();
-        };
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().expect("daemon exit");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    /// A unit's cgroup (created on first use).
-    fn unit(&self, name: &str) -> PathBuf {
-        let p = self.slice.join(name);
-        let _ = std::fs::create_dir(&p);
-        p
-    }
-
-    /// Runs `argv` in `cgroup` as `nobody` (or root), optionally through
-    /// `enforcer exec`.
-    fn run_in(&self, cgroup: &Path, user: Option<&str>, exec: bool, argv: &[&str]) -> Output {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg("echo $$ > \"$0/cgroup.procs\" && shift && exec \"$@\"")
-            .arg(cgroup)
-            .arg("--");
-        if let Some(u) = user {
-            cmd.args([
-                "setpriv",
-                "--reuid",
-                u,
-                "--regid",
-                "nogroup",
-                "--clear-groups",
-            ]);
-        }
-        if exec {
-            cmd.arg(files::enforcer())
-                .arg("exec")
-                .arg("--socket")
-                .arg(&self.socket)
-                .arg("--");
-        }
-        cmd.args(argv);
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let out = child.wait_with_output().expect("wait");
-        assert!(Instant::now() < deadline, "timed out");
-        out
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-        // Units first (cgroup.kill covers each subtree), then the slice.
-        for entry in std::fs::read_dir(&self.slice)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
-                leftovers::eventually(5, || std::fs::remove_dir(entry.path()).is_ok());
-            }
-        }
-        leftovers::eventually(5, || std::fs::remove_dir(&self.slice).is_ok());
-        // What a stopped daemon leaves on purpose (its programs stay
-        // attached so that the slice reaches nothing): ours go too.
-        let pins = Path::new("/sys/fs/bpf/enforcer");
-        // bpffs refuses dots in names: the daemon writes them as `_d`.
-        let prefix = format!("daemon-{}-", self.slice_name.replace('.', "_d"));
-        for entry in std::fs::read_dir(pins).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                for f in std::fs::read_dir(entry.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let _ = std::fs::remove_file(f.path());
-                }
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
-        let _ = std::fs::remove_dir(pins);
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_file(format!("/run/enforcer/{prefix}lock"));
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn allow_tcp(host: &TestHost) -> String {
     format!(
@@ -362,4 +197,37 @@ fn while_the_daemon_is_down_nothing_gets_out_and_units_start_again_after() {
         2,
         "the two runs' connections, no more"
     );
+}
+
+#[test]
+fn cleanup_of_a_stopped_daemon_detaches_it_and_is_refused_while_it_runs() {
+    let host = TestHost::new();
+    let mut d = Daemon::start(&[("a-*.service", DENY_ALL)]);
+    let slice = d.slice_name.clone();
+    let refused = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("is running"),
+        "{}",
+        stderr(&refused)
+    );
+    d.stop();
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let unit = d.unit("a-1.service");
+    let o = d.run_in(&unit, Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("err EPERM"), "stopped: {o:?}");
+    let done = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        stderr(&done).contains("no longer governed"),
+        "{}",
+        stderr(&done)
+    );
+    // Uninstalled: the slice is the host's again.
+    let o = d.run_in(&unit, Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("ok peer"), "after cleanup: {o:?}");
+    let again = d.enforcer(&["cleanup", "--daemon", &slice]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
 }

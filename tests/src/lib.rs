@@ -5,6 +5,7 @@
 //! Tests only ever aim traffic at addresses a [`TestHost`] created.
 
 pub mod action;
+pub mod daemon;
 pub mod deb;
 pub mod debroot;
 pub mod files;

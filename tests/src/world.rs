@@ -19,6 +19,19 @@ impl VendorWorld {
         Self { host, vendor }
     }
 
+    /// `enforcer daemon` arguments with which its runs reach the vendor.
+    pub fn daemon_args(&self) -> Vec<String> {
+        let mut args = vec![
+            String::from("--upstream-ca"),
+            self.vendor.ca_file.display().to_string(),
+        ];
+        for name in NAMES {
+            args.push(String::from("--resolve"));
+            args.push(format!("{name}={}", self.host.v4));
+        }
+        args
+    }
+
     /// A launch of `command` under `policy` that can reach the vendor.
     pub fn launch(&self, policy: &str, command: &[&str]) -> Launch {
         let mut l = Launch::new(policy, command)

@@ -22,6 +22,13 @@ pub enum CleanupError {
     UnknownRun(String),
     #[error("run {0} is still supervised by a live enforcer (pid {1}); stop that enforcer instead")]
     Alive(String, u32),
+    #[error(
+        "the enforcer daemon of {0} is running (it holds {1}): stop it first \
+         (systemctl stop enforcer)"
+    )]
+    DaemonAlive(String, String),
+    #[error("no stopped enforcer daemon of {0} left anything attached")]
+    NoDaemon(String),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
@@ -104,6 +111,65 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
         let _ = std::fs::remove_file(crate::control::socket_path(&runs_dir, &id));
         crate::tls::trust::remove(&Path::new(crate::tls::trust::TRUST_DIR).join(&id));
         removed.push(id);
+    }
+    Ok(removed)
+}
+
+/// Forgets the runs of daemons that are gone (killed): their records,
+/// control sockets and trust bundles. A daemon's runs end with it; their
+/// units' cgroups are systemd's and are left alone.
+pub fn forget_dead_daemon_runs() -> Vec<String> {
+    let runs_dir = PathBuf::from(runs::RUNS_DIR);
+    let mut forgotten = Vec::new();
+    for rec in RunRecord::all(&runs_dir) {
+        if rec.unit.is_none() || rec.enforcer_alive() || !runid::is_valid(&rec.run_id) {
+            continue;
+        }
+        RunRecord::remove(&runs_dir, &rec.run_id);
+        let _ = std::fs::remove_file(crate::control::socket_path(&runs_dir, &rec.run_id));
+        crate::tls::trust::remove(&Path::new(crate::tls::trust::TRUST_DIR).join(&rec.run_id));
+        forgotten.push(rec.run_id);
+    }
+    forgotten
+}
+
+/// `enforcer cleanup --daemon SLICE`: detaches and unpins what stopped
+/// daemons of `slice` left attached (fail closed while down), and forgets
+/// their runs. Refused while a daemon of `slice` runs.
+pub fn daemon(slice: &Path) -> Result<Vec<String>, CleanupError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CleanupError::NotRoot);
+    }
+    let prefix = crate::daemon::pin_prefix(slice);
+    let lock = Path::new("/run/enforcer").join(format!("{prefix}lock"));
+    if let Ok(file) = std::fs::File::open(&lock) {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => drop(held),
+            Err(_) => {
+                return Err(CleanupError::DaemonAlive(
+                    slice.display().to_string(),
+                    lock.display().to_string(),
+                ));
+            }
+        }
+    }
+    let pin_parent = Path::new(bpffs::BPFFS_ROOT).join(bpffs::PINS_DIR);
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(&pin_parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            bpffs::remove_pins(&entry.path())?;
+            removed.push(name);
+        }
+    }
+    let _ = std::fs::remove_file(&lock);
+    removed.extend(forget_dead_daemon_runs());
+    if removed.is_empty() {
+        return Err(CleanupError::NoDaemon(slice.display().to_string()));
     }
     Ok(removed)
 }

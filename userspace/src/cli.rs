@@ -55,6 +55,23 @@ pub enum Command {
         its programs are attached and its socket listens."
     )]
     Daemon(DaemonArgs),
+    /// Make a running daemon read its configuration and policies again
+    /// (what `systemctl reload enforcer` runs; SIGHUP does the same).
+    #[command(
+        after_help = "Every policy is checked first: if anything is wrong, nothing changes and \
+        the reason is printed (exit status 1). Otherwise each live run decides its next requests \
+        by its unit's new policy and keeps its connections, credentials, spend and TTL (caps \
+        and limits take the new values; what was spent and called counts against them). A run \
+        whose unit no longer maps to a policy ends. The slice and audit_db need a restart."
+    )]
+    Reload {
+        /// The daemon's socket.
+        #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
+        socket: PathBuf,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// The entry point of an agent unit (ExecStart=enforcer exec -- CMD):
     /// ask the daemon for a run for this unit, then run CMD confined.
     Exec(ExecArgs),
@@ -71,7 +88,9 @@ pub enum Command {
     /// Query the audit log: runs, their events, and pruning.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// List live runs: secrets (names), credential state, TTL left, counts.
+    /// List live runs (launch's and the daemon's units): unit, secrets
+    /// (names), credential state, TTL left, counts, each cap's spend,
+    /// waiting approvals.
     Status {
         /// Print JSON lines instead of a table.
         #[arg(long)]
@@ -80,16 +99,25 @@ pub enum Command {
     /// Revoke a live run's credentials now: no further request of the run
     /// gets a real key (placeholders stop working).
     Revoke {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        /// A run id, a daemon unit's name (`billing-agent` or
+        /// `billing-agent.service`) or a run's label.
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Reset a run's tripped loop breaker: one call (KEY, from the 429 body
     /// or `enforcer status`), or every tripped call of the run.
     Reset {
-        #[arg(value_name = "RUN_ID")]
-        run_id: String,
+        /// A run id, a unit name or a label.
+        #[arg(value_name = "RUN")]
+        run: String,
         #[arg(value_name = "KEY")]
         key: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// List requests of live runs waiting for a human (`action = "ask"`).
     Approvals {
@@ -104,18 +132,25 @@ pub enum Command {
         /// Also approve every later request of the same rule in this run.
         #[arg(long)]
         always: bool,
-        /// The run the request belongs to (needed only when several live
-        /// runs have a request with this ID).
-        #[arg(long, value_name = "RUN_ID")]
+        /// The run the request belongs to: run id, unit name or label
+        /// (needed only when several live runs have a request with this ID).
+        #[arg(long, value_name = "RUN")]
         run: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// Deny a waiting request (its ID from `enforcer approvals`).
     Deny {
         #[arg(value_name = "ID")]
         id: u64,
-        /// The run the request belongs to (when several have this ID).
-        #[arg(long, value_name = "RUN_ID")]
+        /// The run the request belongs to: run id, unit name or label
+        /// (when several have this ID).
+        #[arg(long, value_name = "RUN")]
         run: Option<String>,
+        /// Print the outcome as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// (packaging) Write shell completions and man pages under DIR.
     #[command(name = "__generate", hide = true)]
@@ -152,9 +187,11 @@ pub struct DaemonArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The orchestrator's name for this run, recorded with it.
+    /// The orchestrator's name for this run (e.g. billing/run_abc123): the
+    /// audit log's `agent_run_id`. Default: the unit's invocation id.
+    /// Need not be unique.
     #[arg(long, value_name = "LABEL")]
-    pub label: Option<String>,
+    pub label: Option<crate::run::label::Label>,
     /// The daemon's socket.
     #[arg(long, value_name = "PATH", default_value = crate::daemon::protocol::SOCKET)]
     pub socket: PathBuf,
@@ -191,6 +228,11 @@ pub struct LaunchArgs {
     /// Allow the agent to run as root. A root agent can undo its confinement; avoid.
     #[arg(long)]
     pub allow_root: bool,
+    /// The orchestrator's name for this run (e.g. billing/run_abc123),
+    /// recorded with it: the audit log's `agent_run_id` (enforcer's run id
+    /// when there is no label). Need not be unique.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<crate::run::label::Label>,
     /// Start even if this kernel cannot isolate the run from the user's other
     /// processes (needs Landlock ABI 6+ and IPC namespaces). Without that
     /// isolation, other processes of the agent's user, other runs included,
@@ -342,8 +384,14 @@ pub enum PolicyCommand {
 pub struct CleanupArgs {
     /// The run to remove (as printed at launch). Without it, every run whose
     /// enforcer is no longer alive is removed.
-    #[arg(value_name = "RUN_ID")]
+    #[arg(value_name = "RUN_ID", conflicts_with = "daemon")]
     pub run_id: Option<String>,
+    /// Instead: remove what a stopped `enforcer daemon` of SLICE (the
+    /// `slice` of its configuration, e.g. agents.slice) keeps attached on
+    /// purpose, so that its slice reaches nothing while it is down. After
+    /// this the slice's processes are no longer confined (uninstall).
+    #[arg(long, value_name = "SLICE")]
+    pub daemon: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

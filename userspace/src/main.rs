@@ -74,8 +74,16 @@ fn run(command: Command) -> i32 {
             Ok(()) => 0,
             Err(e) => failed(&e, 1),
         },
+        Command::Reload { socket, json } => match enforcer::daemon::client::reload(&socket, json) {
+            Ok(()) => 0,
+            Err(e) => failed(&e, 1),
+        },
         Command::Exec(args) => {
-            let e = enforcer::daemon::exec::exec(&args.socket, args.label, &args.command);
+            let e = enforcer::daemon::exec::exec(
+                &args.socket,
+                args.label.map(|l| l.to_string()),
+                &args.command,
+            );
             failed(&e, 126)
         }
         Command::Policy(PolicyCommand::Check { file, json }) => {
@@ -131,12 +139,17 @@ fn run(command: Command) -> i32 {
             Err(e) => failed(&e, 1),
         },
         Command::Status { json } => control(enforcer::control::client::status(json)),
-        Command::Revoke { run_id } => control(enforcer::control::client::revoke(&run_id)),
-        Command::Reset { run_id, key } => {
-            control(enforcer::control::client::reset(&run_id, key.as_deref()))
+        Command::Revoke { run, json } => control(enforcer::control::client::revoke(&run, json)),
+        Command::Reset { run, key, json } => {
+            control(enforcer::control::client::reset(&run, key.as_deref(), json))
         }
         Command::Approvals { json } => control(enforcer::control::approvals::list(json)),
-        Command::Approve { id, always, run } => {
+        Command::Approve {
+            id,
+            always,
+            run,
+            json,
+        } => {
             let answer = if always {
                 enforcer::approval::Answer::Always
             } else {
@@ -146,13 +159,31 @@ fn run(command: Command) -> i32 {
                 id,
                 answer,
                 run.as_deref(),
+                json,
             ))
         }
-        Command::Deny { id, run } => control(enforcer::control::approvals::answer(
+        Command::Deny { id, run, json } => control(enforcer::control::approvals::answer(
             id,
             enforcer::approval::Answer::Deny,
             run.as_deref(),
+            json,
         )),
+        Command::Cleanup(args) if args.daemon.is_some() => {
+            let slice = args.daemon.unwrap_or_default();
+            match enforcer::cleanup::daemon(&slice) {
+                Ok(removed) => {
+                    for what in removed {
+                        logging::note(format!("removed {what}"));
+                    }
+                    logging::note(format!(
+                        "{} is no longer governed: its processes are not confined by enforcer",
+                        slice.display()
+                    ));
+                    0
+                }
+                Err(e) => failed(&e, 1),
+            }
+        }
         Command::Cleanup(args) => match enforcer::cleanup::run(args.run_id.as_deref()) {
             Ok(removed) if removed.is_empty() => {
                 logging::note("nothing to clean up");

@@ -22,6 +22,12 @@ pub struct RunRecord {
     /// Enforcement outlives the enforcer (`--pin`).
     pub pinned: bool,
     pub started_unix: u64,
+    /// The systemd unit a daemon run serves (none for `launch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The orchestrator's label of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl RunRecord {
@@ -73,6 +79,17 @@ impl RunRecord {
             .collect()
     }
 
+    /// Whether `who` (a run id, a unit name with or without `.service`, or
+    /// a label) names this run.
+    pub fn answers_to(&self, who: &str) -> bool {
+        self.run_id == who
+            || self.label.as_deref() == Some(who)
+            || self
+                .unit
+                .as_deref()
+                .is_some_and(|u| u == who || u.strip_suffix(".service") == Some(who))
+    }
+
     /// True while the enforcer that wrote this record is still running.
     pub fn enforcer_alive(&self) -> bool {
         // The pid could have been reused; also require it to be an enforcer.
@@ -101,10 +118,13 @@ mod tests {
             policy: "p.toml".into(),
             pinned: false,
             started_unix: 1,
+            unit: Some("billing-agent.service".into()),
+            label: None,
         };
         r.save(&dir).unwrap();
         let back = RunRecord::load(&dir, &r.run_id).unwrap();
         assert_eq!(back.cgroup, r.cgroup);
+        assert_eq!(back.unit, r.unit);
         assert_eq!(RunRecord::all(&dir).len(), 1);
         assert!(!back.enforcer_alive());
         RunRecord::remove(&dir, &r.run_id);

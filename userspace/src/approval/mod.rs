@@ -6,6 +6,7 @@
 //! `--approver none` every ask is denied at once.
 
 pub mod terminal;
+pub mod webhook;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -323,6 +324,16 @@ impl ApprovalHub {
                 Outcome::TimedOut
             }
         }
+    }
+
+    /// Forgets every `always` answer: they name rules by position, which a
+    /// reloaded policy may give to other rules.
+    /// Says whether there were any.
+    pub fn forget_always(&self) -> bool {
+        let mut inner = self.lock();
+        let had = !inner.always.is_empty();
+        inner.always.clear();
+        had
     }
 
     /// Requests waiting now, oldest first (not those past their deadline).

@@ -31,6 +31,10 @@ pub struct RunInfo {
     pub cgroup: String,
     pub started_at: SystemTime,
     pub ttl_seconds: Option<u64>,
+    /// The orchestrator's name for the run (`audit_log.agent_run_id`).
+    pub label: Option<String>,
+    /// The systemd unit the run serves (daemon runs).
+    pub unit: Option<String>,
 }
 
 /// How a run ended.

@@ -15,7 +15,7 @@ pub(crate) const APPLICATION_ID: i64 = 0x656e_6661;
 ///
 /// No CHECK constraints on `layer`/`verdict`: a new variant (such as
 /// `control`) must never make inserts fail, which would stop the audit log.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -138,6 +138,68 @@ CREATE VIEW audit_log AS
 SELECT
     e.id              AS event_id,
     e.run_id          AS agent_run_id,
+    r.name            AS agent_name,
+    e.at              AS called_at,
+    e.layer           AS layer,
+    e.verdict         AS policy_verdict,
+    e.vendor          AS vendor,
+    CASE
+        WHEN e.method IS NOT NULL AND e.path IS NOT NULL THEN e.method || ' ' || e.path
+        WHEN e.host IS NOT NULL AND e.port IS NOT NULL AND instr(e.host, ':') > 0
+            THEN '[' || e.host || ']:' || e.port
+        WHEN e.host IS NOT NULL AND e.port IS NOT NULL THEN e.host || ':' || e.port
+        ELSE e.host
+    END               AS endpoint,
+    e.host            AS host,
+    e.port            AS port,
+    e.method          AS method,
+    e.path            AS path,
+    e.query_redacted  AS query_redacted,
+    e.rule            AS policy_rule,
+    e.reason          AS reason,
+    e.status          AS status_code,
+    e.bytes_up        AS bytes_up,
+    e.bytes_down      AS bytes_down,
+    e.latency_ms      AS latency_ms,
+    e.cost_usd        AS cost_usd,
+    e.reserved_usd    AS reserved_usd,
+    e.vendor_txn_id   AS vendor_txn_id,
+    e.secrets         AS injected_secrets,
+    e.approver        AS approver,
+    e.decided_ms      AS decided_ms,
+    e.pid             AS pid,
+    e.comm            AS comm,
+    e.cause           AS cause,
+    e.alarm           AS alarm,
+    e.rule_line       AS policy_rule_line,
+    e.failure         AS failure,
+    r.policy_path     AS policy_path,
+    r.policy_sha256   AS policy_sha256,
+    r.invoking_user   AS invoking_user,
+    r.command         AS command
+FROM events e
+LEFT JOIN runs r ON r.id = e.run_id;
+"#;
+
+/// V3: a run's `label` (the orchestrator's name for it: `enforcer exec
+/// --label`, `launch --label`, or the systemd unit's invocation id) and the
+/// systemd `unit` it serves. `audit_log.agent_run_id` is the label when
+/// there is one and enforcer's run id otherwise; `enforcer_run_id` is always
+/// enforcer's. Labels need not be unique (a unit restarted under the same
+/// label is several runs).
+const V3: &str = r#"
+ALTER TABLE runs ADD COLUMN label TEXT;
+ALTER TABLE runs ADD COLUMN unit TEXT;
+CREATE INDEX runs_label ON runs(label) WHERE label IS NOT NULL;
+
+DROP VIEW audit_log;
+CREATE VIEW audit_log AS
+SELECT
+    e.id              AS event_id,
+    COALESCE(r.label, e.run_id) AS agent_run_id,
+    e.run_id          AS enforcer_run_id,
+    r.label           AS label,
+    r.unit            AS unit,
     r.name            AS agent_name,
     e.at              AS called_at,
     e.layer           AS layer,

@@ -239,8 +239,8 @@ fn prepare_file(path: &Path) -> Result<(), AuditError> {
 pub(crate) fn insert_run(conn: &Connection, info: &RunInfo) -> rusqlite::Result<bool> {
     let n = conn.execute(
         "INSERT INTO runs (id, name, policy_path, policy_sha256, invoking_user, uid,
-                           command, cgroup, started_at, ttl_seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                           command, cgroup, started_at, ttl_seconds, label, unit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (id) DO NOTHING",
         params![
             bounded(info.run_id.clone(), 256),
@@ -254,6 +254,8 @@ pub(crate) fn insert_run(conn: &Connection, info: &RunInfo) -> rusqlite::Result<
             clock::to_text(info.started_at),
             info.ttl_seconds
                 .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            info.label.clone().map(|l| bounded(l, 256)),
+            info.unit.clone().map(|u| bounded(u, 256)),
         ],
     )?;
     Ok(n > 0)

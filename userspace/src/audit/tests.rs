@@ -1061,3 +1061,56 @@ fn acknowledged_rows_survive_sigkill() {
         acked.len()
     );
 }
+
+#[test]
+fn a_labelled_run_is_found_by_its_label_and_an_unlabelled_one_by_its_id() {
+    let dir = TempDir::new("labels");
+    let path = dir.path().join("audit.db");
+    let store = AuditStore::open(&path).unwrap();
+    let mut labelled = run_info("20261130-120000-aaaaaa", "billing-agent");
+    labelled.label = Some(String::from("billing/run_abc123"));
+    labelled.unit = Some(String::from("billing-agent.service"));
+    store.start_run(&labelled).unwrap();
+    store
+        .start_run(&run_info("20261130-120000-bbbbbb", "support-agent"))
+        .unwrap();
+    let w = store.writer();
+    rt().block_on(async {
+        for run in ["20261130-120000-aaaaaa", "20261130-120000-bbbbbb"] {
+            w.record(request(
+                run,
+                Verdict::Allow,
+                "api.stripe.com",
+                "GET",
+                "/v1/x",
+            ))
+            .await
+            .unwrap();
+        }
+        w.flush().await.unwrap();
+    });
+    drop(w);
+    let conn = Connection::open(&path).unwrap();
+    let row = |agent_run_id: &str| -> Vec<(String, Option<String>, Option<String>)> {
+        conn.prepare("SELECT enforcer_run_id, label, unit FROM audit_log WHERE agent_run_id = ?1")
+            .unwrap()
+            .query_map([agent_run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        row("billing/run_abc123"),
+        [(
+            String::from("20261130-120000-aaaaaa"),
+            Some(String::from("billing/run_abc123")),
+            Some(String::from("billing-agent.service"))
+        )]
+    );
+    assert_eq!(
+        row("20261130-120000-bbbbbb"),
+        [(String::from("20261130-120000-bbbbbb"), None, None)]
+    );
+    // A labelled run answers to its label, not to enforcer's id.
+    assert!(row("20261130-120000-aaaaaa").is_empty());
+}

@@ -115,6 +115,8 @@ pub(crate) fn run_info(id: &str, name: &str) -> RunInfo {
         cgroup: format!("/sys/fs/cgroup/enforcer/{id}"),
         started_at: SystemTime::now(),
         ttl_seconds: Some(10_800),
+        label: None,
+        unit: None,
     }
 }
 

@@ -4,21 +4,13 @@
 use std::path::Path;
 
 use super::{
-    client::{ControlError, ask},
+    client::{ControlError, ask, require_root, resolve},
     protocol::{Request, Response},
 };
 use crate::{
     approval::{Answer, Pending, printable},
     runs::RunRecord,
 };
-
-fn require_root() -> Result<(), ControlError> {
-    if nix::unistd::geteuid().is_root() {
-        Ok(())
-    } else {
-        Err(ControlError::NotRoot)
-    }
-}
 
 /// Every live run's waiting requests.
 fn all_pending() -> Vec<Pending> {
@@ -98,15 +90,10 @@ fn answered_by() -> String {
 }
 
 /// `enforcer approve ID [--always]` and `enforcer deny ID`.
-pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlError> {
+pub fn answer(id: u64, answer: Answer, run: Option<&str>, json: bool) -> Result<(), ControlError> {
     require_root()?;
     let run_id = match run {
-        Some(r) => {
-            if !crate::runid::is_valid(r) {
-                return Err(ControlError::NoSuchRun(r.to_string()));
-            }
-            r.to_string()
-        }
+        Some(r) => resolve(r)?.run_id,
         None => {
             let runs: Vec<String> = all_pending()
                 .into_iter()
@@ -132,6 +119,13 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>) -> Result<(), ControlE
         by: answered_by(),
     };
     match ask(&path, &run_id, &req)? {
+        Response::Answered { .. } if json => {
+            crate::outln!(
+                "{}",
+                serde_json::json!({ "run_id": run_id, "id": id, "answer": answer })
+            );
+            Ok(())
+        }
         Response::Answered { .. } => {
             let what = match answer {
                 Answer::Approve => "approved",

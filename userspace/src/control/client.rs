@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::protocol::{Request, Response};
+use crate::runs::RunRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -16,8 +17,10 @@ pub enum ControlError {
         "this command must run as root (it talks to runs over root-only control sockets): try sudo"
     )]
     NotRoot,
-    #[error("no live run {0} (see `enforcer status`)")]
+    #[error("no live run is called {0} (a run id, a unit name or a label; see `enforcer status`)")]
     NoSuchRun(String),
+    #[error("{who} names several live runs: {runs}; give a run id")]
+    AmbiguousRun { who: String, runs: String },
     #[error("no live run has a waiting request {0} (see `enforcer approvals`)")]
     NoSuchRequest(u64),
     #[error("several live runs have a waiting request {id}: {runs}; add --run RUN_ID")]
@@ -56,80 +59,143 @@ pub fn ask(path: &Path, run: &str, req: &Request) -> Result<Response, ControlErr
     })
 }
 
-/// `enforcer revoke RUN_ID`: revokes and reports how long it took.
-pub fn revoke(run_id: &str) -> Result<(), ControlError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(ControlError::NotRoot);
-    }
-    if !crate::runid::is_valid(run_id) {
-        return Err(ControlError::NoSuchRun(run_id.to_string()));
-    }
-    let path = super::socket_path(Path::new(crate::runs::RUNS_DIR), run_id);
-    let started = std::time::Instant::now();
-    match ask(&path, run_id, &Request::Revoke)? {
-        Response::Revoked { already: false, .. } => {
-            crate::outln!(
-                "run {run_id}: credentials revoked ({:.1} ms); no further request gets a real key",
-                started.elapsed().as_secs_f64() * 1000.0
-            );
-            Ok(())
-        }
-        Response::Revoked { already: true, .. } => {
-            crate::outln!("run {run_id}: credentials were already revoked");
-            Ok(())
-        }
-        other => Err(ControlError::Protocol {
-            run: run_id.to_string(),
-            detail: format!("{other:?}"),
+/// The live run `who` names: a run id, a unit name (with or without
+/// `.service`) or a label. Several matches are refused, never guessed.
+pub fn resolve(who: &str) -> Result<RunRecord, ControlError> {
+    let mut found: Vec<RunRecord> = RunRecord::all(Path::new(crate::runs::RUNS_DIR))
+        .into_iter()
+        .filter(|r| r.answers_to(who) && r.enforcer_alive())
+        .collect();
+    match found.len() {
+        0 => Err(ControlError::NoSuchRun(who.to_string())),
+        1 => Ok(found.remove(0)),
+        _ => Err(ControlError::AmbiguousRun {
+            who: who.to_string(),
+            runs: found
+                .iter()
+                .map(|r| r.run_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
 
-/// `enforcer reset RUN_ID [KEY]`: clears a tripped loop breaker.
-pub fn reset(run_id: &str, key: Option<&str>) -> Result<(), ControlError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(ControlError::NotRoot);
+/// Control sockets are root's.
+pub fn require_root() -> Result<(), ControlError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ControlError::NotRoot)
     }
-    if !crate::runid::is_valid(run_id) {
-        return Err(ControlError::NoSuchRun(run_id.to_string()));
+}
+
+/// `RUN (UNIT)` for messages about a run.
+pub fn describe(r: &RunRecord) -> String {
+    match &r.unit {
+        Some(u) => format!("{} ({u})", r.run_id),
+        None => r.run_id.clone(),
     }
+}
+
+/// `enforcer revoke RUN`: revokes and reports how long it took.
+pub fn revoke(who: &str, json: bool) -> Result<(), ControlError> {
+    require_root()?;
+    let record = resolve(who)?;
+    let run_id = record.run_id.as_str();
+    let path = super::socket_path(Path::new(crate::runs::RUNS_DIR), run_id);
+    let started = std::time::Instant::now();
+    let already = match ask(&path, run_id, &Request::Revoke)? {
+        Response::Revoked { already, .. } => already,
+        other => {
+            return Err(ControlError::Protocol {
+                run: run_id.to_string(),
+                detail: format!("{other:?}"),
+            });
+        }
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::json!({
+                "run_id": run_id,
+                "unit": record.unit,
+                "label": record.label,
+                "revoked": true,
+                "already": already,
+                "ms": ms,
+            })
+        );
+    } else if already {
+        crate::outln!(
+            "run {}: credentials were already revoked",
+            describe(&record)
+        );
+    } else {
+        crate::outln!(
+            "run {}: credentials revoked ({ms:.1} ms); no further request gets a real key",
+            describe(&record)
+        );
+    }
+    Ok(())
+}
+
+/// `enforcer reset RUN [KEY]`: clears a tripped loop breaker.
+pub fn reset(who: &str, key: Option<&str>, json: bool) -> Result<(), ControlError> {
+    require_root()?;
+    let record = resolve(who)?;
+    let run_id = record.run_id.as_str();
     let path = super::socket_path(Path::new(crate::runs::RUNS_DIR), run_id);
     let req = Request::Reset {
         key: key.map(String::from),
     };
-    match ask(&path, run_id, &req)? {
-        Response::Reset { cleared: 0 } => {
-            crate::outln!("run {run_id}: no tripped loop breaker matched; nothing to reset");
-            Ok(())
+    let cleared = match ask(&path, run_id, &req)? {
+        Response::Reset { cleared } => cleared,
+        Response::Error { message } => {
+            return Err(ControlError::Refused {
+                run: run_id.to_string(),
+                message,
+            });
         }
-        Response::Reset { cleared } => {
-            crate::outln!("run {run_id}: loop breaker reset ({cleared} call(s) may go out again)");
-            Ok(())
+        other => {
+            return Err(ControlError::Protocol {
+                run: run_id.to_string(),
+                detail: format!("{other:?}"),
+            });
         }
-        Response::Error { message } => Err(ControlError::Refused {
-            run: run_id.to_string(),
-            message,
-        }),
-        other => Err(ControlError::Protocol {
-            run: run_id.to_string(),
-            detail: format!("{other:?}"),
-        }),
+    };
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::json!({ "run_id": run_id, "unit": record.unit, "cleared": cleared })
+        );
+    } else if cleared == 0 {
+        crate::outln!(
+            "run {}: no tripped loop breaker matched; nothing to reset",
+            describe(&record)
+        );
+    } else {
+        crate::outln!(
+            "run {}: loop breaker reset ({cleared} call(s) may go out again)",
+            describe(&record)
+        );
     }
+    Ok(())
 }
 
 /// `enforcer status`: every live run, as a table or JSON lines.
 pub fn status(json: bool) -> Result<(), ControlError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(ControlError::NotRoot);
-    }
+    require_root()?;
     let runs_dir = Path::new(crate::runs::RUNS_DIR);
     let mut rows = Vec::new();
-    for record in crate::runs::RunRecord::all(runs_dir) {
+    for record in RunRecord::all(runs_dir) {
         if !record.enforcer_alive() {
             continue;
         }
         let path = super::socket_path(runs_dir, &record.run_id);
-        if let Ok(Response::Status(s)) = ask(&path, &record.run_id, &Request::Status) {
+        if let Ok(Response::Status(mut s)) = ask(&path, &record.run_id, &Request::Status) {
+            s.unit = record.unit;
+            s.label = record.label;
             rows.push(s);
         }
     }
@@ -145,8 +211,9 @@ pub fn status(json: bool) -> Result<(), ControlError> {
         return Ok(());
     }
     crate::outln!(
-        "{:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  SECRETS",
+        "{:<24} {:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  SECRETS",
         "RUN",
+        "UNIT",
         "NAME",
         "AGENT",
         "CREDS",
@@ -162,8 +229,9 @@ pub fn status(json: bool) -> Result<(), ControlError> {
             |s| format!("{}m{:02}s", s / 60, s % 60),
         );
         crate::outln!(
-            "{:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  {}",
+            "{:<24} {:<24} {:<16} {:>8} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}  {}",
             r.run_id,
+            r.unit.as_deref().unwrap_or("-"),
             r.name,
             r.agent_pid
                 .map_or_else(|| String::from("-"), |p| p.to_string()),
@@ -175,6 +243,24 @@ pub fn status(json: bool) -> Result<(), ControlError> {
             format!("${:.2}", r.spent_usd),
             r.secrets.join(",")
         );
+        if let Some(l) = &r.label {
+            crate::outln!("    label: {}", crate::approval::printable(l));
+        }
+        for c in &r.caps {
+            crate::outln!(
+                "    cap {}: ${:.2} of ${:.2} spent, ${:.2} in flight",
+                c.scope,
+                c.spent_usd,
+                c.cap_usd,
+                c.in_flight_usd
+            );
+        }
+        if r.pending_approvals > 0 {
+            crate::outln!(
+                "    {} request(s) waiting for approval (sudo enforcer approvals)",
+                r.pending_approvals
+            );
+        }
         for t in &r.tripped {
             crate::outln!(
                 "    loop breaker tripped: {t}  (sudo enforcer reset {} KEY)",

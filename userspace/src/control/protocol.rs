@@ -39,8 +39,31 @@ pub struct Status {
     pub asked: u64,
     /// Committed spend of the run (USD).
     pub spent_usd: f64,
+    /// Each cap of the run (the run's own, each host's): what is spent and
+    /// in flight against it.
+    #[serde(default)]
+    pub caps: Vec<CapUse>,
+    /// Requests waiting for a human.
+    #[serde(default)]
+    pub pending_approvals: usize,
+    /// The systemd unit of a daemon run (from its run record).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// The orchestrator's label of the run (from its run record).
+    #[serde(default)]
+    pub label: Option<String>,
     /// Tripped loop breakers: `KEY METHOD PATH (N calls)`.
     pub tripped: Vec<String>,
+}
+
+/// One cap and its use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CapUse {
+    /// `run` or `host NAME`.
+    pub scope: String,
+    pub cap_usd: f64,
+    pub spent_usd: f64,
+    pub in_flight_usd: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -11,7 +11,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::protocol::{Request, Response, Status};
+use super::protocol::{CapUse, Request, Response, Status};
 use crate::{
     decision::{Cause, Decision, DecisionSink, Layer},
     secrets::{Access, Secrets},
@@ -22,14 +22,14 @@ use crate::{
 pub struct ControlContext {
     pub run_id: String,
     pub name: String,
-    pub policy: String,
     pub secrets: Arc<Secrets>,
     pub sink: DecisionSink,
     pub agent_pid: Arc<AtomicU32>,
     /// The audit database, to mark the run revoked in it.
     pub audit_db: Option<std::path::PathBuf>,
     pub approvals: Arc<crate::approval::ApprovalHub>,
-    pub spend: Arc<crate::spend::SpendControl>,
+    /// The policy and spend state in force (a reload swaps them).
+    pub rules: Arc<crate::run::live::LiveRules>,
 }
 
 /// The bound socket; removed on drop.
@@ -125,9 +125,15 @@ fn comm_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+fn usd(micros: i64) -> f64 {
+    micros as f64 / crate::spend::MICROS_PER_USD as f64
+}
+
 fn respond(req: Request, ctx: &ControlContext) -> Response {
     match req {
         Request::Status => {
+            let rules = ctx.rules.load();
+            let spend = &rules.spend;
             let t = ctx.sink.tally();
             let pid = ctx.agent_pid.load(Ordering::SeqCst);
             Response::Status(Status {
@@ -135,7 +141,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 name: ctx.name.clone(),
                 enforcer_pid: std::process::id(),
                 agent_pid: (pid != 0).then_some(pid),
-                policy: ctx.policy.clone(),
+                policy: rules.policy.source.display().to_string(),
                 secrets: ctx.secrets.iter().map(|s| s.name.clone()).collect(),
                 credentials: match ctx.secrets.access() {
                     Access::Live => "live",
@@ -147,10 +153,23 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                 allowed: t.counts.requests_allowed,
                 denied: t.counts.refused(),
                 asked: t.counts.requests_asked,
-                spent_usd: ctx.spend.ledger.run_spent() as f64
-                    / crate::spend::MICROS_PER_USD as f64,
-                tripped: ctx
-                    .spend
+                spent_usd: usd(spend.ledger.run_spent()),
+                caps: spend
+                    .ledger
+                    .snapshot()
+                    .into_iter()
+                    .filter(|a| a.cap_micros.is_some())
+                    .map(|a| CapUse {
+                        scope: a.scope,
+                        cap_usd: a.cap_micros.map_or(0.0, usd),
+                        spent_usd: usd(a.spent_micros),
+                        in_flight_usd: usd(a.in_flight_micros),
+                    })
+                    .collect(),
+                pending_approvals: ctx.approvals.pending().len(),
+                unit: None,
+                label: None,
+                tripped: spend
                     .breaker
                     .as_ref()
                     .map(|b| {
@@ -165,7 +184,8 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
             })
         }
         Request::Reset { key } => {
-            let Some(breaker) = ctx.spend.breaker.as_ref() else {
+            let rules = ctx.rules.load();
+            let Some(breaker) = rules.spend.breaker.as_ref() else {
                 return Response::Error {
                     message: String::from("this run has no loop breaker (loop_breaker = false)"),
                 };
@@ -278,13 +298,15 @@ mod tests {
         let ctx = ControlContext {
             run_id: "r1".into(),
             name: "n".into(),
-            policy: "p.toml".into(),
             secrets: Arc::clone(&secrets),
             sink: sink.clone(),
             agent_pid: Arc::new(AtomicU32::new(0)),
             audit_db: None,
             approvals: Arc::new(ApprovalHub::new(ApproverMode::None, Duration::from_secs(1))),
-            spend: Arc::new(SpendControl::open(&policy, "r1", None).unwrap()),
+            rules: Arc::new(crate::run::live::LiveRules::new(
+                Arc::new(Policy::parse("", Path::new("p.toml")).unwrap()),
+                Arc::new(SpendControl::open(&policy, "r1", None).unwrap()),
+            )),
         };
         let server = tokio::spawn(socket.serve(ctx));
         let p = path.clone();

@@ -20,8 +20,15 @@ pub const DEFAULT_PATH: &str = "/etc/enforcer/enforcer.toml";
 struct RawConfig {
     slice: Spanned<String>,
     audit_db: Option<PathBuf>,
+    approvals: Option<RawApprovals>,
     #[serde(default)]
     unit: Vec<Spanned<RawUnit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    webhook: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +58,8 @@ pub struct DaemonConfig {
     pub slice: PathBuf,
     /// The audit database (default: the same as `launch`'s).
     pub audit_db: PathBuf,
+    /// Where a notice goes when a request starts waiting for approval.
+    pub webhook: Option<String>,
     pub units: Vec<UnitPolicy>,
 }
 
@@ -97,6 +106,15 @@ impl DaemonConfig {
                 });
             }
         }
+        let webhook = raw.approvals.and_then(|a| a.webhook).and_then(|w| {
+            match crate::approval::webhook::check_url(w.get_ref()) {
+                Ok(()) => Some(w.get_ref().clone()),
+                Err(e) => {
+                    d.error(w.span(), e.to_string());
+                    None
+                }
+            }
+        });
         if raw.unit.is_empty() {
             d.error_unlocated(
                 "no [[unit]] entry: every unit in the slice would be refused everything",
@@ -108,6 +126,7 @@ impl DaemonConfig {
             audit_db: raw
                 .audit_db
                 .unwrap_or_else(|| PathBuf::from(crate::audit::DEFAULT_PATH)),
+            webhook,
             units,
         })
     }

@@ -5,12 +5,14 @@
 
 use std::{
     ffi::{CString, OsString},
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::{ffi::OsStrExt as _, net::UnixStream},
+    os::unix::ffi::OsStrExt as _,
     path::Path,
 };
 
-use super::protocol::{ExecReply, ExecRequest, Started};
+use super::{
+    client::ClientError,
+    protocol::{ExecReply, Request, Started},
+};
 use crate::launch::seccomp;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,24 +75,11 @@ fn prepare(
 }
 
 fn ask(socket: &Path, label: Option<String>) -> Result<Started, ExecError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ExecError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    let mut line = serde_json::to_string(&ExecRequest { label })
-        .map_err(|e| ExecError::Protocol(e.to_string()))?;
-    line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| ExecError::Protocol(e.to_string()))?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| ExecError::Protocol(e.to_string()))?;
-    match serde_json::from_str::<ExecReply>(&reply) {
+    match super::client::call(socket, &Request::Exec { label }, None) {
         Ok(ExecReply::Started(s)) => Ok(s),
         Ok(ExecReply::Refused { reason }) => Err(ExecError::Refused(reason)),
-        Err(e) => Err(ExecError::Protocol(format!("unreadable reply: {e}"))),
+        Err(ClientError::Connect { path, source }) => Err(ExecError::Connect { path, source }),
+        Err(e) => Err(ExecError::Protocol(e.to_string())),
     }
 }
 

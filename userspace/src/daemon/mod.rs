@@ -4,11 +4,13 @@
 //! `crate::run`), decided by the policy its unit name maps to. A cgroup in
 //! the slice without a run reaches nothing.
 
+pub mod client;
 pub mod config;
 pub mod exec;
 pub mod notify;
 pub mod peer;
 pub mod protocol;
+pub mod reload;
 pub mod unit_run;
 
 use std::{
@@ -28,7 +30,7 @@ use tokio::{
 
 use self::{
     config::DaemonConfig,
-    protocol::{ExecReply, ExecRequest},
+    protocol::{ExecReply, Request},
     unit_run::UnitRun,
 };
 use crate::{
@@ -94,6 +96,8 @@ pub enum DaemonError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Webhook(crate::approval::webhook::WebhookError),
     #[error("cannot bind a run's listeners: {0}")]
     Listeners(#[source] std::io::Error),
     #[error("{context}: {source}")]
@@ -123,7 +127,13 @@ pub struct DaemonOptions {
 
 /// What every unit's run is started with.
 pub struct Shared {
-    pub config: DaemonConfig,
+    /// The configuration in force (a reload swaps it).
+    pub config: arc_swap::ArcSwap<DaemonConfig>,
+    /// Where it is read from again on reload.
+    pub config_path: PathBuf,
+    /// The governed cgroup, relative to the cgroup2 root (fixed for the
+    /// daemon's life).
+    pub slice: PathBuf,
     pub cgroup_root: PathBuf,
     /// The id of the slice cgroup the programs are attached to.
     pub slice_id: u64,
@@ -141,15 +151,17 @@ pub struct Shared {
     pub upstream_tls: rustls::ClientConfig,
     pub upstream_timeout: Duration,
     pub approval_timeout: Duration,
+    /// Where notices of waiting approvals go (a reload may change it).
+    pub webhook: Arc<arc_swap::ArcSwapOption<crate::approval::webhook::Webhook>>,
     pub log_mode: LogMode,
 }
 
 /// Live runs by cgroup id.
-type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
+pub(crate) type Runs = Arc<Mutex<HashMap<u64, UnitRun>>>;
 
 /// The same runs, for the kernel's refusal reports (read without waiting
 /// on a run that is starting).
-type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
+pub(crate) type Directory = Arc<std::sync::RwLock<HashMap<u64, Arc<crate::run::Run>>>>;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
@@ -173,6 +185,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Each run's control socket goes here (on a fresh host nothing made it).
     std::fs::create_dir_all(crate::runs::RUNS_DIR)
         .map_err(io_err("cannot create the runs' directory"))?;
+    for id in crate::cleanup::forget_dead_daemon_runs() {
+        crate::say!(
+            Info,
+            "enforcer: forgot run {id} of a daemon that is gone (its unit gets a new run when it restarts)"
+        );
+    }
     if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
         return Err(DaemonError::SocketInUse(opts.socket.display().to_string()));
     }
@@ -197,8 +215,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut enforcement = Enforcement::attach(std::os::fd::AsFd::as_fd(&slice), pins)?;
     remove_older_daemons(&bpf_root, &pin_prefix, &pin_name);
     let ring = enforcement.take_events()?;
+    let webhook = webhook_for(&config, &upstream_tls)?;
     let shared = Arc::new(Shared {
-        config,
+        webhook: Arc::new(arc_swap::ArcSwapOption::new(webhook)),
+        slice: config.slice.clone(),
+        config: arc_swap::ArcSwap::from_pointee(config),
+        config_path: opts.config.clone(),
         cgroup_root,
         slice_id,
         ports,
@@ -238,6 +260,20 @@ fn private_mount_namespace() -> bool {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
+}
+
+/// The approval webhook `config` names, trusting what upstreams are
+/// trusted with.
+pub fn webhook_for(
+    config: &DaemonConfig,
+    tls: &rustls::ClientConfig,
+) -> Result<Option<Arc<crate::approval::webhook::Webhook>>, DaemonError> {
+    config
+        .webhook
+        .as_deref()
+        .map(|url| crate::approval::webhook::Webhook::new(url, tls.clone()).map(Arc::new))
+        .transpose()
+        .map_err(DaemonError::Webhook)
 }
 
 /// Ports below `net.ipv4.ip_unprivileged_port_start` (from 600): only
@@ -326,21 +362,20 @@ async fn serve(
     crate::say!(
         Info,
         "enforcer: daemon governing {} ({} unit mapping(s)), socket {}",
-        shared.config.slice.display(),
-        shared.config.units.len(),
+        shared.slice.display(),
+        shared.config.load().units.len(),
         socket.display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io_err("cannot install signal handlers"))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(io_err("cannot install signal handlers"))?;
     // Programs attached, socket listening: a Type=notify service is up.
-    let status = format!(
-        "governing {} ({} unit mapping(s))",
-        shared.config.slice.display(),
-        shared.config.units.len()
-    );
     // A manager that asked to be told and cannot be is an error: it would
     // kill the service at its start timeout anyway.
-    let mut failure = notify::ready(&status).err().map(DaemonError::from);
+    let mut failure = notify::ready(&status_line(&shared))
+        .err()
+        .map(DaemonError::from);
     if let Some(e) = &failure {
         crate::say!(Error, "enforcer: {e}");
     }
@@ -359,8 +394,15 @@ async fn serve(
                 }
             },
             _ = term.recv() => break,
+            _ = hup.recv() => {
+                // The outcome is logged; `enforcer reload` also gets it back.
+                let _ = reload::reload(&shared, &runs, &directory).await;
+                if let Err(e) = notify::status(&status_line(&shared)) {
+                    tracing::warn!("{e}");
+                }
+            }
             _ = shared.slice_gone.notified() => {
-                let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.config.slice));
+                let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.slice));
                 crate::say!(Error, "enforcer: {e}");
                 failure = Some(e);
                 break;
@@ -381,6 +423,15 @@ async fn serve(
         unit_run::end(&shared, r, -1).await;
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// What `systemctl status` shows for the daemon (sd_notify STATUS=).
+fn status_line(shared: &Shared) -> String {
+    format!(
+        "governing {} ({} unit mapping(s))",
+        shared.slice.display(),
+        shared.config.load().units.len()
+    )
 }
 
 /// How many requests one uid may have in the daemon's hands at once, and
@@ -438,18 +489,32 @@ async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: 
     let mut reader = BufReader::new(read.take(64 * 1024));
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let reply = match read.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-        Ok(_) => match serde_json::from_str::<ExecRequest>(&line) {
-            Ok(req) => match who {
-                Ok(p) => start_for(&shared, &runs, &directory, p, req).await,
-                Err(e) => refused(e.to_string()),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Exec { label }) => match who {
+                Ok(p) => Reply::Exec(start_for(&shared, &runs, &directory, p, label).await),
+                Err(e) => Reply::Exec(refused(e.to_string())),
             },
-            Err(e) => refused(format!("not an exec request: {e}")),
+            Ok(Request::Reload) => Reply::Reload(match who {
+                Ok(p) if p.uid == 0 => reload::reload(&shared, &runs, &directory).await,
+                _ => reload::refused("only root may reload the daemon"),
+            }),
+            Err(e) => Reply::Exec(refused(format!("not a request: {e}"))),
         },
-        Err(e) => refused(format!("cannot read the request: {e}")),
+        Err(e) => Reply::Exec(refused(format!("cannot read the request: {e}"))),
     };
-    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    let mut text = match reply {
+        Reply::Exec(r) => serde_json::to_string(&r),
+        Reply::Reload(r) => serde_json::to_string(&r),
+    }
+    .unwrap_or_default();
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// What goes back on the daemon's socket.
+enum Reply {
+    Exec(ExecReply),
+    Reload(protocol::ReloadReply),
 }
 
 fn refused(reason: String) -> ExecReply {
@@ -462,7 +527,7 @@ async fn start_for(
     runs: &Runs,
     directory: &Directory,
     p: peer::Peer,
-    req: ExecRequest,
+    label: Option<String>,
 ) -> ExecReply {
     if let Some(why) = p.privilege.rootlike() {
         return refused(format!(
@@ -474,40 +539,44 @@ async fn start_for(
     }
     // The programs cover the cgroup they were attached to; a slice removed
     // and made again is another cgroup, which nothing covers.
-    let slice_now =
-        std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+    let slice_now = std::fs::metadata(shared.cgroup_root.join(&shared.slice)).map(|m| m.ino());
     if slice_now.ok() != Some(shared.slice_id) {
         crate::say!(
             Error,
             "enforcer: the slice {} was removed or made again: its processes are not covered; \
              restart the daemon",
-            shared.config.slice.display()
+            shared.slice.display()
         );
         return refused(format!(
             "the slice {} is not the one the daemon governs (it was made again)",
-            shared.config.slice.display()
+            shared.slice.display()
         ));
     }
-    let unit = match peer::unit_of(&p.cgroup, &shared.config.slice) {
+    let unit = match peer::unit_of(&p.cgroup, &shared.slice) {
         Ok(u) => u,
         Err(e) => return refused(e.to_string()),
     };
-    let cgroup_id = match std::fs::metadata(shared.cgroup_root.join(&p.cgroup)) {
+    let cgroup_dir = shared.cgroup_root.join(&p.cgroup);
+    let cgroup_id = match std::fs::metadata(&cgroup_dir) {
         Ok(m) => m.ino(),
         Err(e) => return refused(format!("cannot read the cgroup of {unit}: {e}")),
+    };
+    let label = match label.as_deref().map(str::parse).transpose() {
+        Ok(l) => l.or_else(|| peer::invocation_id(&cgroup_dir)),
+        Err(e) => return refused(format!("--label: {e}")),
     };
     let mut live = runs.lock().await;
     if let Some(r) = live.get(&cgroup_id) {
         return refused(format!("{unit} already has run {}", r.run.id));
     }
-    match unit_run::start(shared, &p, &unit, cgroup_id, req.label).await {
+    match unit_run::start(shared, &p, &unit, cgroup_id, label).await {
         Ok((r, started)) => {
             crate::say!(
                 Info,
                 "enforcer: run {} started for {unit} (uid {}), policy {}",
                 started.run_id,
                 p.uid,
-                r.run.policy.source.display()
+                r.run.policy().source.display()
             );
             directory
                 .write()
@@ -551,8 +620,7 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: D
 async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let slice_now =
-            std::fs::metadata(shared.cgroup_root.join(&shared.config.slice)).map(|m| m.ino());
+        let slice_now = std::fs::metadata(shared.cgroup_root.join(&shared.slice)).map(|m| m.ino());
         if slice_now.ok() != Some(shared.slice_id) {
             shared.slice_gone.notify_one();
             return;

@@ -1,6 +1,6 @@
 //! systemd readiness (`sd_notify`): when started as a `Type=notify` service
 //! the daemon tells its manager `READY=1` once its programs are attached and
-//! its socket listens, through the datagram socket in `$NOTIFY_SOCKET` (a
+//! its socket listens, and a status line (again after each reload), through the datagram socket in `$NOTIFY_SOCKET` (a
 //! path, or an abstract name when it starts with '@').
 
 use std::{
@@ -35,6 +35,16 @@ pub fn ready(status: &str) -> Result<bool, NotifyError> {
     let status: String = status.chars().filter(|c| *c != '\n').collect();
     match std::env::var_os(NOTIFY_SOCKET) {
         Some(socket) => send(&socket, &format!("READY=1\nSTATUS={status}\n")).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Tells the service manager a new status line (after a reload); false
+/// when no manager asked to be told.
+pub fn status(status: &str) -> Result<bool, NotifyError> {
+    let status: String = status.chars().filter(|c| *c != '\n').collect();
+    match std::env::var_os(NOTIFY_SOCKET) {
+        Some(socket) => send(&socket, &format!("STATUS={status}\n")).map(|()| true),
         None => Ok(false),
     }
 }

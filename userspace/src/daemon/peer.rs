@@ -298,3 +298,26 @@ mod tests {
         assert_eq!(parse_cgroup_file("1:cpu:/x\n"), None);
     }
 }
+
+/// The invocation id systemd gave the unit whose cgroup is `cgroup_dir`
+/// (its `trusted.invocation_id` xattr, which only root can set): the run's
+/// label when `exec` names none.
+pub fn invocation_id(cgroup_dir: &Path) -> Option<crate::run::label::Label> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(cgroup_dir.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"trusted.invocation_id".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let id = buf.get(..usize::try_from(n).ok()?)?;
+    // systemd writes 32 hex digits (a 128-bit id), nothing else.
+    (id.len() == 32 && id.iter().all(u8::is_ascii_hexdigit))
+        .then(|| std::str::from_utf8(id).ok()?.parse().ok())
+        .flatten()
+}

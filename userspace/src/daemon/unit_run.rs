@@ -1,19 +1,24 @@
 //! Starting and ending the run of one unit: its policy's run object, its
 //! listeners, its entry in the kernel's table of runs, and its audit rows.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tokio::task::JoinSet;
 
-use super::{DaemonError, Shared, peer::Peer, protocol::Started};
+use super::{DaemonError, Shared, config::DaemonConfig, peer::Peer, protocol::Started};
 use crate::{
     approval::{ApprovalHub, ApproverMode},
     decision::DecisionSink,
     dns::{self, Resolver},
     kernel::KernelConfig,
+    policy::Policy,
     proxy::Listeners,
-    run::{Run, agent_env},
+    run::{Run, agent_env, label::Label},
     runid,
+    runs::{self, RunRecord},
     secrets::Secrets,
     tls,
 };
@@ -29,25 +34,29 @@ pub struct UnitRun {
     pub trust: tls::trust::TrustFiles,
 }
 
-/// Starts the run of `peer`'s unit under `policy_index`'s policy.
+/// The policy `unit` runs under in `config`, or why it gets none.
+pub fn policy_for(config: &DaemonConfig, unit: &str) -> Result<Arc<Policy>, String> {
+    let entry = config
+        .policy_for(unit)
+        .ok_or_else(|| format!("no [[unit]] entry matches {unit}"))?;
+    if !entry.policy.local.unix_sockets.is_empty() {
+        return Err(format!(
+            "policy {} lists unix sockets, which units started by `enforcer exec` cannot use yet",
+            entry.policy.source.display()
+        ));
+    }
+    Ok(Arc::clone(&entry.policy))
+}
+
+/// Starts the run of `peer`'s unit under the policy its name maps to.
 pub async fn start(
     shared: &Shared,
     peer: &Peer,
     unit: &str,
     cgroup_id: u64,
-    label: Option<String>,
+    label: Option<Label>,
 ) -> Result<(UnitRun, Started), DaemonError> {
-    let entry = shared
-        .config
-        .policy_for(unit)
-        .ok_or_else(|| DaemonError::Refused(format!("no [[unit]] entry matches {unit}")))?;
-    let policy = Arc::clone(&entry.policy);
-    if !policy.local.unix_sockets.is_empty() {
-        return Err(DaemonError::Refused(format!(
-            "policy {} lists unix sockets, which units started by `enforcer exec` cannot use yet",
-            policy.source.display()
-        )));
-    }
+    let policy = policy_for(&shared.config.load(), unit).map_err(DaemonError::Refused)?;
     let run_id = runid::new_run_id();
     let resolver = Arc::new(Resolver::new(
         &shared.resolve,
@@ -69,29 +78,27 @@ pub async fn start(
     let ca = Arc::new(tls::RunCa::generate(&run_id, lifetime)?);
     let trust = tls::trust::TrustFiles::write(&run_id, ca.cert_pem(), None)?;
     if let Some(w) = &shared.audit {
-        let mut info = crate::run::info::run_info(
+        let info = crate::run::info::run_info(
             &run_id,
             &policy,
             &crate::run::info::Starter {
                 invoking: unit,
                 uid: peer.uid,
+                label: label.as_ref(),
+                unit: Some(unit),
             },
             &[std::ffi::OsString::from(unit)],
             &shared.cgroup_root.join(&peer.cgroup),
             policy.run.ttl,
         );
-        if let Some(l) = &label {
-            info.name = format!("{} ({l})", info.name);
-        }
         w.start_run(info).await?;
     }
     let sink = DecisionSink::with_audit(&run_id, shared.log_mode, shared.audit.clone());
     let run = Arc::new(Run {
         id: run_id.clone(),
-        policy: Arc::clone(&policy),
+        rules: Arc::new(crate::run::live::LiveRules::new(Arc::clone(&policy), spend)),
         resolver,
         secrets,
-        spend,
         approvals,
         sink,
         ca,
@@ -116,6 +123,33 @@ pub async fn start(
     ) {
         shared.enforcement.unregister(&kernel);
         return Err(e.into());
+    }
+    tasks.spawn(crate::approval::webhook::watch(
+        Arc::clone(&run.approvals),
+        Arc::clone(&shared.webhook),
+        unit.to_string(),
+    ));
+    // Found by `enforcer status`, `revoke`, `approve`... by run id, unit
+    // name or label.
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        enforcer_pid: std::process::id(),
+        cgroup: shared.cgroup_root.join(&peer.cgroup),
+        pins: PathBuf::new(),
+        policy: policy.source.clone(),
+        pinned: true,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        unit: Some(unit.to_string()),
+        label: label.as_ref().map(ToString::to_string),
+    };
+    if let Err(e) = record.save(Path::new(runs::RUNS_DIR)) {
+        shared.enforcement.unregister(&kernel);
+        return Err(DaemonError::Io {
+            context: "cannot record the run under /run/enforcer/runs",
+            source: e,
+        });
     }
     let env = agent_env::overrides(
         &run_id,
@@ -159,5 +193,6 @@ pub async fn end(shared: &Shared, mut r: UnitRun, code: i32) {
             tracing::warn!("recording the end of run {} failed: {e}", r.run.id);
         }
     }
+    RunRecord::remove(Path::new(runs::RUNS_DIR), &r.run.id);
     crate::say!(Info, "enforcer: run {} of {} ended", r.run.id, r.unit);
 }

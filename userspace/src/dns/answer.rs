@@ -178,7 +178,8 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
         );
     }
     let observed = ctx.observe && matches!(qtype, RecordType::A | RecordType::AAAA);
-    if !ctx.policy.allows_name(&name) && observed {
+    let policy = ctx.policy();
+    if !policy.allows_name(&name) && observed {
         // Observe mode: answered, and recorded as what the policy would do.
         ctx.sink.record(&decision(
             Cause::WouldDeny,
@@ -186,7 +187,7 @@ pub fn triage(query: &Message, ctx: &DnsContext) -> Triage {
             qtype,
             "observe mode: would deny (not-in-policy): name not allowed by policy; answered",
         ));
-    } else if !ctx.policy.allows_name(&name) {
+    } else if !policy.allows_name(&name) {
         return Triage::Done(
             Reply::with_ede(
                 ResponseCode::NXDomain,

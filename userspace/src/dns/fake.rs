@@ -163,6 +163,7 @@ pub fn context(resolver: Arc<super::Resolver>) -> super::server::DnsContext {
     let policy = policy();
     super::server::DnsContext {
         secrets: Arc::new(crate::secrets::Secrets::load(&policy, None).expect("secrets")),
+        rules: None,
         policy,
         resolver,
         sink: crate::decision::DecisionSink::new("test", crate::decision::LogMode::Quiet),

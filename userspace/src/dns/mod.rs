@@ -53,7 +53,7 @@ pub struct Resolver {
     timeouts: Timeouts,
     cache: Cache,
     budget: Budget,
-    policy: Option<Arc<Policy>>,
+    policy: arc_swap::ArcSwapOption<Policy>,
     /// Synthetic addresses handed to the agent.
     pub names: NameMap,
 }
@@ -114,7 +114,7 @@ impl Resolver {
             timeouts: Timeouts::default(),
             cache: Cache::default(),
             budget: Budget::new(limits),
-            policy: Some(policy),
+            policy: arc_swap::ArcSwapOption::new(Some(policy)),
             names: NameMap::default(),
         })
     }
@@ -126,9 +126,14 @@ impl Resolver {
         self
     }
 
+    /// Puts a reloaded policy's wildcards in force for the budget.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        self.policy.store(Some(policy));
+    }
+
     /// Checks a name against the wildcard budget when a wildcard governs it.
     pub fn admit(&self, name: &str) -> Result<(), BudgetError> {
-        let Some(policy) = &self.policy else {
+        let Some(policy) = self.policy.load_full() else {
             return Ok(());
         };
         match policy.host(name) {

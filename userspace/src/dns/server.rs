@@ -61,7 +61,10 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// What the DNS server needs.
 #[derive(Clone)]
 pub struct DnsContext {
+    /// The policy at start; [`DnsContext::policy`] is the one in force.
     pub policy: Arc<Policy>,
+    /// Where the run's rules in force live (a daemon's reload swaps them).
+    pub rules: Option<Arc<crate::run::live::LiveRules>>,
     pub resolver: Arc<Resolver>,
     pub secrets: Arc<Secrets>,
     pub sink: DecisionSink,
@@ -70,6 +73,16 @@ pub struct DnsContext {
     /// Observe mode: names the policy does not allow are answered too (A and
     /// AAAA), each recorded as "would deny".
     pub observe: bool,
+}
+
+impl DnsContext {
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.rules.as_ref().map_or_else(
+            || Arc::clone(&self.policy),
+            |r| Arc::clone(&r.load().policy),
+        )
+    }
 }
 
 pub use answer::answer;
@@ -169,7 +182,7 @@ impl Intake {
     pub fn take(&self, wire: &[u8], peer: SocketAddr) -> Taken {
         if let Some(q) = answer::peek(wire)
             && !self.ctx.observe
-            && !self.ctx.policy.allows_name(&q.name)
+            && !self.ctx.policy().allows_name(&q.name)
         {
             return self.refuse(wire, peer);
         }

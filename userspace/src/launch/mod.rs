@@ -275,6 +275,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        unit: None,
+        label: args.label.as_ref().map(ToString::to_string),
     };
     record
         .save(&runs_dir)
@@ -293,6 +295,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
             &crate::run::info::Starter {
                 invoking: &invoking,
                 uid: user.uid,
+                label: args.label.as_ref(),
+                unit: None,
             },
             &args.command,
             cgroup.path(),
@@ -343,10 +347,9 @@ pub fn run(args: LaunchArgs) -> Result<i32, LaunchError> {
     let sink = DecisionSink::with_audit(&run_id, mode, audit_writer);
     let run = Run {
         id: run_id.clone(),
-        policy,
+        rules: Arc::new(crate::run::live::LiveRules::new(policy, spend)),
         resolver,
         secrets,
-        spend,
         approvals,
         sink,
         ca,
@@ -499,7 +502,7 @@ async fn supervise(
         env: agent_env::build(
             &agent_env::AgentEnv {
                 run_id: &plan.run.id,
-                policy: &plan.run.policy,
+                policy: &plan.run.policy(),
                 secrets: &plan.run.secrets,
                 trust_env: &plan.trust_env,
                 user: &plan.user,
@@ -511,7 +514,7 @@ async fn supervise(
         cgroup: cgroup.dir().as_fd(),
         seccomp: seccomp::FilterOptions {
             unix_sockets: connects.is_some(),
-            user_namespaces: plan.run.policy.local.allow_user_namespaces,
+            user_namespaces: plan.run.policy().local.allow_user_namespaces,
         },
         isolation: &plan.isolation,
         terminal: plan.terminal.as_ref().and_then(Terminal::agent_side),
@@ -523,7 +526,7 @@ async fn supervise(
         plan.program.display(),
         plan.user.name,
         plan.user.uid,
-        plan.run.policy.source.display()
+        plan.run.policy().source.display()
     );
     if let Some(t) = &plan.terminal {
         t.say(&format!(
@@ -712,13 +715,13 @@ async fn summarize(plan: &Plan, code: i32) -> Result<i32, LaunchError> {
         let t = sink.tally();
         crate::audit::RunSummary {
             run_id: plan.run.id.clone(),
-            name: plan.run.policy.run.name.clone(),
+            name: plan.run.policy().run.name.clone(),
             started_at: None,
             ended_at: None,
             exit_code: Some(code),
             counts: t.counts,
             top_refused: t.top_refused(crate::audit::TOP_REFUSED),
-            spend_usd: plan.run.spend.ledger.run_spent() as f64
+            spend_usd: plan.run.spend().ledger.run_spent() as f64
                 / crate::spend::MICROS_PER_USD as f64,
             db_path: match (&failure, sink.audit()) {
                 (Some(_), Some(w)) => format!("{} (FAILED during the run)", w.path().display()),
@@ -758,7 +761,7 @@ async fn summarize(plan: &Plan, code: i32) -> Result<i32, LaunchError> {
         crate::ci::report::Inputs {
             opts: &plan.ci,
             mode: plan.mode,
-            policy: &plan.run.policy.source,
+            policy: &plan.run.policy().source,
             summary,
             code,
         },

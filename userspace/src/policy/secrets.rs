@@ -58,6 +58,9 @@ pub enum SecretSource {
     Env(String),
     /// `file:/abs/path`: a file readable by the enforcer.
     File(PathBuf),
+    /// `credential:NAME`: a systemd credential of the service enforcer runs
+    /// as (`LoadCredential=NAME:...`), read from `$CREDENTIALS_DIRECTORY/NAME`.
+    Credential(String),
 }
 
 impl fmt::Display for SecretSource {
@@ -65,6 +68,7 @@ impl fmt::Display for SecretSource {
         match self {
             Self::Env(v) => write!(f, "env:{v}"),
             Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Credential(c) => write!(f, "credential:{c}"),
         }
     }
 }
@@ -310,11 +314,38 @@ fn compile_source(v: &Spanned<String>, d: &mut Diagnostics) -> Option<SecretSour
         );
         return None;
     }
+    if let Some(name) = text.strip_prefix("credential:") {
+        if is_credential_name(name) {
+            return Some(SecretSource::Credential(name.to_string()));
+        }
+        d.error(
+            v.span(),
+            format!(
+                "`{text}`: `{name}` is not a systemd credential name (letters, digits, `_`, `-`, \
+                 `.`, `@`; not `.` or `..`; at most 255 bytes)"
+            ),
+        );
+        return None;
+    }
     d.error(
         v.span(),
-        format!("`{text}`: expected `env:VAR` or `file:/absolute/path`"),
+        format!(
+            "`{text}`: expected `env:VAR`, `file:/absolute/path` or `credential:NAME` (a systemd \
+             credential of enforcer's service)"
+        ),
     );
     None
+}
+
+/// A name `LoadCredential=` accepts that is also one file name in
+/// `$CREDENTIALS_DIRECTORY`, with nothing a shell or a path would read twice.
+fn is_credential_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
 }
 
 fn compile_injection(raw: &Spanned<RawSecret>, d: &mut Diagnostics) -> Option<Injection> {

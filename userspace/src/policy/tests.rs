@@ -654,7 +654,15 @@ fn validation_messages() {
         ),
         (
             "[[secret]]\nname = \"K\"\nfrom = \"vault:x\"\nhosts = [\"a.com\"]\nheader = \"X-Key\"\n[[host]]\nname = \"a.com\"\naction = \"allow\"\n",
-            "expected `env:VAR` or `file:/absolute/path`",
+            "expected `env:VAR`, `file:/absolute/path` or `credential:NAME`",
+        ),
+        (
+            "[[secret]]\nname = \"K\"\nfrom = \"credential:../etc/shadow\"\nhosts = [\"a.com\"]\nheader = \"X-Key\"\n[[host]]\nname = \"a.com\"\naction = \"allow\"\n",
+            "is not a systemd credential name",
+        ),
+        (
+            "[[secret]]\nname = \"K\"\nfrom = \"credential:..\"\nhosts = [\"a.com\"]\nheader = \"X-Key\"\n[[host]]\nname = \"a.com\"\naction = \"allow\"\n",
+            "is not a systemd credential name",
         ),
         (
             "[[secret]]\nname = \"K\"\nfrom = \"env:K\"\nhosts = [\"a.com\"]\n[[host]]\nname = \"a.com\"\naction = \"allow\"\n",

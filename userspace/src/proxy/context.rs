@@ -30,7 +30,12 @@ impl Destinations for crate::kernel::origdst::OrigDstTable {
 #[derive(Clone)]
 pub struct ProxyContext {
     pub run_id: Arc<str>,
+    /// The policy this request (or connection) is decided by: the one in
+    /// force when it began ([`ProxyContext::current`]).
     pub policy: Arc<Policy>,
+    /// Where the run's rules in force live (a daemon's reload swaps them);
+    /// `None` when they never change.
+    pub rules: Option<Arc<crate::run::live::LiveRules>>,
     pub origdst: Arc<dyn Destinations>,
     pub resolver: Arc<Resolver>,
     pub sink: DecisionSink,
@@ -49,6 +54,20 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
+    /// This context with the rules in force now: taken once per
+    /// connection and once per request, so that no decision mixes two
+    /// versions of the policy.
+    #[must_use]
+    pub fn current(&self) -> Self {
+        let mut now = self.clone();
+        if let Some(rules) = &self.rules {
+            let r = rules.load();
+            now.policy = Arc::clone(&r.policy);
+            now.spend = Arc::clone(&r.spend);
+        }
+        now
+    }
+
     /// The policy's verdict for a connection to `name:port`; in observe
     /// mode a refusal becomes an interception under no `[[host]]` entry
     /// ([`super::observe::OBSERVED`]), recorded as "would deny" when the

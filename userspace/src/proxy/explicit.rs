@@ -91,6 +91,7 @@ fn refused(
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: ProxyContext) -> Response<Body> {
+    let ctx = ctx.current();
     if req.method() == http::Method::CONNECT {
         return connect(req, peer, ctx);
     }

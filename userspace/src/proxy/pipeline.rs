@@ -57,6 +57,8 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    // The rules in force when the request began decide all of it.
+    let ctx = &ctx.current();
     let target = req
         .uri()
         .path_and_query()

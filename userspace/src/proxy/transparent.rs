@@ -70,6 +70,7 @@ fn deny(ctx: &ProxyContext, cause: Cause, host: String, port: u16, reason: impl 
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, ctx: ProxyContext) {
+    let ctx = ctx.current();
     let Some(dst) = original_destination(&ctx, peer).await else {
         // Not redirected by our programs (or the entry is gone): refuse.
         ctx.sink.record(&Decision::new(

@@ -10,6 +10,10 @@ pub struct Starter<'a> {
     pub invoking: &'a str,
     /// The agent's uid.
     pub uid: u32,
+    /// The orchestrator's name for the run.
+    pub label: Option<&'a super::label::Label>,
+    /// The systemd unit the run serves.
+    pub unit: Option<&'a str>,
 }
 
 /// What the audit log records about the run at its start.
@@ -45,5 +49,7 @@ pub fn run_info(
         cgroup: cgroup.display().to_string(),
         started_at: std::time::SystemTime::now(),
         ttl_seconds: ttl.map(|t| t.as_secs()),
+        label: starter.label.map(|l| l.as_str().to_string()),
+        unit: starter.unit.map(str::to_string),
     }
 }

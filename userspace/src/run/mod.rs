@@ -8,6 +8,8 @@ pub mod agent_env;
 pub mod expiry;
 pub mod info;
 pub mod kernel_events;
+pub mod label;
+pub mod live;
 
 use std::{
     path::PathBuf,
@@ -37,17 +39,20 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error("cannot create the run's control socket: {0}")]
     Control(#[source] std::io::Error),
+    #[error(transparent)]
+    Spend(#[from] crate::spend::SpendError),
 }
 
 /// Everything one run decides with, shared by its listeners' tasks.
 pub struct Run {
     pub id: String,
-    pub policy: Arc<Policy>,
+    /// The policy and spend state (caps, rate limits, loop breaker) in
+    /// force: swapped by a reload, read once per request.
+    pub rules: Arc<live::LiveRules>,
     pub resolver: Arc<Resolver>,
-    /// The run's credentials (real values and the placeholders the agent holds).
+    /// The run's credentials (real values and the placeholders the agent
+    /// holds), fixed at start: a reload never changes them.
     pub secrets: Arc<Secrets>,
-    /// Spend caps, rate limits and the loop breaker.
-    pub spend: Arc<SpendControl>,
     /// Requests waiting for a human.
     pub approvals: Arc<ApprovalHub>,
     /// Where decisions go: counts, log lines, audit rows.
@@ -66,6 +71,54 @@ pub struct Run {
 }
 
 impl Run {
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.rules.load().policy)
+    }
+
+    /// The spend state in force now.
+    pub fn spend(&self) -> Arc<SpendControl> {
+        Arc::clone(&self.rules.load().spend)
+    }
+
+    /// Puts `policy` in force for the run's next requests and DNS queries.
+    /// The run keeps its credentials, TTL, approvals and audit identity; its
+    /// spend state takes the new caps and limits with what it already spent
+    /// and called carried over ([`SpendControl::reloaded`]). What the new
+    /// policy changes that a live run cannot take (its agent's environment
+    /// and the kernel's tables were set at start) is returned, one line
+    /// each, for the reload's report.
+    pub fn reload(&self, policy: Arc<Policy>) -> Result<Vec<String>, RunError> {
+        let old = self.rules.load();
+        let spend =
+            SpendControl::reloaded(&old.spend, &policy, &self.id, self.audit_db.as_deref())?;
+        let mut notes = Vec::new();
+        for s in &policy.secrets {
+            if !self.secrets.iter().any(|have| have.name == s.name) {
+                notes.push(format!(
+                    "secret {} is new: this run's agent has no placeholder for it (restart the unit)",
+                    s.name
+                ));
+            }
+        }
+        if policy.local != old.policy.local {
+            notes.push(String::from(
+                "[local] changed: it applies to runs started from now on (restart the unit)",
+            ));
+        }
+        if self.approvals.forget_always() {
+            notes.push(String::from(
+                "its `always` approvals were forgotten (the next call of those rules is asked again)",
+            ));
+        }
+        self.resolver.set_policy(Arc::clone(&policy));
+        self.rules.store(live::Rules {
+            policy,
+            spend: Arc::new(spend),
+        });
+        Ok(notes)
+    }
+
     /// What the kernel programs need to serve this run's processes in the
     /// cgroup `cgroup_id` through `listeners`.
     pub fn kernel_config(&self, cgroup_id: u64, listeners: &Listeners) -> KernelConfig {
@@ -76,7 +129,7 @@ impl Run {
             dns_port4: Listeners::dns_port(&listeners.dns_udp4),
             dns_port6: listeners.dns_udp6.as_ref().map_or(0, Listeners::dns_port),
             explicit_port4: Listeners::port(&listeners.explicit4),
-            loopback_ports: self.policy.local.loopback_ports.clone(),
+            loopback_ports: self.policy().local.loopback_ports.clone(),
         }
     }
 
@@ -91,9 +144,11 @@ impl Run {
         runs_dir: &std::path::Path,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), RunError> {
+        let rules = self.rules.load();
         let ctx = ProxyContext {
             run_id: Arc::from(self.id.as_str()),
-            policy: Arc::clone(&self.policy),
+            policy: Arc::clone(&rules.policy),
+            rules: Some(Arc::clone(&self.rules)),
             origdst,
             resolver: Arc::clone(&self.resolver),
             sink: self.sink.clone(),
@@ -105,7 +160,7 @@ impl Run {
             tls_server: tls::ca::server_config(Arc::clone(&self.ca))?,
             secrets: Arc::clone(&self.secrets),
             approvals: Arc::clone(&self.approvals),
-            spend: Arc::clone(&self.spend),
+            spend: Arc::clone(&rules.spend),
             observe: self.observe,
         };
         let ipv6 = listeners.transparent6.is_some();
@@ -115,7 +170,8 @@ impl Run {
             tasks.spawn(transparent::serve(l6, ctx));
         }
         let dns_ctx = dns::server::DnsContext {
-            policy: Arc::clone(&self.policy),
+            policy: Arc::clone(&rules.policy),
+            rules: Some(Arc::clone(&self.rules)),
             resolver: Arc::clone(&self.resolver),
             secrets: Arc::clone(&self.secrets),
             sink: self.sink.clone(),
@@ -133,14 +189,13 @@ impl Run {
             .map_err(RunError::Control)?;
         tasks.spawn(control.serve(crate::control::server::ControlContext {
             run_id: self.id.clone(),
-            name: self.policy.run.name.clone(),
-            policy: self.policy.source.display().to_string(),
+            name: rules.policy.run.name.clone(),
             secrets: Arc::clone(&self.secrets),
             sink: self.sink.clone(),
             agent_pid: Arc::clone(&self.agent_pid),
             audit_db: self.audit_db.clone(),
             approvals: Arc::clone(&self.approvals),
-            spend: Arc::clone(&self.spend),
+            rules: Arc::clone(&self.rules),
         }));
         Ok(())
     }

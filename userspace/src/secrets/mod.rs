@@ -38,6 +38,22 @@ pub enum SecretError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "secret {name}: `credential:{credential}` needs $CREDENTIALS_DIRECTORY, which systemd \
+         sets only for a service with `LoadCredential={credential}:/path/to/key` (enforcer.service; \
+         never an agent's unit): run enforcer as that service, or use `file:/path`"
+    )]
+    NoCredentialsDirectory { name: String, credential: String },
+    #[error(
+        "secret {name}: enforcer's service has no credential {credential} ({path}: {source}); add \
+         `LoadCredential={credential}:/path/to/key` to enforcer.service"
+    )]
+    Credential {
+        name: String,
+        credential: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("secret {name}: the value from {from} is empty")]
     Empty { name: String, from: String },
     #[error(
@@ -197,7 +213,9 @@ impl Secrets {
         v.extend(policy.secrets.iter().filter_map(|s| match &s.from {
             SecretSource::Env(var) => Some(var.clone()),
             SecretSource::File(_) => None,
+            SecretSource::Credential(_) => Some(String::from(source::CREDENTIALS_DIRECTORY)),
         }));
+        v.dedup();
         v
     }
 

@@ -22,8 +22,16 @@ pub struct Agent<'a> {
 /// Checks every `file:` source of the policy against `agent`.
 pub fn check_files(policy: &Policy, agent: &Agent<'_>) -> Result<(), SecretError> {
     for spec in &policy.secrets {
-        if let SecretSource::File(path) = &spec.from {
-            check(&spec.name, path, agent)?;
+        match &spec.from {
+            SecretSource::File(path) => check(&spec.name, path, agent)?,
+            SecretSource::Credential(c) => {
+                check(
+                    &spec.name,
+                    &super::source::credential_path(&spec.name, c)?,
+                    agent,
+                )?;
+            }
+            SecretSource::Env(_) => {}
         }
     }
     Ok(())

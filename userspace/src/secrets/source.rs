@@ -1,13 +1,49 @@
 //! Reading a secret's real value: from the enforcer's environment
-//! (`env:VAR`) or a file (`file:/path`), as root, before the agent exists.
+//! (`env:VAR`), a file (`file:/path`) or a systemd credential of enforcer's
+//! service (`credential:NAME`), as root, before the agent exists.
+
+use std::{ffi::OsString, path::PathBuf};
 
 use zeroize::Zeroizing;
 
 use super::{MAX_SECRET, SecretError};
 use crate::policy::SecretSource;
 
+/// The variable systemd sets to a service's credentials directory.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Where `credential:NAME` lives for this process:
+/// `$CREDENTIALS_DIRECTORY/NAME`.
+pub fn credential_path(name: &str, credential: &str) -> Result<PathBuf, SecretError> {
+    credential_path_in(std::env::var_os(CREDENTIALS_DIRECTORY), name, credential)
+}
+
+fn credential_path_in(
+    dir: Option<OsString>,
+    name: &str,
+    credential: &str,
+) -> Result<PathBuf, SecretError> {
+    let dir = dir
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .ok_or_else(|| SecretError::NoCredentialsDirectory {
+            name: name.to_string(),
+            credential: credential.to_string(),
+        })?;
+    Ok(dir.join(credential))
+}
+
 /// Reads and checks the value of secret `name`.
 pub fn read(name: &str, from: &SecretSource) -> Result<Zeroizing<String>, SecretError> {
+    read_in(name, from, std::env::var_os(CREDENTIALS_DIRECTORY))
+}
+
+/// [`read`], with the credentials directory given.
+fn read_in(
+    name: &str,
+    from: &SecretSource,
+    credentials: Option<OsString>,
+) -> Result<Zeroizing<String>, SecretError> {
     let raw = match from {
         SecretSource::Env(var) => {
             Zeroizing::new(std::env::var(var).map_err(|_| SecretError::MissingEnv {
@@ -22,6 +58,17 @@ pub fn read(name: &str, from: &SecretSource) -> Result<Zeroizing<String>, Secret
                 source,
             },
         )?),
+        SecretSource::Credential(credential) => {
+            let path = credential_path_in(credentials, name, credential)?;
+            Zeroizing::new(std::fs::read_to_string(&path).map_err(|source| {
+                SecretError::Credential {
+                    name: name.to_string(),
+                    credential: credential.clone(),
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?)
+        }
     };
     // A file ends with a newline more often than not; that is not part of the key.
     let trimmed = raw.trim_end_matches(['\n', '\r']);
@@ -70,6 +117,30 @@ mod tests {
         let v = read("K", &SecretSource::File(p.clone())).unwrap();
         assert_eq!(v.as_str(), "sk_live_abc123");
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn credentials_come_from_the_services_credentials_directory_only() {
+        let dir = std::env::temp_dir().join(format!("enforcer-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stripe"), "sk_live_cred\n").unwrap();
+        let from = SecretSource::Credential("stripe".into());
+        let v = read_in("K", &from, Some(dir.clone().into_os_string())).unwrap();
+        assert_eq!(v.as_str(), "sk_live_cred");
+        let e = read_in("K", &from, None).unwrap_err();
+        assert!(
+            matches!(e, SecretError::NoCredentialsDirectory { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("LoadCredential=stripe:"), "{e}");
+        // A relative directory is no credentials directory.
+        let e = read_in("K", &from, Some("relative/dir".into())).unwrap_err();
+        assert!(matches!(e, SecretError::NoCredentialsDirectory { .. }));
+        let missing = SecretSource::Credential("openai".into());
+        let e = read_in("K", &missing, Some(dir.clone().into_os_string())).unwrap_err();
+        assert!(matches!(e, SecretError::Credential { .. }), "{e}");
+        assert!(e.to_string().contains("LoadCredential=openai:"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -134,6 +134,11 @@ fn shown(text: &str) -> String {
 }
 
 impl LoopBreaker {
+    /// `(threshold, window)` as given to [`LoopBreaker::new`] (after clamping).
+    pub fn settings(&self) -> (u32, Duration) {
+        (self.threshold, self.window)
+    }
+
     /// The `threshold`-th identical call within `window` trips (threshold
     /// kept within 2..=10000).
     pub fn new(threshold: u32, window: Duration) -> Self {

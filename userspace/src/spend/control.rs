@@ -2,7 +2,7 @@
 //! shares with other runs of its policy, its rate limits and call counts,
 //! and its loop breaker. Built at launch from the policy.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use super::{
     DailyLedger, Ledger, LoopBreaker, RateLimiter, SpendError,
@@ -16,7 +16,7 @@ pub struct SpendControl {
     pub daily: Option<DailyLedger>,
     pub rates: RateLimiter,
     /// `None` when the policy says `loop_breaker = false`.
-    pub breaker: Option<LoopBreaker>,
+    pub breaker: Option<Arc<LoopBreaker>>,
 }
 
 impl SpendControl {
@@ -46,7 +46,36 @@ impl SpendControl {
             breaker: policy
                 .run
                 .loop_breaker
-                .map(|b| LoopBreaker::new(b.calls, b.window)),
+                .map(|b| Arc::new(LoopBreaker::new(b.calls, b.window))),
+        })
+    }
+
+    /// The spend state of a live run whose policy was reloaded: the new
+    /// policy's caps and limits, with what the run already spent and
+    /// called carried over (see [`Ledger::carried_over`] and
+    /// [`RateLimiter::carried_over`]); daily caps live in the database and
+    /// go on counting there; the loop breaker is kept unless its settings
+    /// changed.
+    pub fn reloaded(
+        old: &Self,
+        policy: &Policy,
+        run_id: &str,
+        daily_db: Option<&Path>,
+    ) -> Result<Self, SpendError> {
+        let fresh = Self::open(policy, run_id, daily_db)?;
+        let same_breaker = match (&old.breaker, policy.run.loop_breaker) {
+            (Some(b), Some(s)) => b.settings() == (s.calls, s.window),
+            _ => false,
+        };
+        Ok(Self {
+            ledger: Ledger::carried_over(policy, &old.ledger)?,
+            daily: fresh.daily,
+            rates: RateLimiter::carried_over(policy, &old.rates),
+            breaker: if same_breaker {
+                old.breaker.clone()
+            } else {
+                fresh.breaker
+            },
         })
     }
 }

@@ -192,6 +192,26 @@ impl Ledger {
         Ok(Self::new(run, hosts))
     }
 
+    /// The ledger of a reloaded `policy` (its caps), carrying over what
+    /// `old` counted for the run and for each host both versions have (by
+    /// name). Money in flight at the reload counts as spent: its calls
+    /// settle on `old`, and the new ledger never undercounts.
+    pub fn carried_over(policy: &Policy, old: &Self) -> Result<Self, SpendError> {
+        let new = Self::from_policy(policy)?;
+        {
+            let before = lock(&old.state);
+            let mut now = lock(&new.state);
+            now.run.spent = before.run.spent.saturating_add(before.run.reserved);
+            for (i, h) in policy.hosts.iter().enumerate() {
+                let scope = format!("host {}", h.name);
+                if let Some(a) = before.hosts.values().find(|a| a.scope == scope) {
+                    now.host(i).spent = a.spent.saturating_add(a.reserved);
+                }
+            }
+        }
+        Ok(new)
+    }
+
     /// Reserves `usd_micros` (negative counts as 0, more than
     /// [`MAX_MICROS`] as that) against `host`'s cap and the run's cap, both
     /// or neither. The host's cap is checked first.
@@ -499,6 +519,31 @@ action = "allow"
         // The GitHub host has no cap of its own; the run's applies.
         l.reserve(1, 1000 * USD).unwrap().commit(None);
         assert_eq!(l.reserve(1, 5001).unwrap_err().scope, "run");
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_spent_under_the_new_caps() {
+        let parse = |text: &str| Policy::parse(text, Path::new("policy.toml")).unwrap();
+        let old_policy = parse(
+            "[run]\nspend_cap_usd = 100\n[[host]]\nname = \"api.stripe.com\"\nspend_cap_usd = 50\naction = \"allow\"\n",
+        );
+        let old = Ledger::from_policy(&old_policy).unwrap();
+        old.reserve(0, 30 * USD).unwrap().commit(None);
+        let in_flight = old.reserve(0, 5 * USD).unwrap();
+        // The new policy puts another host first and lowers the cap.
+        let new_policy = parse(
+            "[run]\nspend_cap_usd = 100\n[[host]]\nname = \"api.openai.com\"\naction = \"allow\"\n[[host]]\nname = \"api.stripe.com\"\nspend_cap_usd = 40\naction = \"allow\"\n",
+        );
+        let new = Ledger::carried_over(&new_policy, &old).unwrap();
+        drop(in_flight);
+        // $30 spent and $5 in flight count against the new $40 cap.
+        assert_eq!(new.spent(1), 35 * USD);
+        assert_eq!(
+            new.reserve(1, 6 * USD).unwrap_err().scope,
+            "host api.stripe.com"
+        );
+        assert!(new.reserve(1, 5 * USD).is_ok());
+        assert_eq!(new.run_spent(), 35 * USD);
     }
 
     /// 200 threads released together, each reserving $0.07 with $10.00 of

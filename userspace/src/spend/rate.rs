@@ -71,7 +71,7 @@ impl Serialize for Limited {
 /// A token bucket in exact integer arithmetic: the level is in units of
 /// `1 / per_nanos` tokens, so refilling adds `elapsed_nanos * count` and a
 /// call costs `per_nanos`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Bucket {
     rate: Rate,
     level: u128,
@@ -130,15 +130,19 @@ impl Bucket {
 #[derive(Debug)]
 struct Limits {
     scope: String,
+    /// What the limit belongs to, the same across policy versions
+    /// (`host NAME`, or `NAME METHODS PATH` for a rule).
+    identity: String,
     bucket: Option<Bucket>,
     max_calls: Option<u64>,
     calls: u64,
 }
 
 impl Limits {
-    fn new(scope: String, rate: Option<Rate>, max_calls: Option<u64>) -> Self {
+    fn new(scope: String, identity: String, rate: Option<Rate>, max_calls: Option<u64>) -> Self {
         Self {
             scope,
+            identity,
             bucket: rate.map(Bucket::new),
             max_calls,
             calls: 0,
@@ -147,6 +151,17 @@ impl Limits {
 
     fn is_empty(&self) -> bool {
         self.bucket.is_none() && self.max_calls.is_none()
+    }
+
+    /// Takes over what `old` counted: its calls (against the new
+    /// `max_calls`), and its bucket's level when the rate is the same.
+    fn carry(&mut self, old: &Self) {
+        self.calls = old.calls;
+        if let (Some(new), Some(prev)) = (&mut self.bucket, &old.bucket)
+            && new.rate == prev.rate
+        {
+            *new = prev.clone();
+        }
     }
 
     /// Refills, then says whether this scope admits a call (consuming
@@ -202,7 +217,12 @@ impl RateLimiter {
             .hosts
             .iter()
             .map(|h| HostLimits {
-                host: Limits::new(format!("host {}", h.name), h.rate, h.max_calls),
+                host: Limits::new(
+                    format!("host {}", h.name),
+                    format!("host {}", h.name),
+                    h.rate,
+                    h.max_calls,
+                ),
                 rules: h
                     .rules
                     .iter()
@@ -210,7 +230,8 @@ impl RateLimiter {
                     .map(|(i, r)| {
                         let scope =
                             format!("rule {} of {} ({} {})", i + 1, h.name, r.methods, r.path);
-                        Limits::new(scope, r.rate, r.max_calls)
+                        let identity = format!("{} {} {}", h.name, r.methods, r.path);
+                        Limits::new(scope, identity, r.rate, r.max_calls)
                     })
                     .collect(),
             })
@@ -218,6 +239,32 @@ impl RateLimiter {
         Self {
             hosts: Mutex::new(hosts),
         }
+    }
+
+    /// The limits of a reloaded `policy`, carrying over what `old` counted
+    /// for the hosts and rules both versions have (by host name, and by
+    /// host, methods and path): a reload never hands out fresh calls.
+    pub fn carried_over(policy: &Policy, old: &Self) -> Self {
+        let new = Self::from_policy(policy);
+        {
+            let old_hosts = old.lock();
+            let mut new_hosts = new.lock();
+            for nh in new_hosts.iter_mut() {
+                let Some(oh) = old_hosts
+                    .iter()
+                    .find(|o| o.host.identity == nh.host.identity)
+                else {
+                    continue;
+                };
+                nh.host.carry(&oh.host);
+                for nr in &mut nh.rules {
+                    if let Some(or) = oh.rules.iter().find(|r| r.identity == nr.identity) {
+                        nr.carry(or);
+                    }
+                }
+            }
+        }
+        new
     }
 
     /// Whether any host or rule has a limit (if not, `check` always admits).
@@ -412,6 +459,28 @@ action = "allow"
         for _ in 0..3 {
             assert_eq!(l.check_at(0, Some(0), t), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_reload_never_hands_out_fresh_calls() {
+        let old = limiter(POLICY);
+        let t0 = Instant::now();
+        let late = t0 + secs(600.0);
+        assert_eq!(old.check_at(0, Some(1), t0), Ok(()));
+        assert_eq!(old.check_at(0, Some(1), late), Ok(()));
+        // The reloaded policy puts a rule before the capped one: indices
+        // move, the count stays with the rule (host, methods, path).
+        let reloaded = POLICY.replacen(
+            "[[host.rule]]",
+            "[[host.rule]]\n  method = \"DELETE\"\n  path = \"/v1/x\"\n  action = \"deny\"\n\n  [[host.rule]]",
+            1,
+        );
+        let p = Policy::parse(&reloaded, Path::new("policy.toml")).unwrap();
+        let new = RateLimiter::carried_over(&p, &old);
+        let e = new.check_at(0, Some(2), late + secs(600.0)).unwrap_err();
+        assert_eq!(e.limit, "max_calls 2", "{e}");
+        // A limit the old policy did not have starts fresh.
+        assert_eq!(new.check_at(0, Some(0), late), Ok(()));
     }
 
     #[test]

@@ -238,6 +238,7 @@ async fn run_with(port: u16, policy: &str, timeout: Duration, small_db: bool) ->
     let ctx = ProxyContext {
         run_id: Arc::from("t"),
         policy: Arc::clone(&policy),
+        rules: None,
         origdst: Arc::new(Origins),
         resolver: Arc::clone(&resolver),
         sink,

@@ -1,0 +1,85 @@
+//! The client side of the daemon's socket: one request line, one reply
+//! line (`enforcer exec`, `enforcer reload`).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::de::DeserializeOwned;
+
+use super::protocol::{ReloadReply, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the enforcer daemon at {path}: {source} (is enforcer.service running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the enforcer daemon failed: {0}")]
+    Protocol(String),
+    #[error("reload refused, the configuration in force stays: {0}")]
+    ReloadRefused(String),
+}
+
+/// Sends `req` to the daemon at `socket` and reads its reply. `wait` bounds
+/// the wait for the reply (`None`: as long as it takes).
+pub fn call<R: DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    wait: Option<Duration>,
+) -> Result<R, ClientError> {
+    let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(wait).map_err(|e| protocol(&e))?;
+    let mut line = serde_json::to_string(req).map_err(|e| protocol(&e))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| protocol(&e))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| protocol(&e))?;
+    serde_json::from_str(&reply)
+        .map_err(|e| ClientError::Protocol(format!("unreadable reply: {e}")))
+}
+
+/// `enforcer reload`: asks the daemon to read its configuration again and
+/// prints what happened to each live run.
+pub fn reload(socket: &Path, json: bool) -> Result<(), ClientError> {
+    let reply: ReloadReply = call(socket, &Request::Reload, Some(Duration::from_secs(60)))?;
+    if json {
+        crate::outln!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    }
+    match reply {
+        ReloadReply::Reloaded { units, runs } => {
+            if !json {
+                crate::outln!(
+                    "reloaded: {units} unit mapping(s) in force, {} live run(s)",
+                    runs.len()
+                );
+                for r in runs {
+                    crate::outln!(
+                        "  {} ({}): {}",
+                        r.unit,
+                        r.run_id,
+                        r.policy.as_deref().unwrap_or("ended")
+                    );
+                    for n in r.notes {
+                        crate::outln!("    {n}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        ReloadReply::Refused { reason } => Err(ClientError::ReloadRefused(reason)),
+    }
+}
