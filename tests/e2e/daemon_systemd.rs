@@ -410,7 +410,6 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
     w.host
         .assert_untouched("the shipped configuration allows nothing");
     // Map billing-*.service to a policy, ahead of the catch-all.
-    w.ct.write("/etc/enforcer/billing.toml", &allow_tcp(&w.host));
     let config = w.ct.root().join("etc/enforcer/enforcer.toml");
     let shipped = std::fs::read_to_string(&config).expect("the shipped enforcer.toml");
     let catch_all = "[[unit]]\nmatch = \"*\"";
@@ -422,20 +421,49 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
         ),
     );
     std::fs::write(&config, mapped).expect("edit enforcer.toml");
-    w.ct.ok(
-        "enforcer policy check /etc/enforcer/billing.toml && systemctl restart enforcer.service",
+    let main_pid = w.ct.property("enforcer.service", "MainPID");
+    // A mistake first: the reload fails, saying why, and nothing changes.
+    w.ct.write(
+        "/etc/enforcer/billing.toml",
+        "[run]\nname = \"billing\"\nttl = \"soon\"\n",
     );
+    let o = w.ct.sh("systemctl reload enforcer.service");
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        w.ct.journal("enforcer.service").contains("billing.toml"),
+        "the reason, in the journal: {}",
+        w.ct.journal("enforcer.service")
+    );
+    assert_eq!(w.ct.property("enforcer.service", "ActiveState"), "active");
+    assert_eq!(w.ct.property("enforcer.service", "MainPID"), main_pid);
     assert_eq!(
         w.ct.property("enforcer.service", "StatusText"),
-        "governing agents.slice (2 unit mapping(s))"
+        "governing agents.slice (1 unit mapping(s))"
     );
-    // The unit, from the shipped example, running the probe as its agent.
-    w.ct.ok(&format!(
-        "sed 's|/usr/bin/python3 /opt/agent/agent.py|{PROBE} tcp-echo {target} billing|' \
+    w.ct.write("/etc/enforcer/billing.toml", &allow_tcp(&w.host));
+    w.ct.ok(
+        "enforcer policy check /etc/enforcer/billing.toml && systemctl reload enforcer.service",
+    );
+    // ExecReload= (SIGHUP): the same daemon, with the new mapping; its
+    // status line says so.
+    assert_eq!(w.ct.property("enforcer.service", "MainPID"), main_pid);
+    assert!(
+        leftovers::eventually(5, || w.ct.property("enforcer.service", "StatusText")
+            == "governing agents.slice (2 unit mapping(s))"),
+        "{}",
+        w.ct.journal("enforcer.service")
+    );
+    // The unit, from the shipped example, running an agent that connects
+    // once and stays.
+    w.ct.write(
+        "/usr/local/bin/billing-agent",
+        &format!("#!/bin/sh\n{PROBE} tcp-echo {target} billing\nexec sleep 600\n"),
+    );
+    w.ct.ok("chmod 755 /usr/local/bin/billing-agent \
+         && sed 's|/usr/bin/python3 /opt/agent/agent.py|/usr/local/bin/billing-agent|' \
          /usr/share/doc/enforcer/examples/systemd/billing-agent.service.example \
          > /etc/systemd/system/billing-agent.service && systemctl daemon-reload \
-         && systemctl start billing-agent.service"
-    ));
+         && systemctl start billing-agent.service");
     assert!(
         leftovers::eventually(10, || w
             .ct
@@ -445,6 +473,14 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
         w.ct.journal("billing-agent.service"),
         w.ct.journal("enforcer.service")
     );
+    // Watch it, revoke it by its unit's name.
+    let status = w.ct.ok("enforcer status");
+    assert!(
+        status.contains("billing-agent.service") && status.contains("billing/nightly"),
+        "{status}"
+    );
+    let revoked = w.ct.ok("enforcer revoke billing-agent");
+    assert!(!revoked.trim().is_empty(), "{revoked}");
     let log = w.ct.journal("enforcer.service");
     assert!(
         log.contains("started for billing-agent.service")
@@ -465,9 +501,14 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
         events.contains("allow") && events.contains(&w.host.v4.to_string()),
         "{events}"
     );
+    assert!(
+        run["revoked_at"].is_string(),
+        "revoked in the audit log: {run}"
+    );
     assert_eq!(
         w.host.counters.snapshot().0,
         1,
         "the billing agent's connection"
     );
+    w.ct.ok("systemctl stop billing-agent.service");
 }

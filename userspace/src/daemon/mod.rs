@@ -396,10 +396,7 @@ async fn serve(
             _ = term.recv() => break,
             _ = hup.recv() => {
                 // The outcome is logged; `enforcer reload` also gets it back.
-                let _ = reload::reload(&shared, &runs, &directory).await;
-                if let Err(e) = notify::status(&status_line(&shared)) {
-                    tracing::warn!("{e}");
-                }
+                let _ = reload_and_tell(&shared, &runs, &directory).await;
             }
             _ = shared.slice_gone.notified() => {
                 let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.slice));
@@ -423,6 +420,20 @@ async fn serve(
         unit_run::end(&shared, r, -1).await;
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// A reload (SIGHUP or `enforcer reload`), then the status line systemd
+/// shows, which names the mappings now in force.
+async fn reload_and_tell(
+    shared: &Shared,
+    runs: &Runs,
+    directory: &Directory,
+) -> protocol::ReloadReply {
+    let reply = reload::reload(shared, runs, directory).await;
+    if let Err(e) = notify::status(&status_line(shared)) {
+        tracing::warn!("{e}");
+    }
+    reply
 }
 
 /// What `systemctl status` shows for the daemon (sd_notify STATUS=).
@@ -495,7 +506,7 @@ async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: 
                 Err(e) => Reply::Exec(refused(e.to_string())),
             },
             Ok(Request::Reload) => Reply::Reload(match who {
-                Ok(p) if p.uid == 0 => reload::reload(&shared, &runs, &directory).await,
+                Ok(p) if p.uid == 0 => reload_and_tell(&shared, &runs, &directory).await,
                 _ => reload::refused("only root may reload the daemon"),
             }),
             Err(e) => Reply::Exec(refused(format!("not a request: {e}"))),
