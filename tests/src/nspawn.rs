@@ -10,8 +10,9 @@
 //! its private socket); they stay in the test's cgroup and carry none of
 //! the container's seccomp filter, so anything that must be confined runs
 //! as a unit (`systemd-run`). Dropping the container (also on a failed
-//! test) powers it off and removes its cgroups, overlay, namespace and the
-//! state nspawn keeps in /run/systemd/nspawn.
+//! test) powers it off and removes its cgroups (in cgroup2 and in the v1
+//! `name=systemd` hierarchy, where nspawn mirrors them on a hybrid host),
+//! overlay, namespace and the state nspawn keeps in /run/systemd/nspawn.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -262,6 +263,9 @@ impl Drop for Container {
         self.stop(Duration::from_secs(20));
         let root_ino = std::fs::metadata(self.root()).map(|m| m.ino()).ok();
         remove_cgroup_tree(&self.cgroup);
+        if let Some(v1) = named_systemd_hierarchy() {
+            remove_cgroup_tree(&v1.join(&self.name));
+        }
         self.overlay.take();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
@@ -302,6 +306,22 @@ fn remove_cgroup_tree(top: &Path) {
     }
 }
 
+/// The cgroup v1 `name=systemd` hierarchy of a hybrid host, where nspawn
+/// mirrors the container's tree (`NAME/payload/...`, `NAME/supervisor`).
+pub fn named_systemd_hierarchy() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let is_named = r.next() == Some("cgroup")
+            && r.nth(1)
+                .is_some_and(|opts| opts.split(',').any(|o| o == "name=systemd"));
+        is_named
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
 /// What nspawn keeps for a machine in /run/systemd/nspawn (its mount
 /// propagation directory, the lock on its root's inode).
 fn remove_machine_state(name: &str, root_ino: Option<u64>) {
@@ -328,8 +348,8 @@ fn remove_machine_state(name: &str, root_ino: Option<u64>) {
 fn remove_stale_containers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let root = leftovers::cgroup2_root();
-        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let roots = std::iter::once(leftovers::cgroup2_root()).chain(named_systemd_hierarchy());
+        for e in roots.flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten()) {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
                 .strip_prefix(PREFIX)

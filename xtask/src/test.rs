@@ -182,6 +182,22 @@ fn is_bpffs_mounted() -> bool {
     })
 }
 
+/// Where the cgroup v1 `name=systemd` hierarchy is mounted, if it is (a
+/// hybrid host).
+fn named_systemd_hierarchy() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let named = r.next() == Some("cgroup")
+            && r.nth(1)
+                .is_some_and(|o| o.split(',').any(|o| o == "name=systemd"));
+        named
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
 /// Run cgroups, pins, run records, test namespaces and test containers
 /// still present.
 fn leftovers() -> Vec<String> {
@@ -205,10 +221,13 @@ fn leftovers() -> Vec<String> {
     }
     // Containers the systemd tests booted (tests/src/nspawn.rs): their
     // cgroups, nspawn's state for them, their overlays.
-    if let Some(root) = util::cgroup2_root()
-        && let Ok(rd) = std::fs::read_dir(&root)
+    // (nspawn mirrors their cgroups in the v1 name=systemd hierarchy of a
+    // hybrid host.)
+    for root in util::cgroup2_root()
+        .into_iter()
+        .chain(named_systemd_hierarchy())
     {
-        for e in rd.flatten() {
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with("enft-ct-") {
                 found.push(e.path().display().to_string());
             }
