@@ -231,3 +231,29 @@ fn cleanup_of_a_stopped_daemon_detaches_it_and_is_refused_while_it_runs() {
     let again = d.enforcer(&["cleanup", "--daemon", &slice]);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
 }
+
+#[test]
+fn units_of_one_user_started_together_all_get_their_run() {
+    // More than the daemon takes from one user at once (8): the others are
+    // closed unanswered and `exec` asks again.
+    let host = TestHost::new();
+    let d = Daemon::start(&[("a-*.service", &allow_tcp(&host))]);
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let units: Vec<_> = (0..16).map(|i| d.unit(&format!("a-{i}.service"))).collect();
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .iter()
+            .map(|u| s.spawn(|| d.run_in(u, Some("nobody"), true, &argv)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("unit"))
+            .collect()
+    });
+    for o in &outs {
+        assert!(stdout(o).starts_with("ok peer"), "{o:?}");
+    }
+    assert_eq!(host.counters.snapshot().0, 16);
+}

@@ -79,17 +79,6 @@ impl RunRecord {
             .collect()
     }
 
-    /// Whether `who` (a run id, a unit name with or without `.service`, or
-    /// a label) names this run.
-    pub fn answers_to(&self, who: &str) -> bool {
-        self.run_id == who
-            || self.label.as_deref() == Some(who)
-            || self
-                .unit
-                .as_deref()
-                .is_some_and(|u| u == who || u.strip_suffix(".service") == Some(who))
-    }
-
     /// True while the enforcer that wrote this record is still running.
     pub fn enforcer_alive(&self) -> bool {
         // The pid could have been reused; also require it to be an enforcer.

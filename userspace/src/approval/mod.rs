@@ -177,6 +177,8 @@ impl Outcome {
 struct Waiting {
     pending: Pending,
     rule_key: (usize, usize),
+    /// The policy version the rule key belongs to.
+    generation: u64,
     deadline: Instant,
     reply: oneshot::Sender<(Answer, String)>,
 }
@@ -186,6 +188,9 @@ struct Inner {
     next: u64,
     waiting: BTreeMap<u64, Waiting>,
     always: HashSet<(usize, usize)>,
+    /// Bumped when the rules are reloaded: rule keys of an older version
+    /// name other rules now.
+    generation: u64,
 }
 
 /// The run's approval queue.
@@ -287,11 +292,13 @@ impl ApprovalHub {
         p.expires_in_secs = self.timeout.as_secs();
         let (tx, rx) = oneshot::channel();
         let id = p.id;
+        let generation = inner.generation;
         inner.waiting.insert(
             id,
             Waiting {
                 pending: p,
                 rule_key,
+                generation,
                 deadline: Instant::now() + self.timeout,
                 reply: tx,
             },
@@ -329,10 +336,13 @@ impl ApprovalHub {
     /// Forgets every `always` answer: they name rules by position, which a
     /// reloaded policy may give to other rules.
     /// Says whether there were any.
+    /// Requests still waiting keep their answer, but an `always` given to
+    /// one of them no longer carries over.
     pub fn forget_always(&self) -> bool {
         let mut inner = self.lock();
         let had = !inner.always.is_empty();
         inner.always.clear();
+        inner.generation += 1;
         had
     }
 
@@ -358,7 +368,9 @@ impl ApprovalHub {
         // An `always` is remembered for a rule's own asks only: a call
         // asked for its amount or a missing requirement (`why`) is approved
         // once, and the next one above the threshold is asked again.
-        if answer == Answer::Always && w.pending.why.is_empty() {
+        // Nor is it kept across a reload: its rule key was the old policy's.
+        if answer == Answer::Always && w.pending.why.is_empty() && w.generation == inner.generation
+        {
             inner.always.insert(w.rule_key);
         }
         let _ = w.reply.send((answer, by.to_string()));
@@ -429,6 +441,29 @@ mod tests {
         assert!(hub.wait(t).await.approved());
         assert_eq!(hub.submit(pending(), (0, 1)).id, 0);
         assert_ne!(hub.submit(asked, (0, 1)).id, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reload_forgets_always_even_one_given_to_a_request_asked_before_it() {
+        let hub = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_secs(5),
+        ));
+        let t = hub.submit(pending(), (0, 1));
+        hub.answer(t.id, Answer::Always, "test").unwrap();
+        assert!(hub.wait(t).await.approved());
+        assert_eq!(hub.submit(pending(), (0, 1)).id, 0, "covered by always");
+        // Asked under the old rules, answered after the reload.
+        let before = hub.submit(pending(), (0, 2));
+        assert!(hub.forget_always());
+        assert_ne!(hub.submit(pending(), (0, 1)).id, 0, "asked again");
+        hub.answer(before.id, Answer::Always, "test").unwrap();
+        assert!(hub.wait(before).await.approved(), "approved once");
+        assert_ne!(
+            hub.submit(pending(), (0, 2)).id,
+            0,
+            "rule (0, 2) is another rule now: its always is not kept"
+        );
     }
 
     #[tokio::test]

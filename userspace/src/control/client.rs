@@ -59,25 +59,47 @@ pub fn ask(path: &Path, run: &str, req: &Request) -> Result<Response, ControlErr
     })
 }
 
-/// The live run `who` names: a run id, a unit name (with or without
-/// `.service`) or a label. Several matches are refused, never guessed.
+/// The live run `who` names: a run id, else a unit name (with or without
+/// `.service`), else a label, in that order, so that a label a unit chose
+/// can never shadow a run id or another unit's name. Several matches of
+/// the same kind are refused, never guessed.
 pub fn resolve(who: &str) -> Result<RunRecord, ControlError> {
-    let mut found: Vec<RunRecord> = RunRecord::all(Path::new(crate::runs::RUNS_DIR))
+    let live: Vec<RunRecord> = RunRecord::all(Path::new(crate::runs::RUNS_DIR))
         .into_iter()
-        .filter(|r| r.answers_to(who) && r.enforcer_alive())
+        .filter(RunRecord::enforcer_alive)
         .collect();
-    match found.len() {
-        0 => Err(ControlError::NoSuchRun(who.to_string())),
-        1 => Ok(found.remove(0)),
-        _ => Err(ControlError::AmbiguousRun {
-            who: who.to_string(),
-            runs: found
-                .iter()
-                .map(|r| r.run_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
+    pick(&live, who)
+}
+
+/// [`resolve`] among `live`.
+fn pick(live: &[RunRecord], who: &str) -> Result<RunRecord, ControlError> {
+    let tiers: [&dyn Fn(&RunRecord) -> bool; 3] = [
+        &|r| r.run_id == who,
+        &|r| {
+            r.unit
+                .as_deref()
+                .is_some_and(|u| u == who || u.strip_suffix(".service") == Some(who))
+        },
+        &|r| r.label.as_deref() == Some(who),
+    ];
+    for matches in tiers {
+        let mut found: Vec<&RunRecord> = live.iter().filter(|r| matches(r)).collect();
+        match found.len() {
+            0 => continue,
+            1 => return Ok(found.remove(0).clone()),
+            _ => {
+                return Err(ControlError::AmbiguousRun {
+                    who: who.to_string(),
+                    runs: found
+                        .iter()
+                        .map(|r| r.run_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
     }
+    Err(ControlError::NoSuchRun(who.to_string()))
 }
 
 /// Control sockets are root's.
@@ -269,4 +291,63 @@ pub fn status(json: bool) -> Result<(), ControlError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(run_id: &str, unit: Option<&str>, label: Option<&str>) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            enforcer_pid: 1,
+            cgroup: "/sys/fs/cgroup/x".into(),
+            pins: "".into(),
+            policy: "p.toml".into(),
+            pinned: true,
+            started_unix: 0,
+            unit: unit.map(String::from),
+            label: label.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_label_never_shadows_a_run_id_or_a_unit_name() {
+        let live = [
+            record(
+                "20261130-120000-aaaaaa",
+                Some("billing-agent.service"),
+                None,
+            ),
+            // A unit that chose its label to confuse revocation.
+            record(
+                "20261130-120000-bbbbbb",
+                Some("evil.service"),
+                Some("20261130-120000-aaaaaa"),
+            ),
+            record(
+                "20261130-120000-cccccc",
+                Some("other.service"),
+                Some("billing-agent"),
+            ),
+            record("20261130-120000-dddddd", None, Some("job/1")),
+            record("20261130-120000-eeeeee", None, Some("job/1")),
+        ];
+        let id = |who: &str| pick(&live, who).map(|r| r.run_id);
+        assert_eq!(
+            id("20261130-120000-aaaaaa").unwrap(),
+            "20261130-120000-aaaaaa"
+        );
+        assert_eq!(id("billing-agent").unwrap(), "20261130-120000-aaaaaa");
+        assert_eq!(
+            id("billing-agent.service").unwrap(),
+            "20261130-120000-aaaaaa"
+        );
+        assert_eq!(id("evil").unwrap(), "20261130-120000-bbbbbb");
+        assert!(matches!(
+            id("job/1"),
+            Err(ControlError::AmbiguousRun { .. })
+        ));
+        assert!(matches!(id("nothing"), Err(ControlError::NoSuchRun(_))));
+    }
 }

@@ -22,6 +22,10 @@ pub enum ClientError {
     },
     #[error("talking to the enforcer daemon failed: {0}")]
     Protocol(String),
+    /// The daemon closed the connection without an answer: it has as many
+    /// requests of this user in hand as it takes at once.
+    #[error("the enforcer daemon is busy with this user's other requests")]
+    Busy,
     #[error("reload refused, the configuration in force stays: {0}")]
     ReloadRefused(String),
 }
@@ -41,13 +45,26 @@ pub fn call<R: DeserializeOwned>(
     stream.set_read_timeout(wait).map_err(|e| protocol(&e))?;
     let mut line = serde_json::to_string(req).map_err(|e| protocol(&e))?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| protocol(&e))?;
+    // Closed unanswered: the daemon has as many of this user's requests in
+    // hand as it takes at once.
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        )
+    };
+    match stream.write_all(line.as_bytes()) {
+        Err(e) if closed(&e) => return Err(ClientError::Busy),
+        Err(e) => return Err(protocol(&e)),
+        Ok(()) => {}
+    }
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| protocol(&e))?;
+    match BufReader::new(stream).read_line(&mut reply) {
+        Ok(0) => return Err(ClientError::Busy),
+        Err(e) if closed(&e) => return Err(ClientError::Busy),
+        Err(e) => return Err(protocol(&e)),
+        Ok(_) => {}
+    }
     serde_json::from_str(&reply)
         .map_err(|e| ClientError::Protocol(format!("unreadable reply: {e}")))
 }

@@ -74,8 +74,24 @@ fn prepare(
     })
 }
 
+/// How long `exec` keeps asking a daemon that is busy with this user's
+/// other requests (units of one user started together).
+const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn ask(socket: &Path, label: Option<String>) -> Result<Started, ExecError> {
-    match super::client::call(socket, &Request::Exec { label }, None) {
+    let req = Request::Exec { label };
+    let deadline = std::time::Instant::now() + BUSY_FOR;
+    let mut pause = std::time::Duration::from_millis(20);
+    let reply = loop {
+        match super::client::call(socket, &req, None) {
+            Err(ClientError::Busy) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => break other,
+        }
+    };
+    match reply {
         Ok(ExecReply::Started(s)) => Ok(s),
         Ok(ExecReply::Refused { reason }) => Err(ExecError::Refused(reason)),
         Err(ClientError::Connect { path, source }) => Err(ExecError::Connect { path, source }),

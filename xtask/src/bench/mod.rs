@@ -3,6 +3,7 @@
 //! drift, ratios much less).
 
 mod connect;
+mod daemon;
 mod dns;
 mod install;
 mod oha;
@@ -30,6 +31,10 @@ pub enum Which {
     /// then allowed lookups during a flood of refused names, and enforcer's
     /// memory before and after it.
     Dns,
+    /// One `enforcer daemon` serving 1 run and many runs at once against
+    /// direct (requests/s ratios), a unit's start to its first allowed
+    /// response against `enforcer launch`, and the daemon's memory per run.
+    Daemon(daemon::Options),
     /// Time to first byte of a streamed (SSE) response through a cost rule
     /// that reads the response, against direct.
     Stream(stream::Options),
@@ -41,6 +46,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Proxy(opts) => proxy::run(&opts),
         Which::Dns => dns::run(),
         Which::Stream(opts) => stream::run(&opts),
+        Which::Daemon(opts) => daemon::run(&opts),
     }
 }
 
