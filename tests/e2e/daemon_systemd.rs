@@ -14,7 +14,12 @@ use std::{
 use enforcer_e2e::{
     TestHost, deb, files, leftovers,
     nspawn::{Boot, Container},
+    vendor::Vendor,
 };
+
+/// What the booted root has besides systemd (one cached root for every
+/// test here): curl, to speak HTTPS as an agent.
+const ROOT_PACKAGES: &[&str] = &["curl", "ca-certificates"];
 
 /// The shipped unit files, installed as the package installs them.
 const SHIPPED: &[&str] = &["enforcer.service", "agents.slice", "enforcer-bpffs.service"];
@@ -45,6 +50,11 @@ impl World {
     /// Booted with the built enforcer bound in (or not, to install the
     /// package) and the probe.
     fn boot(bind_enforcer: bool) -> Self {
+        Self::boot_with(bind_enforcer, ROOT_PACKAGES)
+    }
+
+    /// The same, the root with `packages` besides systemd.
+    fn boot_with(bind_enforcer: bool, packages: &[&str]) -> Self {
         let started = Instant::now();
         let mut binds = vec![(files::probe(), PROBE.to_string())];
         if bind_enforcer {
@@ -52,6 +62,7 @@ impl World {
         }
         let ct = Container::boot(Boot {
             binds,
+            packages,
             ..Boot::default()
         });
         eprintln!("container {} booted in {:?}", ct.name, ct.booted_in);
@@ -93,10 +104,11 @@ impl World {
     fn unit(&self, name: &str, slice: &str, props: &[&str], argv: &[&str]) -> Output {
         let mut script = format!("systemd-run --quiet --pipe --wait --unit={name} --slice={slice}");
         for p in props {
-            script.push_str(&format!(" -p '{p}'"));
+            script.push_str(&format!(" -p {}", quoted(p)));
         }
         for a in argv {
-            script.push_str(&format!(" '{a}'"));
+            script.push(' ');
+            script.push_str(&quoted(a));
         }
         self.ct.sh(&script)
     }
@@ -130,6 +142,11 @@ impl Drop for World {
     fn drop(&mut self) {
         eprintln!("test ran {:?} in its container", self.started.elapsed());
     }
+}
+
+/// `s` as one word for /bin/sh.
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn stdout(o: &Output) -> String {
@@ -511,4 +528,79 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
         "the billing agent's connection"
     );
     w.ct.ok("systemctl stop billing-agent.service");
+}
+
+/// `LoadCredential=` on enforcer.service, read by a policy as
+/// `from = "credential:NAME"`: the real key reaches the vendor, on the
+/// agent's requests, and appears nowhere the agent unit can read.
+#[test]
+fn a_systemd_credential_of_the_service_reaches_the_vendor_and_never_the_agent() {
+    const REAL: &str = "sk_live_SYSTEMDCRED0123456789abcdefABCDEF";
+    let w = World::boot(true);
+    for unit in SHIPPED {
+        let text = std::fs::read_to_string(dist_systemd().join(unit)).expect("shipped unit");
+        w.ct.write(&format!("/usr/lib/systemd/system/{unit}"), &text);
+    }
+    let vendor = Vendor::start(&w.host);
+    w.ct.write(
+        "/etc/enforcer/vendor-ca.pem",
+        &std::fs::read_to_string(&vendor.ca_file).expect("vendor CA"),
+    );
+    w.ct.write("/etc/enforcer/keys/vendor", &format!("{REAL}\n"));
+    w.ct.ok("chmod 700 /etc/enforcer/keys && chmod 600 /etc/enforcer/keys/vendor");
+    // The shipped unit's commented example, made real; and, for the test
+    // network only, the fake vendor's address and CA.
+    w.ct.write(
+        "/etc/systemd/system/enforcer.service.d/test.conf",
+        &format!(
+            "[Service]\nLoadCredential=vendor:/etc/enforcer/keys/vendor\nExecStart=\n\
+             ExecStart=/usr/bin/enforcer daemon --config /etc/enforcer/enforcer.toml \
+             --upstream-ca /etc/enforcer/vendor-ca.pem --resolve api.vendor.test={}\n",
+            w.host.v4
+        ),
+    );
+    w.map(&[(
+        "a-*.service",
+        "vendor.toml",
+        "[[secret]]\nname = \"VENDOR_KEY\"\nfrom = \"credential:vendor\"\n\
+         hosts = [\"api.vendor.test\"]\nheader = \"Authorization\"\nformat = \"Bearer {}\"\n\n\
+         [[host]]\nname = \"api.vendor.test\"\n  [[host.rule]]\n  method = \"GET\"\n\
+           path = \"/v1/**\"\n  action = \"allow\"\n",
+    )]);
+    w.ct.ok("systemctl daemon-reload");
+    w.start_daemon();
+    let script = "echo \"dir=${CREDENTIALS_DIRECTORY:-unset}\"; \
+                  echo \"key=$VENDOR_KEY\"; \
+                  curl -sS -m 20 -o /dev/null -w \"%{http_code}\\n\" \
+                  -H \"Authorization: Bearer $VENDOR_KEY\" https://api.vendor.test/v1/cred; \
+                  cat /etc/enforcer/keys/vendor /run/credentials/enforcer.service/vendor 2>&1";
+    let o = w.agent("a-cred", &["/bin/sh", "-c", script]);
+    let out = stdout(&o);
+    assert!(out.contains("dir=unset"), "{o:?}");
+    // Neither the key file nor the service's credentials are readable.
+    assert_eq!(out.matches("Permission denied").count(), 2, "{o:?}");
+    assert!(
+        out.lines().any(|l| l == "200"),
+        "{o:?}\n{}",
+        w.ct.journal("enforcer.service")
+    );
+    assert!(
+        !out.contains(REAL) && !stderr(&o).contains(REAL),
+        "the agent saw the key: {o:?}"
+    );
+    let key_line = out
+        .lines()
+        .find(|l| l.starts_with("key="))
+        .unwrap_or_default();
+    assert!(key_line.len() > "key=".len(), "a placeholder: {o:?}");
+    let seen: Vec<_> = vendor
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/v1/cred")
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {REAL}").as_str())
+    );
 }
