@@ -525,9 +525,36 @@ fn the_package_installs_and_its_units_govern_an_agent_on_a_real_systemd() {
     assert_eq!(
         w.host.counters.snapshot().0,
         1,
-        "the billing agent's connection"
+        "the billing agent's connection, no other"
     );
     w.ct.ok("systemctl stop billing-agent.service");
+    // Uninstall: stopped, the daemon leaves the slice closed on purpose...
+    w.ct.ok("systemctl disable --now enforcer.service");
+    let o = w.unit(
+        "after-stop",
+        "agents.slice",
+        &["DynamicUser=yes"],
+        &[PROBE, "tcp-echo", &target, "x"],
+    );
+    assert!(stdout(&o).starts_with("err EPERM"), "{o:?}");
+    // ...until its programs are removed, then the package.
+    w.ct.ok("enforcer cleanup --daemon agents.slice && dpkg -r enforcer");
+    assert_eq!(
+        w.ct.ok("ls -A /sys/fs/bpf/enforcer 2>/dev/null || true")
+            .trim(),
+        "",
+        "pins left"
+    );
+    let o = w.unit(
+        "after-uninstall",
+        "agents.slice",
+        &["DynamicUser=yes"],
+        &[PROBE, "tcp-echo", &target, "gone"],
+    );
+    assert!(
+        stdout(&o).contains("vendor-echo gone"),
+        "unconfined again: {o:?}"
+    );
 }
 
 /// `LoadCredential=` on enforcer.service, read by a policy as
