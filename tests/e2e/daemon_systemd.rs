@@ -631,3 +631,63 @@ fn a_systemd_credential_of_the_service_reaches_the_vendor_and_never_the_agent() 
         Some(format!("Bearer {REAL}").as_str())
     );
 }
+
+/// The shipped example unit has `Requires=enforcer.service`: when systemd
+/// restarts the daemon after a crash, it restarts the agent too, which so
+/// gets a new run and its network back (with `BindsTo=` it would stay
+/// stopped; with no dependency it would stay without a run).
+#[test]
+fn an_agent_unit_as_shipped_gets_a_new_run_when_the_daemon_restarts_after_a_crash() {
+    let w = World::new();
+    w.map(&[("billing-*.service", "billing.toml", &allow_tcp(&w.host))]);
+    w.start_daemon();
+    let target = w.tcp();
+    w.ct.write(
+        "/usr/local/bin/billing-agent",
+        &format!("#!/bin/sh\nwhile :; do {PROBE} tcp-echo {target} n; sleep 0.2; done\n"),
+    );
+    let example = std::fs::read_to_string(dist_systemd().join("billing-agent.service.example"))
+        .expect("the shipped example unit");
+    w.ct.write(
+        "/etc/systemd/system/billing-agent.service",
+        &example.replace(
+            "/usr/bin/python3 /opt/agent/agent.py",
+            "/usr/local/bin/billing-agent",
+        ),
+    );
+    w.ct.ok(
+        "chmod 755 /usr/local/bin/billing-agent && systemctl daemon-reload \
+         && systemctl start billing-agent.service",
+    );
+    assert!(
+        leftovers::eventually(10, || w.host.counters.snapshot().0 >= 2),
+        "{}",
+        w.ct.journal("billing-agent.service")
+    );
+    let agent_before = w.ct.property("billing-agent.service", "InvocationID");
+    w.ct.ok("systemctl kill -s KILL enforcer.service");
+    assert!(
+        leftovers::eventually(20, || {
+            w.ct.property("enforcer.service", "NRestarts") == "1"
+                && w.ct.property("enforcer.service", "ActiveState") == "active"
+                && w.ct.property("billing-agent.service", "ActiveState") == "active"
+                && w.ct.property("billing-agent.service", "InvocationID") != agent_before
+        }),
+        "{}\n{}",
+        w.ct.journal("enforcer.service"),
+        w.ct.journal("billing-agent.service")
+    );
+    let resumed_from = w.host.counters.snapshot().0;
+    assert!(
+        leftovers::eventually(10, || w.host.counters.snapshot().0 > resumed_from),
+        "the restarted agent reaches its host again: {}",
+        w.ct.journal("billing-agent.service")
+    );
+    let log = w.ct.journal("enforcer.service");
+    assert_eq!(
+        log.matches("started for billing-agent.service").count(),
+        2,
+        "a run before the crash and a new one after: {log}"
+    );
+    w.ct.ok("systemctl stop billing-agent.service");
+}
