@@ -257,3 +257,47 @@ fn units_of_one_user_started_together_all_get_their_run() {
     }
     assert_eq!(host.counters.snapshot().0, 16);
 }
+
+#[test]
+fn no_cleanup_but_the_daemons_own_detaches_a_running_daemon() {
+    let host = TestHost::new();
+    let mut d = Daemon::start(&[("a-*.service", DENY_ALL)]);
+    let prefix = format!("daemon-{}-", d.slice_name.replace('.', "_d"));
+    let pins = || {
+        std::fs::read_dir("/sys/fs/bpf/enforcer")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(pins(), 1, "the running daemon's pins");
+    // The routine cleanup of launch's runs, by name and in bulk, and a
+    // daemon cleanup of a slice whose name starts like ours.
+    let ours = std::fs::read_dir("/sys/fs/bpf/enforcer")
+        .expect("pins")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&prefix))
+        .expect("our pins");
+    let by_name = d.enforcer(&["cleanup", &ours]);
+    assert_eq!(by_name.status.code(), Some(1), "{by_name:?}");
+    let bulk = d.enforcer(&["cleanup"]);
+    assert!(bulk.status.success(), "{bulk:?}");
+    let shorter = d.slice_name.trim_end_matches(".slice");
+    let shorter = &shorter[..shorter.rfind('-').expect("dash")];
+    let other = d.enforcer(&["cleanup", "--daemon", shorter]);
+    assert_eq!(other.status.code(), Some(1), "{other:?}");
+    assert_eq!(pins(), 1, "a cleanup detached a running daemon");
+    // Killed now, the slice still reaches nothing.
+    if let Some(pid) = d.pid() {
+        // SAFETY: kill(2) on the daemon we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    d.stop();
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let o = d.run_in(&d.unit("a-1.service"), Some("nobody"), false, &argv);
+    assert!(stdout(&o).starts_with("err EPERM"), "after SIGKILL: {o:?}");
+}

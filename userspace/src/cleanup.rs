@@ -40,7 +40,7 @@ pub enum CleanupError {
 /// ([`CleanupError::UnknownRun`]), so that a typo is not taken for success.
 pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
     if let Some(id) = run_id
-        && !runid::is_valid(id)
+        && !runid::is_generated(id)
     {
         return Err(CleanupError::BadRunId(id.to_string()));
     }
@@ -71,9 +71,17 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
                 .filter_map(|d| std::fs::read_dir(d).ok())
                 .flat_map(|rd| rd.flatten())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| runid::is_valid(n))
+                // Only launch's runs: a daemon's pins (`daemon-<slice>-<id>`)
+                // stay attached on purpose and are `cleanup --daemon`'s.
+                .filter(|n| runid::is_generated(n))
                 .collect();
-            ids.extend(RunRecord::all(&runs_dir).into_iter().map(|r| r.run_id));
+            // A daemon's runs are the daemon's to forget.
+            ids.extend(
+                RunRecord::all(&runs_dir)
+                    .into_iter()
+                    .filter(|r| r.unit.is_none())
+                    .map(|r| r.run_id),
+            );
             // Control sockets and trust bundles whose run record is gone.
             let orphans = std::fs::read_dir(&runs_dir)
                 .into_iter()
@@ -88,7 +96,7 @@ pub fn run(run_id: Option<&str>) -> Result<Vec<String>, CleanupError> {
                         .flatten()
                         .filter_map(|e| e.file_name().into_string().ok()),
                 )
-                .filter(|n| runid::is_valid(n));
+                .filter(|n| runid::is_generated(n));
             ids.extend(orphans);
             ids.sort();
             ids.dedup();
@@ -161,7 +169,7 @@ pub fn daemon(slice: &Path) -> Result<Vec<String>, CleanupError> {
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) {
+        if crate::daemon::is_pin_of(&name, &prefix) {
             bpffs::remove_pins(&entry.path())?;
             removed.push(name);
         }

@@ -40,7 +40,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// True when `s` looks like a run id we generated (safe to use in paths).
+/// True when `s` has exactly the shape [`new_run_id`] gives
+/// (`YYYYMMDD-HHMMSS-xxxxxx`): what tells a run's pin directory from a
+/// daemon's (`daemon-<slice>-<run id>`), and a run id from a unit name or a
+/// label.
+pub fn is_generated(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 22
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// True when `s` is safe to use as a path component of a run (what
+/// `cleanup` accepts; [`is_generated`] for the exact shape).
 pub fn is_valid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -51,6 +68,21 @@ pub fn is_valid(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_generated_ids_have_the_generated_shape() {
+        assert!(is_generated(&new_run_id()));
+        assert!(is_generated("20261130-115720-aa8cde"));
+        for not in [
+            "daemon-enft-atk-13_dslice-20261130-115720-aa8cde",
+            "20261130-115720-aa8cdE",
+            "20261130-115720-aa8cd",
+            "2026113a-115720-aa8cde",
+            "billing-agent.service",
+        ] {
+            assert!(!is_generated(not), "{not}");
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_path_safe() {

@@ -486,6 +486,8 @@ fn recorded_db(dir: &Path) -> (PathBuf, String) {
             cgroup: String::new(),
             started_at: std::time::SystemTime::now(),
             ttl_seconds: None,
+            label: None,
+            unit: None,
         })
         .expect("start");
     let sink = DecisionSink::with_audit(&run, LogMode::Quiet, Some(store.writer()));

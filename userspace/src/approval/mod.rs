@@ -141,7 +141,13 @@ pub enum Outcome {
     NoApprover,
     /// CI mode: nobody is asked.
     DeniedInCi,
+    /// The run already has [`MAX_WAITING`] requests waiting.
+    TooManyWaiting,
 }
+
+/// Requests of one run that may wait for a human at once; more are denied
+/// at once (a run cannot flood the approvers, or the webhook).
+pub const MAX_WAITING: usize = 32;
 
 impl Outcome {
     pub fn approved(&self) -> bool {
@@ -160,6 +166,9 @@ impl Outcome {
             Self::DeniedInCi => String::from(
                 "asked in CI: denied (approval required, and no one is asked in CI mode)",
             ),
+            Self::TooManyWaiting => {
+                format!("denied: {MAX_WAITING} requests of this run already wait for approval")
+            }
         }
     }
 
@@ -170,6 +179,7 @@ impl Outcome {
             Self::TimedOut => "nobody (approval timeout)",
             Self::NoApprover => "nobody (--approver none)",
             Self::DeniedInCi => "nobody (CI mode)",
+            Self::TooManyWaiting => "nobody (too many waiting)",
         }
     }
 }
@@ -287,6 +297,14 @@ impl ApprovalHub {
                 hub: None,
             };
         }
+        if inner.waiting.len() >= MAX_WAITING {
+            return Ticket {
+                id: 0,
+                wait: None,
+                decided: Some(Outcome::TooManyWaiting),
+                hub: None,
+            };
+        }
         inner.next += 1;
         p.id = inner.next;
         p.expires_in_secs = self.timeout.as_secs();
@@ -344,6 +362,17 @@ impl ApprovalHub {
         inner.always.clear();
         inner.generation += 1;
         had
+    }
+
+    /// Denies every request waiting now (`by` says why): asked under rules
+    /// a reload replaced, each is decided again when the agent retries.
+    pub fn deny_all(&self, by: &str) -> usize {
+        let waiting = std::mem::take(&mut self.lock().waiting);
+        let n = waiting.len();
+        for (_, w) in waiting {
+            let _ = w.reply.send((Answer::Deny, by.to_string()));
+        }
+        n
     }
 
     /// Requests waiting now, oldest first (not those past their deadline).
@@ -464,6 +493,29 @@ mod tests {
             0,
             "rule (0, 2) is another rule now: its always is not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_run_cannot_keep_more_than_max_waiting_asks_and_a_reload_denies_them() {
+        let hub = Arc::new(ApprovalHub::new(
+            ApproverMode::Humans,
+            Duration::from_secs(5),
+        ));
+        let tickets: Vec<_> = (0..MAX_WAITING)
+            .map(|_| hub.submit(pending(), (0, 1)))
+            .collect();
+        let over = hub.submit(pending(), (0, 1));
+        assert_eq!(hub.wait(over).await, Outcome::TooManyWaiting);
+        assert_eq!(hub.deny_all("enforcer (policy reloaded)"), MAX_WAITING);
+        for t in tickets {
+            assert_eq!(
+                hub.wait(t).await,
+                Outcome::Denied {
+                    by: "enforcer (policy reloaded)".into()
+                }
+            );
+        }
+        assert!(hub.pending().is_empty());
     }
 
     #[tokio::test]

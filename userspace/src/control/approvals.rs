@@ -118,11 +118,17 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>, json: bool) -> Result<
         answer,
         by: answered_by(),
     };
+    let record = RunRecord::load(Path::new(crate::runs::RUNS_DIR), &run_id);
+    let (unit, label) = record
+        .as_ref()
+        .map_or((None, None), |r| (r.unit.clone(), r.label.clone()));
     match ask(&path, &run_id, &req)? {
         Response::Answered { .. } if json => {
             crate::outln!(
                 "{}",
-                serde_json::json!({ "run_id": run_id, "id": id, "answer": answer })
+                serde_json::json!({
+                    "run_id": run_id, "unit": unit, "label": label, "id": id, "answer": answer
+                })
             );
             Ok(())
         }
@@ -132,7 +138,11 @@ pub fn answer(id: u64, answer: Answer, run: Option<&str>, json: bool) -> Result<
                 Answer::Always => "approved, with every later request of its rule in this run",
                 Answer::Deny => "denied",
             };
-            crate::outln!("run {run_id}: request {id} {what}");
+            let who = record
+                .as_ref()
+                .map_or_else(|| run_id.clone(), super::client::describe);
+            let label = label.map_or_else(String::new, |l| format!(", label {}", printable(&l)));
+            crate::outln!("run {who}{label}: request {id} {what}");
             Ok(())
         }
         Response::Error { message } => Err(ControlError::Refused {

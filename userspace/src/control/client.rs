@@ -17,7 +17,9 @@ pub enum ControlError {
         "this command must run as root (it talks to runs over root-only control sockets): try sudo"
     )]
     NotRoot,
-    #[error("no live run is called {0} (a run id, a unit name or a label; see `enforcer status`)")]
+    #[error(
+        "no live run is called {0} (a run id, a unit name, or label:LABEL; see `enforcer status`)"
+    )]
     NoSuchRun(String),
     #[error("{who} names several live runs: {runs}; give a run id")]
     AmbiguousRun { who: String, runs: String },
@@ -59,10 +61,11 @@ pub fn ask(path: &Path, run: &str, req: &Request) -> Result<Response, ControlErr
     })
 }
 
-/// The live run `who` names: a run id, else a unit name (with or without
-/// `.service`), else a label, in that order, so that a label a unit chose
-/// can never shadow a run id or another unit's name. Several matches of
-/// the same kind are refused, never guessed.
+/// The live run `who` names: a run id (exactly the generated shape), a
+/// label as `label:LABEL`, or else a unit name (with or without
+/// `.service`). A label is chosen by the unit itself, so it is never
+/// matched unless asked for by that prefix: it cannot pass for a run id or
+/// another unit's name. Several matches are refused, never guessed.
 pub fn resolve(who: &str) -> Result<RunRecord, ControlError> {
     let live: Vec<RunRecord> = RunRecord::all(Path::new(crate::runs::RUNS_DIR))
         .into_iter()
@@ -73,33 +76,30 @@ pub fn resolve(who: &str) -> Result<RunRecord, ControlError> {
 
 /// [`resolve`] among `live`.
 fn pick(live: &[RunRecord], who: &str) -> Result<RunRecord, ControlError> {
-    let tiers: [&dyn Fn(&RunRecord) -> bool; 3] = [
-        &|r| r.run_id == who,
-        &|r| {
+    let matches = |r: &&RunRecord| {
+        if crate::runid::is_generated(who) {
+            r.run_id == who
+        } else if let Some(label) = who.strip_prefix("label:") {
+            r.label.as_deref() == Some(label)
+        } else {
             r.unit
                 .as_deref()
                 .is_some_and(|u| u == who || u.strip_suffix(".service") == Some(who))
-        },
-        &|r| r.label.as_deref() == Some(who),
-    ];
-    for matches in tiers {
-        let mut found: Vec<&RunRecord> = live.iter().filter(|r| matches(r)).collect();
-        match found.len() {
-            0 => continue,
-            1 => return Ok(found.remove(0).clone()),
-            _ => {
-                return Err(ControlError::AmbiguousRun {
-                    who: who.to_string(),
-                    runs: found
-                        .iter()
-                        .map(|r| r.run_id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
         }
+    };
+    let mut found: Vec<&RunRecord> = live.iter().filter(matches).collect();
+    match found.len() {
+        0 => Err(ControlError::NoSuchRun(who.to_string())),
+        1 => Ok(found.remove(0).clone()),
+        _ => Err(ControlError::AmbiguousRun {
+            who: who.to_string(),
+            runs: found
+                .iter()
+                .map(|r| r.run_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
-    Err(ControlError::NoSuchRun(who.to_string()))
 }
 
 /// Control sockets are root's.
@@ -218,7 +218,7 @@ pub fn status(json: bool) -> Result<(), ControlError> {
         if let Ok(Response::Status(mut s)) = ask(&path, &record.run_id, &Request::Status) {
             s.unit = record.unit;
             s.label = record.label;
-            rows.push(s);
+            rows.push(*s);
         }
     }
     rows.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -312,23 +312,24 @@ mod tests {
     }
 
     #[test]
-    fn a_label_never_shadows_a_run_id_or_a_unit_name() {
+    fn a_label_never_passes_for_a_run_id_or_a_unit_name() {
         let live = [
             record(
                 "20261130-120000-aaaaaa",
                 Some("billing-agent.service"),
                 None,
             ),
-            // A unit that chose its label to confuse revocation.
+            // Units that chose their labels to confuse the operator: the
+            // id of a run that has ended, a unit that is not running.
             record(
                 "20261130-120000-bbbbbb",
                 Some("evil.service"),
-                Some("20261130-120000-aaaaaa"),
+                Some("20261130-120000-ffffff"),
             ),
             record(
                 "20261130-120000-cccccc",
                 Some("other.service"),
-                Some("billing-agent"),
+                Some("b-9.service"),
             ),
             record("20261130-120000-dddddd", None, Some("job/1")),
             record("20261130-120000-eeeeee", None, Some("job/1")),
@@ -343,11 +344,17 @@ mod tests {
             id("billing-agent.service").unwrap(),
             "20261130-120000-aaaaaa"
         );
-        assert_eq!(id("evil").unwrap(), "20261130-120000-bbbbbb");
         assert!(matches!(
-            id("job/1"),
+            id("20261130-120000-ffffff"),
+            Err(ControlError::NoSuchRun(_))
+        ));
+        assert!(matches!(id("b-9.service"), Err(ControlError::NoSuchRun(_))));
+        assert!(matches!(id("b-9"), Err(ControlError::NoSuchRun(_))));
+        assert_eq!(id("label:b-9.service").unwrap(), "20261130-120000-cccccc");
+        assert!(matches!(
+            id("label:job/1"),
             Err(ControlError::AmbiguousRun { .. })
         ));
-        assert!(matches!(id("nothing"), Err(ControlError::NoSuchRun(_))));
+        assert!(matches!(id("job/1"), Err(ControlError::NoSuchRun(_))));
     }
 }

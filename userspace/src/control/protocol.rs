@@ -69,7 +69,7 @@ pub struct CapUse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Status(Status),
+    Status(Box<Status>),
     Revoked {
         run_id: String,
         already: bool,

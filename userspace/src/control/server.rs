@@ -136,7 +136,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
             let spend = &rules.spend;
             let t = ctx.sink.tally();
             let pid = ctx.agent_pid.load(Ordering::SeqCst);
-            Response::Status(Status {
+            Response::Status(Box::new(Status {
                 run_id: ctx.run_id.clone(),
                 name: ctx.name.clone(),
                 enforcer_pid: std::process::id(),
@@ -181,7 +181,7 @@ fn respond(req: Request, ctx: &ControlContext) -> Response {
                             .collect()
                     })
                     .unwrap_or_default(),
-            })
+            }))
         }
         Request::Reset { key } => {
             let rules = ctx.rules.load();

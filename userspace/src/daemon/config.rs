@@ -91,6 +91,14 @@ impl DaemonConfig {
             };
             let policy_path = base.join(u.policy.get_ref());
             let policy = match Policy::load(&policy_path) {
+                Ok(p) if !p.local.unix_sockets.is_empty() => {
+                    d.error(
+                        u.policy.span(),
+                        "its policy lists unix sockets ([local] unix_sockets), which units \
+                         started by `enforcer exec` cannot use yet",
+                    );
+                    None
+                }
                 Ok(p) => Some(p),
                 Err(e) => {
                     d.error(u.policy.span(), format!("its policy does not load:\n{e}"));

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod peer;
 pub mod protocol;
 pub mod reload;
+pub mod requests;
 pub mod unit_run;
 
 use std::{
@@ -22,17 +23,9 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::Mutex,
-};
+use tokio::{net::UnixListener, sync::Mutex};
 
-use self::{
-    config::DaemonConfig,
-    protocol::{ExecReply, Request},
-    unit_run::UnitRun,
-};
+use self::{config::DaemonConfig, unit_run::UnitRun};
 use crate::{
     audit::AuditWriter,
     decision::LogMode,
@@ -319,13 +312,21 @@ pub fn pin_prefix(slice: &Path) -> String {
     format!("daemon-{flat}-")
 }
 
+/// Whether the pin directory `name` is a daemon's of the slice whose
+/// [`pin_prefix`] is `prefix`: the prefix, then exactly a run id (so that
+/// slice `a` never claims slice `a-b`'s pins).
+pub fn is_pin_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(crate::runid::is_generated)
+}
+
 /// Unpins the programs of earlier daemons of the same slice (this one's
 /// are attached).
 fn remove_older_daemons(bpf_root: &Path, prefix: &str, ours: &str) {
     let parent = bpf_root.join(bpffs::PINS_DIR);
     for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix)
+        if is_pin_of(&name, prefix)
             && name != ours
             && let Err(e) = bpffs::remove_pins(&entry.path())
         {
@@ -386,7 +387,7 @@ async fn serve(
                     let shared = Arc::clone(&shared);
                     let runs = Arc::clone(&runs);
                     let directory = Arc::clone(&directory);
-                    tokio::spawn(async move { answer(stream, shared, runs, directory).await });
+                    tokio::spawn(async move { requests::answer(stream, shared, runs, directory).await });
                 }
                 Err(e) => {
                     tracing::warn!("accept on the daemon socket failed: {e}");
@@ -424,7 +425,7 @@ async fn serve(
 
 /// A reload (SIGHUP or `enforcer reload`), then the status line systemd
 /// shows, which names the mappings now in force.
-async fn reload_and_tell(
+pub(crate) async fn reload_and_tell(
     shared: &Shared,
     runs: &Runs,
     directory: &Directory,
@@ -445,164 +446,10 @@ fn status_line(shared: &Shared) -> String {
     )
 }
 
-/// How many requests one uid may have in the daemon's hands at once, and
-/// how long one may take to arrive.
-const ASKING_PER_UID: usize = 8;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A uid's place among the requests being answered; freed on drop.
-struct Asking<'a> {
-    shared: &'a Shared,
-    uid: u32,
-}
-
-impl<'a> Asking<'a> {
-    fn take(shared: &'a Shared, uid: u32) -> Option<Self> {
-        let mut asking = shared.asking.lock().unwrap_or_else(|e| e.into_inner());
-        let n = asking.entry(uid).or_default();
-        if *n >= ASKING_PER_UID {
-            return None;
-        }
-        *n += 1;
-        Some(Self { shared, uid })
-    }
-}
-
-impl Drop for Asking<'_> {
-    fn drop(&mut self) {
-        let mut asking = self.shared.asking.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = asking.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                asking.remove(&self.uid);
-            }
-        }
-    }
-}
-
-/// One `enforcer exec` request.
-async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directory: Directory) {
-    let std_stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let who = peer::identify(&std_stream);
-    let Ok(stream) = UnixStream::from_std(std_stream) else {
-        return;
-    };
-    let uid = who.as_ref().map_or(u32::MAX, |p| p.uid);
-    let Some(_slot) = Asking::take(&shared, uid) else {
-        // Too many at once from this user: closed unanswered.
-        return;
-    };
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read.take(64 * 1024));
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-    let reply = match read.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Exec { label }) => match who {
-                Ok(p) => Reply::Exec(start_for(&shared, &runs, &directory, p, label).await),
-                Err(e) => Reply::Exec(refused(e.to_string())),
-            },
-            Ok(Request::Reload) => Reply::Reload(match who {
-                Ok(p) if p.uid == 0 => reload_and_tell(&shared, &runs, &directory).await,
-                _ => reload::refused("only root may reload the daemon"),
-            }),
-            Err(e) => Reply::Exec(refused(format!("not a request: {e}"))),
-        },
-        Err(e) => Reply::Exec(refused(format!("cannot read the request: {e}"))),
-    };
-    let mut text = match reply {
-        Reply::Exec(r) => serde_json::to_string(&r),
-        Reply::Reload(r) => serde_json::to_string(&r),
-    }
-    .unwrap_or_default();
-    text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
-}
-
-/// What goes back on the daemon's socket.
-enum Reply {
-    Exec(ExecReply),
-    Reload(protocol::ReloadReply),
-}
-
-fn refused(reason: String) -> ExecReply {
-    crate::say!(Warn, "enforcer: exec refused: {reason}");
-    ExecReply::Refused { reason }
-}
-
-async fn start_for(
-    shared: &Shared,
-    runs: &Runs,
-    directory: &Directory,
-    p: peer::Peer,
-    label: Option<String>,
-) -> ExecReply {
-    if let Some(why) = p.privilege.rootlike() {
-        return refused(format!(
-            "process {} {why}: agent units must not run as root or with capabilities (they could \
-             detach the programs or leave the slice); set User= or DynamicUser=yes and no \
-             AmbientCapabilities=",
-            p.pid
-        ));
-    }
-    // The programs cover the cgroup they were attached to; a slice removed
-    // and made again is another cgroup, which nothing covers.
-    let slice_now = std::fs::metadata(shared.cgroup_root.join(&shared.slice)).map(|m| m.ino());
-    if slice_now.ok() != Some(shared.slice_id) {
-        crate::say!(
-            Error,
-            "enforcer: the slice {} was removed or made again: its processes are not covered; \
-             restart the daemon",
-            shared.slice.display()
-        );
-        return refused(format!(
-            "the slice {} is not the one the daemon governs (it was made again)",
-            shared.slice.display()
-        ));
-    }
-    let unit = match peer::unit_of(&p.cgroup, &shared.slice) {
-        Ok(u) => u,
-        Err(e) => return refused(e.to_string()),
-    };
-    let cgroup_dir = shared.cgroup_root.join(&p.cgroup);
-    let cgroup_id = match std::fs::metadata(&cgroup_dir) {
-        Ok(m) => m.ino(),
-        Err(e) => return refused(format!("cannot read the cgroup of {unit}: {e}")),
-    };
-    let label = match label.as_deref().map(str::parse).transpose() {
-        Ok(l) => l.or_else(|| peer::invocation_id(&cgroup_dir)),
-        Err(e) => return refused(format!("--label: {e}")),
-    };
-    let mut live = runs.lock().await;
-    if let Some(r) = live.get(&cgroup_id) {
-        return refused(format!("{unit} already has run {}", r.run.id));
-    }
-    match unit_run::start(shared, &p, &unit, cgroup_id, label).await {
-        Ok((r, started)) => {
-            crate::say!(
-                Info,
-                "enforcer: run {} started for {unit} (uid {}), policy {}",
-                started.run_id,
-                p.uid,
-                r.run.policy().source.display()
-            );
-            directory
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cgroup_id, Arc::clone(&r.run));
-            live.insert(cgroup_id, r);
-            ExecReply::Started(started)
-        }
-        Err(e) => refused(format!("{unit}: {e}")),
-    }
-}
-
 /// Routes each kernel refusal to the run of the cgroup it came from; a
 /// refusal in a cgroup without a run is the daemon's to report.
 async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: Directory) {
+    let mut quiet = Quieter::default();
     let record = move |e: KernelEvent| {
         let run = directory
             .read()
@@ -613,17 +460,61 @@ async fn route_events(ring: aya::maps::RingBuf<aya::maps::MapData>, directory: D
             (run.kernel_recorder())(e);
             return;
         }
+        let Some(also) = quiet.admit(e.cgroup) else {
+            return;
+        };
+        let also = if also > 0 {
+            format!(" (and {also} more refusals in this cgroup in the last second)")
+        } else {
+            String::new()
+        };
         crate::say!(
             Warn,
-            "enforcer: refused in a cgroup without a run (id {}): pid {} ({}) {}",
+            "enforcer: refused in a cgroup without a run (id {}): pid {} ({}) {}{also}",
             e.cgroup,
             e.pid,
-            e.comm,
+            crate::approval::printable(&e.comm),
             e.destination()
         );
     };
     if let Err(e) = crate::kernel::events::pump(ring, record).await {
         tracing::warn!("reading kernel refusal reports failed: {e}");
+    }
+}
+
+/// At most one log line per second for each cgroup without a run (one
+/// process can be refused a million times a second; the log must keep the
+/// daemon's other lines).
+#[derive(Default)]
+struct Quieter {
+    /// cgroup id -> (start of its second, refusals not logged in it).
+    seen: HashMap<u64, (std::time::Instant, u64)>,
+}
+
+impl Quieter {
+    /// `Some(n)`: log this one, saying `n` more were not logged.
+    fn admit(&mut self, cgroup: u64) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.seen.len() > 4096 {
+            self.seen
+                .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(1));
+        }
+        match self.seen.get_mut(&cgroup) {
+            Some((start, skipped)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                *skipped += 1;
+                None
+            }
+            Some((start, skipped)) => {
+                let n = *skipped;
+                *start = now;
+                *skipped = 0;
+                Some(n)
+            }
+            None => {
+                self.seen.insert(cgroup, (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
@@ -658,4 +549,32 @@ async fn reap(shared: Arc<Shared>, runs: Runs, directory: Directory) {
 fn populated(cgroup: &Path) -> bool {
     std::fs::read_to_string(cgroup.join("cgroup.events"))
         .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_cgroup_gets_one_log_line_a_second() {
+        let mut q = Quieter::default();
+        assert_eq!(q.admit(7), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(q.admit(7), None);
+        }
+        assert_eq!(q.admit(8), Some(0), "other cgroups are not silenced");
+        q.seen.get_mut(&7).expect("seen").0 -= Duration::from_secs(2);
+        assert_eq!(q.admit(7), Some(1000));
+    }
+
+    #[test]
+    fn a_slice_claims_its_own_pins_only() {
+        let a = pin_prefix(Path::new("enft-atk"));
+        let b = pin_prefix(Path::new("enft-atk-13.slice"));
+        let b_pins = format!("{b}20261130-115720-aa8cde");
+        assert!(is_pin_of(&b_pins, &b));
+        assert!(!is_pin_of(&b_pins, &a), "{a} claimed {b_pins}");
+        assert!(!is_pin_of("20261130-115720-aa8cde", &a));
+        assert!(!is_pin_of(&format!("{a}x"), &a));
+    }
 }

@@ -41,9 +41,12 @@ pub enum PeerError {
 
 /// What makes a process as powerful as root: a uid 0 (real, effective,
 /// saved or filesystem) or any capability it holds or can regain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Privilege {
     pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gids, then supplementary groups
+    /// (what a secret file must not be readable by).
+    pub gids: Vec<u32>,
     pub inheritable: u64,
     pub permitted: u64,
     pub effective: u64,
@@ -83,8 +86,20 @@ fn parse_status(text: &str) -> Option<Privilege> {
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
+    let ids = |name: &str| -> Vec<u32> {
+        field(name)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let mut gids = ids("Gid:");
+    gids.extend(ids("Groups:"));
+    gids.sort_unstable();
+    gids.dedup();
     Some(Privilege {
         uids: uids.try_into().ok()?,
+        gids,
         inheritable: hex("CapInh:")?,
         permitted: hex("CapPrm:")?,
         effective: hex("CapEff:")?,
@@ -214,6 +229,29 @@ pub fn unit_of(cgroup: &Path, slice: &Path) -> Result<String, PeerError> {
     }
 }
 
+/// The invocation id systemd gave the unit whose cgroup is `cgroup_dir`
+/// (its `trusted.invocation_id` xattr, which only root can set): the run's
+/// label when `exec` names none.
+pub fn invocation_id(cgroup_dir: &Path) -> Option<crate::run::label::Label> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(cgroup_dir.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"trusted.invocation_id".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let id = buf.get(..usize::try_from(n).ok()?)?;
+    // systemd writes 32 hex digits (a 128-bit id), nothing else.
+    (id.len() == 32 && id.iter().all(u8::is_ascii_hexdigit))
+        .then(|| std::str::from_utf8(id).ok()?.parse().ok())
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,27 +335,4 @@ mod tests {
         );
         assert_eq!(parse_cgroup_file("1:cpu:/x\n"), None);
     }
-}
-
-/// The invocation id systemd gave the unit whose cgroup is `cgroup_dir`
-/// (its `trusted.invocation_id` xattr, which only root can set): the run's
-/// label when `exec` names none.
-pub fn invocation_id(cgroup_dir: &Path) -> Option<crate::run::label::Label> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = std::ffi::CString::new(cgroup_dir.as_os_str().as_bytes()).ok()?;
-    let mut buf = [0u8; 64];
-    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"trusted.invocation_id".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let id = buf.get(..usize::try_from(n).ok()?)?;
-    // systemd writes 32 hex digits (a 128-bit id), nothing else.
-    (id.len() == 32 && id.iter().all(u8::is_ascii_hexdigit))
-        .then(|| std::str::from_utf8(id).ok()?.parse().ok())
-        .flatten()
 }

@@ -57,6 +57,15 @@ pub async fn start(
     label: Option<Label>,
 ) -> Result<(UnitRun, Started), DaemonError> {
     let policy = policy_for(&shared.config.load(), unit).map_err(DaemonError::Refused)?;
+    // A key file the unit's user could read (or replace) would hand it the
+    // real key: refused, as launch refuses it.
+    crate::secrets::private::check_files(
+        &policy,
+        &crate::secrets::private::Agent {
+            uid: peer.uid,
+            gids: &peer.privilege.gids,
+        },
+    )?;
     let run_id = runid::new_run_id();
     let resolver = Arc::new(Resolver::new(
         &shared.resolve,

@@ -711,7 +711,9 @@ async fn approval(
             d.set_cause(Cause::Approved, outcome.reason());
             return Ok(());
         }
-        approval::Outcome::Denied { .. } => Cause::ApprovalDenied,
+        approval::Outcome::Denied { .. } | approval::Outcome::TooManyWaiting => {
+            Cause::ApprovalDenied
+        }
         approval::Outcome::TimedOut => Cause::ApprovalTimeout,
         approval::Outcome::NoApprover | approval::Outcome::DeniedInCi => Cause::NoApprover,
     };

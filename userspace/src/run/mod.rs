@@ -106,6 +106,14 @@ impl Run {
                 "[local] changed: it applies to runs started from now on (restart the unit)",
             ));
         }
+        let denied = self
+            .approvals
+            .deny_all("enforcer: the policy was reloaded while it waited (ask again)");
+        if denied > 0 {
+            notes.push(format!(
+                "{denied} request(s) waiting for approval were denied: they were asked under the old rules"
+            ));
+        }
         if self.approvals.forget_always() {
             notes.push(String::from(
                 "its `always` approvals were forgotten (the next call of those rules is asked again)",

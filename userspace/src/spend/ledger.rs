@@ -131,6 +131,10 @@ impl Account {
 struct State {
     run: Account,
     hosts: HashMap<usize, Account>,
+    /// The ledger that replaced this one at a reload: reservations made
+    /// here afterwards (by requests that began before it) are made there,
+    /// and money spent above what was reserved here is counted there too.
+    successor: Option<Ledger>,
 }
 
 impl State {
@@ -168,6 +172,7 @@ impl Ledger {
             state: Arc::new(Mutex::new(State {
                 run: Account::new("run".into(), run_cap_micros),
                 hosts,
+                successor: None,
             })),
         }
     }
@@ -195,11 +200,14 @@ impl Ledger {
     /// The ledger of a reloaded `policy` (its caps), carrying over what
     /// `old` counted for the run and for each host both versions have (by
     /// name). Money in flight at the reload counts as spent: its calls
-    /// settle on `old`, and the new ledger never undercounts.
+    /// settle on `old`, and the new ledger never undercounts. Under the same
+    /// lock `old` is retired into the new one: a reservation a request that
+    /// began before the reload makes on `old` afterwards is made on the new
+    /// ledger, against its caps.
     pub fn carried_over(policy: &Policy, old: &Self) -> Result<Self, SpendError> {
         let new = Self::from_policy(policy)?;
         {
-            let before = lock(&old.state);
+            let mut before = lock(&old.state);
             let mut now = lock(&new.state);
             now.run.spent = before.run.spent.saturating_add(before.run.reserved);
             for (i, h) in policy.hosts.iter().enumerate() {
@@ -208,8 +216,19 @@ impl Ledger {
                     now.host(i).spent = a.spent.saturating_add(a.reserved);
                 }
             }
+            before.successor = Some(new.clone());
         }
         Ok(new)
+    }
+
+    /// The index of the host account named `scope` (`host NAME`); an index
+    /// no host has (the run's cap only) when there is none.
+    fn index_of(&self, scope: &str) -> usize {
+        lock(&self.state)
+            .hosts
+            .iter()
+            .find(|(_, a)| a.scope == scope)
+            .map_or(usize::MAX, |(i, _)| *i)
     }
 
     /// Reserves `usd_micros` (negative counts as 0, more than
@@ -218,6 +237,11 @@ impl Ledger {
     pub fn reserve(&self, host: usize, usd_micros: i64) -> Result<Reservation, OverCap> {
         let amount = usd_micros.clamp(0, MAX_MICROS);
         let mut st = lock(&self.state);
+        if let Some(next) = st.successor.clone() {
+            let scope = st.host(host).scope.clone();
+            drop(st);
+            return next.reserve(next.index_of(&scope), usd_micros);
+        }
         st.host(host).check(amount)?;
         st.run.check(amount)?;
         let h = st.host(host);
@@ -230,6 +254,20 @@ impl Ledger {
             micros: amount,
             settled: false,
         })
+    }
+
+    /// Records `micros` spent on `host` (and the run) outside a reservation.
+    fn add_spent(&self, host: usize, micros: i64) {
+        let mut st = lock(&self.state);
+        if let Some(next) = st.successor.clone() {
+            let scope = st.host(host).scope.clone();
+            drop(st);
+            next.add_spent(next.index_of(&scope), micros);
+            return;
+        }
+        let h = st.host(host);
+        h.spent = h.spent.saturating_add(micros);
+        st.run.spent = st.run.spent.saturating_add(micros);
     }
 
     /// Committed spend on `host` this run.
@@ -321,8 +359,18 @@ impl Reservation {
         let h = st.host(self.host);
         h.reserved = h.reserved.saturating_sub(micros).max(0);
         h.spent = h.spent.saturating_add(spent);
+        let scope = h.scope.clone();
         st.run.reserved = st.run.reserved.saturating_sub(micros).max(0);
         st.run.spent = st.run.spent.saturating_add(spent);
+        // Carried over as spent at a reload: only what went above the
+        // reservation is news to the ledger that replaced this one.
+        let above = spent.saturating_sub(micros);
+        if let Some(next) = st.successor.clone()
+            && above > 0
+        {
+            drop(st);
+            next.add_spent(next.index_of(&scope), above);
+        }
     }
 }
 

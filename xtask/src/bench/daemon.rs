@@ -132,6 +132,16 @@ impl Setup {
         Ok(s)
     }
 
+    /// oha at a lower priority than enforcer: on two cores, 50 load
+    /// generators at the default priority would leave the daemon (one
+    /// process) a 50th of the CPU, and the bench would measure the
+    /// scheduler. The same for every path.
+    fn oha_cmd(&self) -> Command {
+        let mut c = Command::new("nice");
+        c.args(["-n", LOAD_NICENESS]).arg(&self.oha);
+        c
+    }
+
     fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().map_or(0, Child::id)
     }
@@ -231,8 +241,12 @@ fn load(concurrency: u32, seconds: f64, cacert: Option<String>) -> Vec<String> {
     .args(ORIGIN_ADDR)
 }
 
-/// The agent's script: oha, trusting the run's CA from its environment.
-const OHA_SCRIPT: &str = "sleep 0.2; exec \"$@\" --cacert \"$NODE_EXTRA_CA_CERTS\"";
+/// The agent's script: oha (at the load generators' priority), trusting the
+/// run's CA from its environment.
+const OHA_SCRIPT: &str = "sleep 0.2; exec nice -n 10 \"$@\" --cacert \"$NODE_EXTRA_CA_CERTS\"";
+
+/// `nice` of every load generator (see [`Setup::oha_cmd`]).
+const LOAD_NICENESS: &str = "10";
 
 fn wait_output(child: Child) -> anyhow::Result<String> {
     let out = child.wait_with_output()?;
@@ -249,6 +263,10 @@ fn wait_output(child: Child) -> anyhow::Result<String> {
 /// Requests/s (and p50) of one round of each shape.
 struct Round {
     direct: oha::Report,
+    /// N direct load generators with one connection each (the same shape
+    /// as the N runs).
+    direct_many_rps: f64,
+    direct_many_p50_ms: f64,
     one_run: oha::Report,
     many_runs_rps: f64,
     many_runs_p50_ms: f64,
@@ -258,7 +276,21 @@ struct Round {
 
 fn round(s: &Setup, opts: &Options, n: u32, r: u32) -> anyhow::Result<Round> {
     let direct_args = load(n, opts.seconds, Some(s.origin_ca.display().to_string()));
-    let direct = oha::parse(&util::output(Command::new(&s.oha).args(&direct_args))?)?;
+    let direct = oha::parse(&util::output(s.oha_cmd().args(&direct_args))?)?;
+    let one_args = load(1, opts.seconds, Some(s.origin_ca.display().to_string()));
+    let direct_many = (0..n)
+        .map(|_| {
+            s.oha_cmd()
+                .args(&one_args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("spawn oha")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|c| wait_output(c).and_then(|o| oha::parse(&o)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let one = s.spawn_unit(
         &format!("bench-one-{r}.service"),
         OHA_SCRIPT,
@@ -297,6 +329,8 @@ fn round(s: &Setup, opts: &Options, n: u32, r: u32) -> anyhow::Result<Round> {
     let peak_rss_kib = sampler.join().unwrap_or(0);
     s.clear_units();
     Ok(Round {
+        direct_many_rps: direct_many.iter().map(|r| r.rps).sum(),
+        direct_many_p50_ms: median(direct_many.iter().map(|r| r.p50_ms).collect()),
         direct,
         one_run,
         many_runs_rps: reports.iter().map(|r| r.rps).sum(),
@@ -397,9 +431,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         one / direct,
         med(&|r| r.one_run.p50_ms)
     );
+    let direct_many = med(&|r| r.direct_many_rps);
     println!(
-        "| daemon, {n} runs at once, 1 connection each (intercepted) | {many:.0} | {:.2} | {:.2} |",
+        "| direct HTTPS, {n} load generators at once, 1 connection each | {direct_many:.0} | {:.2} | {:.2} |",
+        direct_many / direct,
+        med(&|r| r.direct_many_p50_ms)
+    );
+    println!(
+        "| daemon, {n} runs at once, 1 connection each (intercepted) | {many:.0} | {:.2} ({:.2} of the line above) | {:.2} |",
         many / direct,
+        many / direct_many,
         med(&|r| r.many_runs_p50_ms)
     );
     let failed: u64 = rounds
