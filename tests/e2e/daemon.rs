@@ -301,3 +301,39 @@ fn no_cleanup_but_the_daemons_own_detaches_a_running_daemon() {
     let o = d.run_in(&d.unit("a-1.service"), Some("nobody"), false, &argv);
     assert!(stdout(&o).starts_with("err EPERM"), "after SIGKILL: {o:?}");
 }
+
+#[test]
+fn units_of_one_user_cannot_read_or_signal_each_other() {
+    let d = Daemon::start(&[("a-*.service", DENY_ALL)]);
+    let pid_file = files::agent_writable("victim-pid");
+    let pid_s = pid_file.to_str().expect("utf-8").to_string();
+    let victim_unit = d.unit("a-victim.service");
+    let attacker_unit = d.unit("a-attacker.service");
+    std::thread::scope(|s| {
+        let victim = s.spawn(|| {
+            d.run_in(
+                &victim_unit,
+                Some("nobody"),
+                true,
+                &["/bin/sh", "-c", "echo $$ > \"$0\"; exec sleep 5", &pid_s],
+            )
+        });
+        assert!(
+            leftovers::eventually(10, || std::fs::read_to_string(&pid_file)
+                .is_ok_and(|t| !t.trim().is_empty())),
+            "the victim never started"
+        );
+        let probe = "p=$(cat \"$0\"); \
+                     if cat /proc/$p/environ >/dev/null 2>&1; then echo read; else echo no-read; fi; \
+                     if kill -0 $p 2>/dev/null; then echo signal; else echo no-signal; fi";
+        let a = d.run_in(
+            &attacker_unit,
+            Some("nobody"),
+            true,
+            &["/bin/sh", "-c", probe, &pid_s],
+        );
+        assert_eq!(stdout(&a), "no-read\nno-signal", "{a:?}");
+        let _ = std::fs::write(victim_unit.join("cgroup.kill"), "1");
+        let _ = victim.join();
+    });
+}

@@ -120,6 +120,28 @@ fn confine(started: &Started) -> Result<(), ExecError> {
         )));
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ExecError::Confine(e.to_string()))?;
+    // launch's isolation from the user's other processes (other units of
+    // the same user included): a Landlock domain of its own (no reading,
+    // tracing or signalling outside it), no core dumps, no keyrings. Not
+    // the IPC namespace: making one needs a privilege a unit does not have.
+    let user = format!("uid {}", nix::unistd::getuid());
+    let isolation = crate::launch::isolation::Isolation::prepare(&user, false)
+        .map_err(|e| ExecError::Confine(e.to_string()))?;
+    // SAFETY: this process is single-threaded here and no_new_privs is set.
+    unsafe { crate::launch::isolation::apply(&isolation.for_child()) }.map_err(|e| {
+        ExecError::Confine(format!(
+            "cannot isolate the unit from its user's other processes ({}): errno {}",
+            if e.landlock {
+                "Landlock"
+            } else {
+                "keyring filter"
+            },
+            e.errno
+        ))
+    })?;
+    // `apply` closed the ruleset's descriptor itself (it is written for a
+    // child that never returns); dropping it would close it twice.
+    std::mem::forget(isolation);
     let filter = seccomp::build(seccomp::FilterOptions {
         unix_sockets: false,
         user_namespaces: started.user_namespaces,

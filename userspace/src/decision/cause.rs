@@ -85,6 +85,10 @@ pub enum Cause {
     NotFromRun,
     /// The agent went away before its request was decided (nothing left).
     Abandoned,
+    /// A marker: the run was refused more than [`super::sink::FLOOD_ROWS`]
+    /// times in one second; the rest of that second's refusals are counted
+    /// in the run's summary, not written one by one.
+    Flood,
 }
 
 impl Cause {
@@ -136,13 +140,14 @@ impl Cause {
             Self::UpstreamFailed => "upstream-failed",
             Self::NotFromRun => "not-from-run",
             Self::Abandoned => "abandoned",
+            Self::Flood => "flood",
         }
     }
 
     /// Every cause, in declaration order.
     /// (A new cause goes here too: `parse`, the CI report and `policy test`
     /// read the audit log's `cause` column through this list.)
-    pub const ALL: [Cause; 33] = [
+    pub const ALL: [Cause; 34] = [
         Self::Allowed,
         Self::Intercepted,
         Self::PassedThrough,
@@ -176,6 +181,7 @@ impl Cause {
         Self::UpstreamFailed,
         Self::NotFromRun,
         Self::Abandoned,
+        Self::Flood,
     ];
 
     /// The cause an audit row's `cause` column names (`None` for text no

@@ -14,6 +14,46 @@ use crate::audit::{AuditError, AuditEvent, AuditWriter, EventId, Outcome};
 /// Most distinct refusals printed on stderr without `-v`.
 pub const MAX_SHOWN: usize = 4096;
 
+/// Refusals of one run written to the audit log one by one in a second;
+/// past it, plain refusals (kernel, DNS, connection: never alarms) are
+/// counted but not written, and one `flood` row marks the second. A flood
+/// from one run must not fill the disk or hold up the audit writer other
+/// runs share.
+pub const FLOOD_ROWS: u32 = 200;
+
+/// This second's count of rows, for [`FLOOD_ROWS`].
+#[derive(Default)]
+struct FloodGate {
+    second: Option<std::time::Instant>,
+    rows: u32,
+}
+
+impl FloodGate {
+    /// Whether to write `d`'s row, and whether to mark the flood first.
+    fn admit(&mut self, d: &Decision) -> (bool, bool) {
+        let plain = matches!(
+            d.cause,
+            Cause::Kernel | Cause::BenignProbe | Cause::NotInPolicy | Cause::NotFromRun
+        );
+        if !plain {
+            return (true, false);
+        }
+        let now = std::time::Instant::now();
+        if self
+            .second
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.rows = 0;
+        }
+        self.rows = self.rows.saturating_add(1);
+        match self.rows.cmp(&FLOOD_ROWS) {
+            std::cmp::Ordering::Greater => (false, self.rows == FLOOD_ROWS + 1),
+            _ => (true, false),
+        }
+    }
+}
+
 /// How decisions are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogMode {
@@ -41,6 +81,7 @@ pub struct DecisionSink {
     audit: Option<AuditWriter>,
     tally: Arc<Mutex<Tally>>,
     shown: Arc<Mutex<Shown>>,
+    flood: Arc<Mutex<FloodGate>>,
 }
 
 impl DecisionSink {
@@ -56,6 +97,7 @@ impl DecisionSink {
             audit,
             tally: Arc::new(Mutex::new(Tally::default())),
             shown: Arc::new(Mutex::new(Shown::default())),
+            flood: Arc::new(Mutex::new(FloodGate::default())),
         }
     }
 
@@ -71,7 +113,28 @@ impl DecisionSink {
     /// committed with the next batch (for decisions nothing waits on).
     pub fn record(&self, d: &Decision) {
         self.count_and_log(d);
-        if let Some(a) = &self.audit {
+        let Some(a) = &self.audit else {
+            return;
+        };
+        let (write, mark) = self
+            .flood
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(d);
+        if mark {
+            let marker = Decision::new(
+                super::Layer::Control,
+                Cause::Flood,
+                format!(
+                    "more than {FLOOD_ROWS} refusals in one second: the rest of this second's \
+                     kernel, DNS and connection refusals are counted in the run's summary, not \
+                     written one by one"
+                ),
+            )
+            .host("run");
+            a.record_later(AuditEvent::from_decision(&self.run_id, &marker));
+        }
+        if write {
             a.record_later(AuditEvent::from_decision(&self.run_id, d));
         }
     }
@@ -202,6 +265,19 @@ fn stderr_line(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_plain_refusals_is_marked_once_a_second_and_alarms_always_pass() {
+        let mut g = FloodGate::default();
+        let kernel = Decision::new(super::super::Layer::Kernel, Cause::Kernel, "udp");
+        let leak = Decision::new(super::super::Layer::Request, Cause::Exfiltration, "leak");
+        let verdicts: Vec<(bool, bool)> = (0..1000).map(|_| g.admit(&kernel)).collect();
+        assert_eq!(verdicts.iter().filter(|v| v.0).count(), FLOOD_ROWS as usize);
+        assert_eq!(verdicts.iter().filter(|v| v.1).count(), 1, "one marker");
+        assert_eq!(g.admit(&leak), (true, false), "alarms are always written");
+        g.second = g.second.map(|s| s - std::time::Duration::from_secs(2));
+        assert_eq!(g.admit(&kernel), (true, false), "a new second");
+    }
     use crate::decision::Layer;
 
     #[test]
