@@ -58,8 +58,9 @@ pub struct Boot<'a> {
 
 impl Container {
     /// Boots a container and waits until its systemd has finished starting
-    /// up. The nspawn arguments always include `--system-call-filter=bpf`:
-    /// nspawn's own seccomp filter refuses bpf(2) (EPERM) otherwise.
+    /// up. nspawn's own seccomp filter refuses bpf(2) and the Landlock calls
+    /// (EPERM), and its bounding set lacks CAP_BPF, CAP_PERFMON and
+    /// CAP_NET_ADMIN: the arguments always allow them.
     pub fn boot(opts: Boot<'_>) -> Self {
         remove_stale_containers();
         static N: AtomicU32 = AtomicU32::new(0);
@@ -105,7 +106,10 @@ impl Container {
             .arg(&self.cgroup)
             .args(["systemd-nspawn", "--register=no", "--keep-unit", "--boot"])
             .args(["--console=passive", "--link-journal=no", "--timezone=off"])
+            // nspawn's seccomp filter refuses these with EPERM: bpf(2) for
+            // the daemon, Landlock for `exec`'s isolation of each run.
             .arg("--system-call-filter=bpf")
+            .arg("--system-call-filter=landlock_create_ruleset landlock_add_rule landlock_restrict_self")
             .arg("--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN")
             .arg(format!("--machine={}", self.name))
             .arg("-D")
