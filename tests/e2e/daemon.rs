@@ -337,3 +337,18 @@ fn units_of_one_user_cannot_read_or_signal_each_other() {
         let _ = victim.join();
     });
 }
+
+#[test]
+fn a_unit_restarted_at_once_gets_a_new_run() {
+    let host = TestHost::new();
+    let d = Daemon::start(&[("a-*.service", &allow_tcp(&host))]);
+    let probe = files::probe();
+    let target = host.tcp4().to_string();
+    let argv = [probe.to_str().expect("utf-8"), "tcp-echo", &target, "x"];
+    let unit = d.unit("a-1.service");
+    // Faster than the reaper (every 0.5 s) notices the cgroup empty.
+    for i in 0..5 {
+        let o = d.run_in(&unit, Some("nobody"), true, &argv);
+        assert!(stdout(&o).starts_with("ok peer"), "start {i}: {o:?}");
+    }
+}

@@ -153,7 +153,18 @@ async fn start_for(
     };
     let mut live = runs.lock().await;
     if let Some(r) = live.get(&cgroup_id) {
-        return refused(format!("{unit} already has run {}", r.run.id));
+        if !r.agent_exited() {
+            return refused(format!("{unit} already has run {}", r.run.id));
+        }
+        // Restarted before the reaper saw the cgroup empty: the old run is
+        // over.
+        directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cgroup_id);
+        if let Some(old) = live.remove(&cgroup_id) {
+            unit_run::end(shared, old, 0).await;
+        }
     }
     match unit_run::start(shared, &p, &unit, cgroup_id, label).await {
         Ok((r, started)) => {

@@ -32,6 +32,25 @@ pub struct UnitRun {
     pub tasks: JoinSet<()>,
     /// Removed with the run.
     pub trust: tls::trust::TrustFiles,
+    /// The process the run was started for (a pidfd: readable once it has
+    /// exited, whatever its pid became).
+    pub agent: std::os::fd::OwnedFd,
+}
+
+impl UnitRun {
+    /// Whether the process the run was started for has exited (a unit
+    /// restarted at once asks again from the same cgroup).
+    pub fn agent_exited(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut pfd = libc::pollfd {
+            fd: self.agent.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
 }
 
 /// The policy `unit` runs under in `config`, or why it gets none.
@@ -175,6 +194,10 @@ pub async fn start(
     };
     Ok((
         UnitRun {
+            agent: peer.pidfd.try_clone().map_err(|e| DaemonError::Io {
+                context: "cannot keep the unit's pidfd",
+                source: e,
+            })?,
             unit: unit.to_string(),
             run,
             cgroup: peer.cgroup.clone(),
