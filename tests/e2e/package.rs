@@ -2,38 +2,11 @@
 //! under test), installed with dpkg on a clean debootstrapped Debian root,
 //! and run there.
 
-use std::{path::PathBuf, process::Command};
-
-use enforcer_e2e::{debroot, files};
-
-/// `cargo xtask dist` for the binary under test; returns the .deb.
-fn package() -> PathBuf {
-    let enforcer = files::enforcer();
-    let out = files::scratch_dir().join("dist");
-    let xtask = enforcer.with_file_name("xtask");
-    let mut cmd = if xtask.exists() {
-        Command::new(xtask)
-    } else {
-        let mut c = Command::new("cargo");
-        c.args(["run", "-q", "-p", "xtask", "--"]);
-        c
-    };
-    let o = cmd
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["dist", "--compression", "gzip", "--binary"])
-        .arg(&enforcer)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run xtask dist");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let deb = String::from_utf8(o.stdout).expect("utf-8");
-    PathBuf::from(deb.lines().last().unwrap_or_default().trim())
-}
+use enforcer_e2e::{deb, debroot};
 
 #[test]
 fn the_package_installs_on_a_clean_debian_root_and_runs_there() {
-    let deb = package();
+    let deb = deb::build();
     let root = debroot::debian_root(&[]);
     let o = debroot::Overlay::new(&root);
     std::fs::copy(&deb, o.root().join("tmp/enforcer.deb")).expect("copy the package in");

@@ -6,11 +6,13 @@
 
 pub mod action;
 pub mod daemon;
+pub mod deb;
 pub mod debroot;
 pub mod files;
 pub mod launch;
 pub mod leftovers;
 pub mod netns;
+pub mod nspawn;
 pub mod sdk;
 pub mod servers;
 pub mod terminal;

@@ -20,6 +20,8 @@ use crate::servers::{self, Counters};
 /// One fake internet host. Dropping it removes the namespace and its veth.
 pub struct TestHost {
     pub ns: String,
+    /// The namespace the near end of the veth is in (None: this host's).
+    pub client_ns: Option<String>,
     pub host_if: String,
     pub ns_if: String,
     pub host_v4: Ipv4Addr,
@@ -70,6 +72,17 @@ pub fn in_netns<T: Send + 'static>(
 
 impl TestHost {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A test host reachable from the network namespace `client` (a
+    /// container's), and from nowhere else: the near end of its veth pair
+    /// is in `client` instead of this host's namespace.
+    pub fn new_for(client: &str) -> Self {
+        Self::build(Some(client.to_string()))
+    }
+
+    fn build(client_ns: Option<String>) -> Self {
         remove_stale_namespaces();
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -85,12 +98,24 @@ impl TestHost {
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
         ]);
         ip(&["link", "set", &ns_if, "netns", &ns]);
+        if let Some(client) = &client_ns {
+            ip(&["link", "set", &host_if, "netns", client]);
+        }
+        // `ip` on the near end: in the client's namespace if there is one.
+        let near = |args: &[&str]| {
+            let mut full: Vec<&str> = Vec::new();
+            if let Some(client) = &client_ns {
+                full.extend(["-n", client.as_str()]);
+            }
+            full.extend_from_slice(args);
+            ip(&full);
+        };
         let host_v4 = Ipv4Addr::new(10, 231, idx, 1);
         let v4 = Ipv4Addr::new(10, 231, idx, 2);
         let host_v6: Ipv6Addr = format!("fd00:231:{idx:x}::1").parse().expect("v6");
         let v6: Ipv6Addr = format!("fd00:231:{idx:x}::2").parse().expect("v6");
-        ip(&["addr", "add", &format!("{host_v4}/30"), "dev", &host_if]);
-        ip(&[
+        near(&["addr", "add", &format!("{host_v4}/30"), "dev", &host_if]);
+        near(&[
             "-6",
             "addr",
             "add",
@@ -99,7 +124,7 @@ impl TestHost {
             &host_if,
             "nodad",
         ]);
-        ip(&["link", "set", &host_if, "up"]);
+        near(&["link", "set", &host_if, "up"]);
         let nsx = |args: &[&str]| {
             let mut full = vec!["netns", "exec", ns.as_str(), "ip"];
             full.extend_from_slice(args);
@@ -160,6 +185,7 @@ impl TestHost {
 
         Self {
             ns,
+            client_ns,
             host_if,
             ns_if,
             host_v4,
@@ -262,7 +288,10 @@ impl Drop for TestHost {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        ip_quiet(&["link", "del", &self.host_if]);
+        match &self.client_ns {
+            Some(c) => ip_quiet(&["-n", c, "link", "del", &self.host_if]),
+            None => ip_quiet(&["link", "del", &self.host_if]),
+        }
         ip_quiet(&["netns", "del", &self.ns]);
     }
 }

@@ -49,7 +49,10 @@ pub enum Command {
         A cgroup in the slice without a run (no matching [[unit]], or not started through \
         `enforcer exec`) reaches nothing, not even DNS. Runs started by root are refused. \
         When the daemon stops, its programs stay attached: the slice reaches nothing until it \
-        starts again, and every run it had is ended (units get a new run when they restart)."
+        starts again, and every run it had is ended (units get a new run when they restart).\n\n\
+        Under systemd: `systemctl enable --now enforcer.service` (shipped with the package, \
+        with agents.slice). The daemon tells systemd READY=1 ($NOTIFY_SOCKET, Type=notify) once \
+        its programs are attached and its socket listens."
     )]
     Daemon(DaemonArgs),
     /// Make a running daemon read its configuration and policies again

@@ -15,8 +15,10 @@ use crate::util::{self, exec, output};
 
 /// Debian packages the tests and demo use (iproute2: test hosts in network
 /// namespaces; curl, python3, dnsutils: real clients inside the sandbox;
-/// util-linux: setpriv; debootstrap: the clean Debian root the package is
-/// installed into; sudo: what the GitHub Action runs enforcer with).
+/// util-linux: setpriv, nsenter; debootstrap: the clean Debian roots the
+/// package is installed into and the systemd tests boot; systemd-container:
+/// systemd-nspawn, which boots such a root with its own systemd; sudo: what
+/// the GitHub Action runs enforcer with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -27,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     "python3-venv",
     "debootstrap",
+    "systemd-container",
     "sudo",
 ];
 

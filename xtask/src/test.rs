@@ -182,7 +182,24 @@ fn is_bpffs_mounted() -> bool {
     })
 }
 
-/// Run cgroups, pins, run records and test namespaces still present.
+/// Where the cgroup v1 `name=systemd` hierarchy is mounted, if it is (a
+/// hybrid host).
+fn named_systemd_hierarchy() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let named = r.next() == Some("cgroup")
+            && r.nth(1)
+                .is_some_and(|o| o.split(',').any(|o| o == "name=systemd"));
+        named
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// Run cgroups, pins, run records, test namespaces and test containers
+/// still present.
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     let cgroup_root = util::cgroup2_root();
@@ -199,6 +216,36 @@ fn leftovers() -> Vec<String> {
                 if e.path().is_dir() || e.path().extension().is_some_and(|x| x == "json") {
                     found.push(e.path().display().to_string());
                 }
+            }
+        }
+    }
+    // Containers the systemd tests booted (tests/src/nspawn.rs): their
+    // cgroups, nspawn's state for them, their overlays.
+    // (nspawn mirrors their cgroups in the v1 name=systemd hierarchy of a
+    // hybrid host.)
+    for root in util::cgroup2_root()
+        .into_iter()
+        .chain(named_systemd_hierarchy())
+    {
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("enft-ct-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/run/systemd/nspawn/propagate") {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("enft-ct-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        for m in mounts.lines() {
+            if let Some(at) = m.split_whitespace().nth(1)
+                && at.contains("/enforcer-debroot-")
+            {
+                found.push(format!("mount {at}"));
             }
         }
     }

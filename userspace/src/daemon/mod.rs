@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod notify;
 pub mod peer;
 pub mod protocol;
 pub mod reload;
@@ -59,6 +60,15 @@ pub enum DaemonError {
          the daemon stops so that it is started again on the new one"
     )]
     SliceReplaced(PathBuf),
+    #[error(
+        "no bpffs is mounted at /sys/fs/bpf and the daemon runs in a mount namespace of its own \
+         (a sandboxed service): a bpffs it mounted would vanish with it, taking the pins that \
+         keep the slice closed while it is down; mount one on the host first (the shipped \
+         enforcer.service requires enforcer-bpffs.service, which does)"
+    )]
+    PrivateBpffs,
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
     #[error(transparent)]
     Peer(#[from] peer::PeerError),
     #[error(transparent)]
@@ -152,6 +162,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    if !bpffs::is_bpffs(Path::new(bpffs::BPFFS_ROOT)) && private_mount_namespace() {
+        return Err(DaemonError::PrivateBpffs);
+    }
     let cgroup_root = cgroup::cgroup2_mount()?;
     let slice_dir = cgroup_root.join(&config.slice);
     let slice =
@@ -162,6 +175,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map_err(|_| DaemonError::NoSlice(slice_dir.clone()))?;
     let ports = privileged_ports()?;
     let _lock = lock_slice(&config.slice)?;
+    // Each run's control socket goes here (on a fresh host nothing made it).
+    std::fs::create_dir_all(crate::runs::RUNS_DIR)
+        .map_err(io_err("cannot create the runs' directory"))?;
     for id in crate::cleanup::forget_dead_daemon_runs() {
         crate::say!(
             Info,
@@ -226,6 +242,17 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Err(_) => tracing::warn!("daemon state still shared at exit; pins stay"),
     }
     served
+}
+
+/// Whether this process has a mount namespace other than PID 1's (as a
+/// service with ProtectSystem=, PrivateTmp= and the like has); unknown
+/// counts as private.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    match (ns("self"), ns("1")) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
 }
 
 /// The approval webhook `config` names, trusting what upstreams are
@@ -344,8 +371,16 @@ async fn serve(
         .map_err(io_err("cannot install signal handlers"))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io_err("cannot install signal handlers"))?;
-    let mut failure = None;
-    loop {
+    // Programs attached, socket listening: a Type=notify service is up.
+    // A manager that asked to be told and cannot be is an error: it would
+    // kill the service at its start timeout anyway.
+    let mut failure = notify::ready(&status_line(&shared))
+        .err()
+        .map(DaemonError::from);
+    if let Some(e) = &failure {
+        crate::say!(Error, "enforcer: {e}");
+    }
+    while failure.is_none() {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -362,7 +397,7 @@ async fn serve(
             _ = term.recv() => break,
             _ = hup.recv() => {
                 // The outcome is logged; `enforcer reload` also gets it back.
-                let _ = reload::reload(&shared, &runs, &directory).await;
+                let _ = reload_and_tell(&shared, &runs, &directory).await;
             }
             _ = shared.slice_gone.notified() => {
                 let e = DaemonError::SliceReplaced(shared.cgroup_root.join(&shared.slice));
@@ -386,6 +421,29 @@ async fn serve(
         unit_run::end(&shared, r, -1).await;
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// A reload (SIGHUP or `enforcer reload`), then the status line systemd
+/// shows, which names the mappings now in force.
+pub(crate) async fn reload_and_tell(
+    shared: &Shared,
+    runs: &Runs,
+    directory: &Directory,
+) -> protocol::ReloadReply {
+    let reply = reload::reload(shared, runs, directory).await;
+    if let Err(e) = notify::status(&status_line(shared)) {
+        tracing::warn!("{e}");
+    }
+    reply
+}
+
+/// What `systemctl status` shows for the daemon (sd_notify STATUS=).
+fn status_line(shared: &Shared) -> String {
+    format!(
+        "governing {} ({} unit mapping(s))",
+        shared.slice.display(),
+        shared.config.load().units.len()
+    )
 }
 
 /// Routes each kernel refusal to the run of the cgroup it came from; a

@@ -76,7 +76,7 @@ pub async fn answer(stream: UnixStream, shared: Arc<Shared>, runs: Runs, directo
                 Err(e) => Reply::Exec(refused(e.to_string())),
             },
             Ok(Request::Reload) => Reply::Reload(match who {
-                Ok(p) if p.uid == 0 => reload::reload(&shared, &runs, &directory).await,
+                Ok(p) if p.uid == 0 => super::reload_and_tell(&shared, &runs, &directory).await,
                 _ => reload::refused("only root may reload the daemon"),
             }),
             Err(e) => Reply::Exec(refused(format!("not a request: {e}"))),
