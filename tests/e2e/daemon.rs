@@ -352,3 +352,37 @@ fn a_unit_restarted_at_once_gets_a_new_run() {
         assert!(stdout(&o).starts_with("ok peer"), "start {i}: {o:?}");
     }
 }
+
+#[test]
+fn the_runs_of_a_killed_daemon_are_recorded_as_over_when_it_starts_again() {
+    let mut d = Daemon::start(&[("a-*.service", DENY_ALL)]);
+    let unit = d.unit("a-1.service");
+    let db = files::audit_db();
+    let run_of_unit = || -> Option<(String, Option<String>)> {
+        let c = rusqlite::Connection::open(&db).ok()?;
+        c.query_row(
+            "SELECT id, revoked_by FROM runs WHERE cgroup = ?1",
+            [unit.to_str().expect("utf-8")],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+    };
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| d.run_in(&unit, Some("nobody"), true, &["sleep", "30"]));
+        assert!(
+            leftovers::eventually(20, || run_of_unit().is_some()),
+            "the unit's run never started"
+        );
+        if let Some(pid) = d.pid() {
+            // SAFETY: kill(2) on the daemon we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = std::fs::write(unit.join("cgroup.kill"), "1");
+        let _ = agent.join();
+    });
+    d.stop();
+    assert_eq!(run_of_unit().and_then(|r| r.1), None, "not over yet");
+    d.restart();
+    let by = run_of_unit().and_then(|r| r.1).unwrap_or_default();
+    assert!(by.contains("daemon restart"), "{by:?}");
+}

@@ -37,7 +37,7 @@ pub enum Command {
         1 for other errors."
     )]
     Launch(LaunchArgs),
-    /// Govern every agent unit of a systemd slice (preview): attach the
+    /// Govern every agent unit of a systemd slice: attach the
     /// kernel programs to the slice once and start a run for each unit
     /// that starts through `enforcer exec`.
     #[command(

@@ -178,12 +178,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Each run's control socket goes here (on a fresh host nothing made it).
     std::fs::create_dir_all(crate::runs::RUNS_DIR)
         .map_err(io_err("cannot create the runs' directory"))?;
-    for id in crate::cleanup::forget_dead_daemon_runs() {
-        crate::say!(
-            Info,
-            "enforcer: forgot run {id} of a daemon that is gone (its unit gets a new run when it restarts)"
-        );
-    }
+    let forgotten = crate::cleanup::forget_dead_daemon_runs();
     if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
         return Err(DaemonError::SocketInUse(opts.socket.display().to_string()));
     }
@@ -192,7 +187,28 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         crate::tls::upstream::client_config(crate::tls::upstream::root_store(&opts.upstream_ca)?)?;
     // Every run is audited: a daemon whose log cannot be written does not start.
     let audit_db = Some(config.audit_db.clone());
-    let store = Some(crate::audit::AuditStore::open(&config.audit_db)?);
+    let store = crate::audit::AuditStore::open(&config.audit_db)?;
+    // The runs of a daemon that was killed are over: the audit log says so.
+    let now = std::time::SystemTime::now();
+    for id in forgotten {
+        let recorded = store
+            .revoke_run(
+                &id,
+                "enforcer daemon restart (the daemon that served it was killed)",
+                now,
+            )
+            .unwrap_or(false);
+        crate::say!(
+            Info,
+            "enforcer: run {id} of a daemon that is gone is over{} (its unit gets a new run when it restarts)",
+            if recorded {
+                ", recorded as revoked in the audit log"
+            } else {
+                ""
+            }
+        );
+    }
+    let store = Some(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
