@@ -101,7 +101,23 @@ impl DaemonConfig {
                 }
                 Ok(p) => Some(p),
                 Err(e) => {
-                    d.error(u.policy.span(), format!("its policy does not load:\n{e}"));
+                    // One line here (a message is one line); the policy's
+                    // own report has every problem with its carets.
+                    let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                    let more = e.problems.len().saturating_sub(1);
+                    d.error(
+                        u.policy.span(),
+                        format!(
+                            "its policy does not load: {first}{} (`enforcer policy check {}` \
+                             shows everything)",
+                            if more > 0 {
+                                format!(" and {more} more problem(s)")
+                            } else {
+                                String::new()
+                            },
+                            policy_path.display()
+                        ),
+                    );
                     None
                 }
             };
@@ -241,6 +257,14 @@ mod tests {
             text.contains("billing.toml:2:"),
             "the policy's own location: {text}"
         );
+        assert!(!text.contains('\u{fffd}'), "no mangled newlines: {text}");
+        let unix = dir_with("[local]\nunix_sockets = [\"/run/x.sock\"]\n");
+        let err = DaemonConfig::parse(
+            "slice = \"a.slice\"\n[[unit]]\nmatch = \"*\"\npolicy = \"billing.toml\"\n",
+            &unix.path().join("enforcer.toml"),
+        )
+        .expect_err("unix sockets");
+        assert!(err.to_string().contains("lists unix sockets"), "{err}");
         let err = DaemonConfig::parse("slice = \"agents.slice\"\n", &path).expect_err("no units");
         assert!(err.to_string().contains("no [[unit]] entry"), "{err}");
         let err = DaemonConfig::parse("slice = \"a.slice\"\nslcie = 1\n", &path)
