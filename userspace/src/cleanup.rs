@@ -148,19 +148,24 @@ pub fn daemon(slice: &Path) -> Result<Vec<String>, CleanupError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CleanupError::NotRoot);
     }
+    let slice = &crate::daemon::config::normal_slice(slice);
     let prefix = crate::daemon::pin_prefix(slice);
     let lock = Path::new("/run/enforcer").join(format!("{prefix}lock"));
-    if let Ok(file) = std::fs::File::open(&lock) {
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(held) => drop(held),
-            Err(_) => {
-                return Err(CleanupError::DaemonAlive(
-                    slice.display().to_string(),
-                    lock.display().to_string(),
-                ));
-            }
-        }
-    }
+    // Held (never unlinked) until the pins are gone: a daemon of the slice
+    // starting meanwhile waits for it, or finds it held and stops.
+    let _held = match std::fs::File::open(&lock) {
+        Ok(file) => Some(
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+                |_| {
+                    CleanupError::DaemonAlive(
+                        slice.display().to_string(),
+                        lock.display().to_string(),
+                    )
+                },
+            )?,
+        ),
+        Err(_) => None,
+    };
     let pin_parent = Path::new(bpffs::BPFFS_ROOT).join(bpffs::PINS_DIR);
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(&pin_parent)
@@ -174,7 +179,6 @@ pub fn daemon(slice: &Path) -> Result<Vec<String>, CleanupError> {
             removed.push(name);
         }
     }
-    let _ = std::fs::remove_file(&lock);
     removed.extend(forget_dead_daemon_runs());
     if removed.is_empty() {
         return Err(CleanupError::NoDaemon(slice.display().to_string()));

@@ -73,7 +73,7 @@ pub fn list(json: bool) -> Result<(), ControlError> {
             crate::outln!("    secrets injected: {}", p.secrets.join(", "));
         }
         crate::outln!(
-            "    answer: sudo enforcer approve {id} --run {run}   (or: deny {id} --run {run}, approve {id} --always)",
+            "    answer: sudo enforcer approve {id} --run {run}   (or: deny {id} --run {run}, approve {id} --always --run {run})",
             id = p.id,
             run = printable(&p.run_id)
         );

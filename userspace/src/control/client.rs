@@ -82,9 +82,9 @@ fn pick(live: &[RunRecord], who: &str) -> Result<RunRecord, ControlError> {
         } else if let Some(label) = who.strip_prefix("label:") {
             r.label.as_deref() == Some(label)
         } else {
-            r.unit
-                .as_deref()
-                .is_some_and(|u| u == who || u.strip_suffix(".service") == Some(who))
+            r.unit.as_deref().is_some_and(|u| {
+                u == who || (!who.ends_with(".service") && u.strip_suffix(".service") == Some(who))
+            })
         }
     };
     let mut found: Vec<&RunRecord> = live.iter().filter(matches).collect();
@@ -356,5 +356,17 @@ mod tests {
             Err(ControlError::AmbiguousRun { .. })
         ));
         assert!(matches!(id("job/1"), Err(ControlError::NoSuchRun(_))));
+        let doubled = [record(
+            "20261130-120000-aaaaaa",
+            Some("a-3.service.service"),
+            None,
+        )];
+        assert!(
+            matches!(
+                pick(&doubled, "a-3.service"),
+                Err(ControlError::NoSuchRun(_))
+            ),
+            "a-3.service is not a-3.service.service"
+        );
     }
 }

@@ -177,7 +177,17 @@ fn check_slice(slice: &Spanned<String>, d: &mut Diagnostics<'_>) -> PathBuf {
             "slice must be a cgroup below the cgroup2 root, such as \"agents.slice\" (no `..`, not the root)",
         );
     }
-    path
+    // One spelling per cgroup (`a.slice/` and `a.slice/.` are `a.slice`):
+    // the daemon's lock and pins are named after it.
+    normal_slice(&path)
+}
+
+/// `slice` without a leading `/`, `.` components or a trailing `/`.
+pub fn normal_slice(slice: &Path) -> PathBuf {
+    slice
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -265,6 +275,13 @@ mod tests {
         )
         .expect_err("unix sockets");
         assert!(err.to_string().contains("lists unix sockets"), "{err}");
+        let same = dir_with(POLICY);
+        let cfg = DaemonConfig::parse(
+            "slice = \"/agents.slice/.\"\n[[unit]]\nmatch = \"*\"\npolicy = \"billing.toml\"\n",
+            &same.path().join("enforcer.toml"),
+        )
+        .expect("valid");
+        assert_eq!(cfg.slice, PathBuf::from("agents.slice"), "one spelling");
         let err = DaemonConfig::parse("slice = \"agents.slice\"\n", &path).expect_err("no units");
         assert!(err.to_string().contains("no [[unit]] entry"), "{err}");
         let err = DaemonConfig::parse("slice = \"a.slice\"\nslcie = 1\n", &path)

@@ -53,6 +53,34 @@ impl UnitRun {
     }
 }
 
+/// A run record saved for a run that is starting: removed on drop unless
+/// the start succeeded ([`Recorded::keep`]).
+struct Recorded(Option<String>);
+
+impl Recorded {
+    fn save(record: RunRecord) -> Result<Self, DaemonError> {
+        record
+            .save(Path::new(runs::RUNS_DIR))
+            .map_err(|e| DaemonError::Io {
+                context: "cannot record the run under /run/enforcer/runs",
+                source: e,
+            })?;
+        Ok(Self(Some(record.run_id)))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            RunRecord::remove(Path::new(runs::RUNS_DIR), &id);
+        }
+    }
+}
+
 /// The policy `unit` runs under in `config`, or why it gets none.
 pub fn policy_for(config: &DaemonConfig, unit: &str) -> Result<Arc<Policy>, String> {
     let entry = config
@@ -86,6 +114,24 @@ pub async fn start(
         },
     )?;
     let run_id = runid::new_run_id();
+    // Recorded first: `enforcer cleanup` takes a control socket or trust
+    // bundle without a live record for an orphan and removes it, so
+    // nothing of the run may exist before its record (removed again if
+    // the start fails). Also how `status`, `revoke`, `approve`... find it
+    // by run id, unit name or label.
+    let record = Recorded::save(RunRecord {
+        run_id: run_id.clone(),
+        enforcer_pid: std::process::id(),
+        cgroup: shared.cgroup_root.join(&peer.cgroup),
+        pins: PathBuf::new(),
+        policy: policy.source.clone(),
+        pinned: true,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        unit: Some(unit.to_string()),
+        label: label.as_ref().map(ToString::to_string),
+    })?;
     let resolver = Arc::new(Resolver::new(
         &shared.resolve,
         shared.upstream_dns.clone(),
@@ -157,28 +203,7 @@ pub async fn start(
         Arc::clone(&shared.webhook),
         unit.to_string(),
     ));
-    // Found by `enforcer status`, `revoke`, `approve`... by run id, unit
-    // name or label.
-    let record = RunRecord {
-        run_id: run_id.clone(),
-        enforcer_pid: std::process::id(),
-        cgroup: shared.cgroup_root.join(&peer.cgroup),
-        pins: PathBuf::new(),
-        policy: policy.source.clone(),
-        pinned: true,
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        unit: Some(unit.to_string()),
-        label: label.as_ref().map(ToString::to_string),
-    };
-    if let Err(e) = record.save(Path::new(runs::RUNS_DIR)) {
-        shared.enforcement.unregister(&kernel);
-        return Err(DaemonError::Io {
-            context: "cannot record the run under /run/enforcer/runs",
-            source: e,
-        });
-    }
+    record.keep();
     let env = agent_env::overrides(
         &run_id,
         &policy,
