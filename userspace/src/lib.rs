@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decision;
 pub mod dns;
 pub mod generate;
+pub mod jsonline;
 pub mod kernel;
 pub mod launch;
 pub mod logging;

@@ -1,12 +1,7 @@
 //! `enforcer status` and `enforcer revoke`: asking live runs over their
 //! control sockets.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use super::protocol::{Request, Response};
 use crate::runs::RunRecord;
@@ -37,27 +32,19 @@ pub enum ControlError {
 
 /// Sends one request to the run whose socket is `path`.
 pub fn ask(path: &Path, run: &str, req: &Request) -> Result<Response, ControlError> {
-    let io = |source| ControlError::Io {
-        run: run.to_string(),
-        source,
-    };
+    use crate::jsonline::LineError;
     if !path.exists() {
         return Err(ControlError::NoSuchRun(run.to_string()));
     }
-    let mut s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol {
-        run: run.to_string(),
-        detail: e.to_string(),
-    })?;
-    line.push('\n');
-    s.write_all(line.as_bytes()).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).map_err(io)?;
-    serde_json::from_str(answer.trim()).map_err(|e| ControlError::Protocol {
-        run: run.to_string(),
-        detail: format!("{e}: {answer}"),
+    crate::jsonline::exchange(path, req, Some(Duration::from_secs(5))).map_err(|e| match e {
+        LineError::Connect(source) | LineError::Io(source) => ControlError::Io {
+            run: run.to_string(),
+            source,
+        },
+        other => ControlError::Protocol {
+            run: run.to_string(),
+            detail: other.to_string(),
+        },
     })
 }
 

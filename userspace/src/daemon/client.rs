@@ -1,16 +1,12 @@
 //! The client side of the daemon's socket: one request line, one reply
 //! line (`enforcer exec`, `enforcer reload`).
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use serde::de::DeserializeOwned;
 
 use super::protocol::{ReloadReply, Request};
+use crate::jsonline::LineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -37,36 +33,16 @@ pub fn call<R: DeserializeOwned>(
     req: &Request,
     wait: Option<Duration>,
 ) -> Result<R, ClientError> {
-    let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(wait).map_err(|e| protocol(&e))?;
-    let mut line = serde_json::to_string(req).map_err(|e| protocol(&e))?;
-    line.push('\n');
-    // Closed unanswered: the daemon has as many of this user's requests in
-    // hand as it takes at once.
-    let closed = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-        )
-    };
-    match stream.write_all(line.as_bytes()) {
-        Err(e) if closed(&e) => return Err(ClientError::Busy),
-        Err(e) => return Err(protocol(&e)),
-        Ok(()) => {}
-    }
-    let mut reply = String::new();
-    match BufReader::new(stream).read_line(&mut reply) {
-        Ok(0) => return Err(ClientError::Busy),
-        Err(e) if closed(&e) => return Err(ClientError::Busy),
-        Err(e) => return Err(protocol(&e)),
-        Ok(_) => {}
-    }
-    serde_json::from_str(&reply)
-        .map_err(|e| ClientError::Protocol(format!("unreadable reply: {e}")))
+    crate::jsonline::exchange(socket, req, wait).map_err(|e| match e {
+        LineError::Connect(source) => ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        },
+        // Closed unanswered: the daemon has as many of this user's
+        // requests in hand as it takes at once.
+        LineError::Closed => ClientError::Busy,
+        other => ClientError::Protocol(other.to_string()),
+    })
 }
 
 /// `enforcer reload`: asks the daemon to read its configuration again and

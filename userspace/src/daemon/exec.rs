@@ -17,14 +17,8 @@ use crate::launch::seccomp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("cannot reach the enforcer daemon at {path}: {source} (is enforcer.service running?)")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("talking to the enforcer daemon failed: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Daemon(#[from] ClientError),
     #[error("the enforcer daemon refused to start a run: {0}")]
     Refused(String),
     #[error("cannot confine the process: {0}")]
@@ -35,6 +29,8 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    #[error("an argument of the command contains a NUL byte")]
+    NulInArgument,
     #[error("no command given (enforcer exec -- COMMAND ...)")]
     NoCommand,
 }
@@ -65,7 +61,7 @@ fn prepare(
     confine(&started)?;
     let argv: Vec<CString> = command
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|e| ExecError::Protocol(e.to_string())))
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| ExecError::NulInArgument))
         .collect::<Result<_, _>>()?;
     let err = nix::unistd::execvp(&argv[0], &argv).err();
     Ok(ExecError::Exec {
@@ -94,8 +90,7 @@ fn ask(socket: &Path, label: Option<String>) -> Result<Started, ExecError> {
     match reply {
         Ok(ExecReply::Started(s)) => Ok(s),
         Ok(ExecReply::Refused { reason }) => Err(ExecError::Refused(reason)),
-        Err(ClientError::Connect { path, source }) => Err(ExecError::Connect { path, source }),
-        Err(e) => Err(ExecError::Protocol(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
